@@ -1,0 +1,61 @@
+"""``fedcoord``: the coordinator's command line.
+
+Expected failures (``EdgeFLError``) become one line on stderr and exit code 1;
+usage errors exit 2 (click's convention). Commands import their heavy
+dependencies (TensorFlow) lazily so ``fedcoord --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from edge_client import __version__
+from edge_client.errors import EdgeFLError
+
+
+class _Group(click.Group):
+    """Turns toolkit errors into one-line messages instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeFLError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def configure_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ chatter
+    if verbose < 2:
+        for noisy in ("tensorflow", "absl", "h5py"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="fedcoord")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """Federated learning on edge boards over MQTT: the coordinator's command line."""
+    configure_logging(verbose)
+
+
+def _register() -> None:
+    from coordinator.commands.export import export
+
+    main.add_command(export)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()

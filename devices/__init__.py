@@ -1,0 +1,1 @@
+"""Board profiles, inventory, provisioning and simulated fleets (see docs)."""
