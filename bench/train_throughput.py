@@ -75,8 +75,8 @@ def time_keras(result, seconds: float) -> float:
     import tensorflow as tf
 
     from model_export import architectures
-    from model_export.export import build_module
     from model_export.baseline import keras_twin
+    from model_export.export import build_module
 
     model = keras_twin(result)
     m = result.manifest
@@ -94,7 +94,9 @@ def time_keras(result, seconds: float) -> float:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--archs", default="mlp,cnn,cifar_cnn")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seconds", type=float, default=4.0, help="timing window per measurement")
@@ -112,14 +114,18 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs.split(","):
-            cfg = ExportConfig(arch, batch_size=args.batch_size, optimizer=OptimizerConfig("sgd", 0.01))
+            cfg = ExportConfig(
+                arch, batch_size=args.batch_size, optimizer=OptimizerConfig("sgd", 0.01)
+            )
             result = export_model(cfg, Path(tmp) / arch)
             row = {"arch": arch, "parameters": result.manifest.parameters}
             row["keras_fit"] = time_keras(result, args.seconds)
             row["ai-edge-litert"] = time_tflite(Path(tmp) / arch, "ai-edge-litert", args.seconds)
             row["tensorflow.lite"] = time_tflite(Path(tmp) / arch, "tensorflow", args.seconds)
             if Path(args.board_python).exists():
-                row["tflite-runtime"] = time_board(args.board_python, Path(tmp) / arch, args.seconds)
+                row["tflite-runtime"] = time_board(
+                    args.board_python, Path(tmp) / arch, args.seconds
+                )
             rows.append(row)
             print(_format_row(row), flush=True)
     record = {

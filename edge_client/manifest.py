@@ -63,7 +63,9 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["parameters"] = self.parameters
-        d["weights"] = [{"name": w.name, "shape": list(w.shape), "dtype": w.dtype} for w in self.weights]
+        d["weights"] = [
+            {"name": w.name, "shape": list(w.shape), "dtype": w.dtype} for w in self.weights
+        ]
         d["input_shape"] = list(self.input_shape)
         for key in ("label_names", "ops", "signatures"):
             d[key] = list(d[key])
@@ -82,7 +84,11 @@ class Manifest:
                     "re-export the model with this version of the toolkit"
                 )
             weights = tuple(
-                WeightSpec(str(w["name"]), tuple(int(s) for s in w["shape"]), str(w.get("dtype", "float32")))
+                WeightSpec(
+                    str(w["name"]),
+                    tuple(int(s) for s in w["shape"]),
+                    str(w.get("dtype", "float32")),
+                )
                 for w in d["weights"]
             )
             m = cls(
@@ -97,7 +103,9 @@ class Manifest:
                 sha256=str(d["sha256"]),
                 tflite_bytes=int(d["tflite_bytes"]),
                 ops=tuple(str(o) for o in d["ops"]),
-                normalization=dict(d.get("normalization", {"scale": 1 / 255, "mean": [0.0], "std": [1.0]})),
+                normalization=dict(
+                    d.get("normalization", {"scale": 1 / 255, "mean": [0.0], "std": [1.0]})
+                ),
                 input_dtype=str(d.get("input_dtype", "float32")),
                 signatures=tuple(str(s) for s in d.get("signatures", SIGNATURES)),
                 format_version=version,
@@ -109,7 +117,9 @@ class Manifest:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"invalid manifest: missing or malformed field ({exc!s})") from exc
         if len(m.label_names) != m.classes:
-            raise ModelError(f"invalid manifest: {len(m.label_names)} label names for {m.classes} classes")
+            raise ModelError(
+                f"invalid manifest: {len(m.label_names)} label names for {m.classes} classes"
+            )
         if m.batch_size < 1 or m.classes < 2 or not m.weights:
             raise ModelError("invalid manifest: batch_size, classes or weights out of range")
         return m
@@ -120,7 +130,9 @@ class Manifest:
         try:
             d = json.loads(p.read_text())
         except FileNotFoundError as exc:
-            raise ModelError(f"manifest not found: {p} (export the model with `fedcoord export`)") from exc
+            raise ModelError(
+                f"manifest not found: {p} (export the model with `fedcoord export`)"
+            ) from exc
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read manifest {p}: {exc}") from exc
         if not isinstance(d, dict):

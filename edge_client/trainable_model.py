@@ -51,8 +51,12 @@ class TrainableModel:
             raise ModelError(f"the .tflite model cannot be loaded ({exc}); re-export it") from exc
         missing = [s for s in manifest.signatures if s not in signatures]
         if missing:
-            raise ModelError(f"the model lacks signatures {missing}: it was not exported by fedcoord export")
-        self._runners = {name: self._interpreter.get_signature_runner(name) for name in manifest.signatures}
+            raise ModelError(
+                f"the model lacks signatures {missing}: it was not exported by fedcoord export"
+            )
+        self._runners = {
+            name: self._interpreter.get_signature_runner(name) for name in manifest.signatures
+        }
         self._check_weights_match_manifest(signatures)
         self._input_shape = tuple(manifest.input_shape)
 
@@ -63,7 +67,9 @@ class TrainableModel:
         return cls.from_files(d / "model.tflite", d / "manifest.json", **kwargs)
 
     @classmethod
-    def from_files(cls, model_path: str | Path, manifest_path: str | Path, **kwargs: Any) -> TrainableModel:
+    def from_files(
+        cls, model_path: str | Path, manifest_path: str | Path, **kwargs: Any
+    ) -> TrainableModel:
         manifest = Manifest.load(manifest_path)
         try:
             tflite = Path(model_path).read_bytes()
@@ -91,7 +97,9 @@ class TrainableModel:
         for name, spec in expected.items():
             arr = np.asarray(weights[name])
             if arr.shape != spec.shape:
-                raise ModelError(f"set_weights: {name} has shape {arr.shape}, the model expects {spec.shape}")
+                raise ModelError(
+                    f"set_weights: {name} has shape {arr.shape}, the model expects {spec.shape}"
+                )
             if not np.issubdtype(arr.dtype, np.floating):
                 raise ModelError(f"set_weights: {name} has dtype {arr.dtype}, expected float32")
             feeds[name] = np.ascontiguousarray(arr, dtype=np.float32)
@@ -103,7 +111,9 @@ class TrainableModel:
         b = self.manifest.batch_size
         x = self._check_x(x, "train")
         if x.shape[0] != b:
-            raise ModelError(f"train: batch has {x.shape[0]} samples, the model was exported for {b}")
+            raise ModelError(
+                f"train: batch has {x.shape[0]} samples, the model was exported for {b}"
+            )
         y = self._check_y(y, b, "train")
         out = self._runners["train"](x=x, y=y, lr=np.array([lr], np.float32))
         return float(np.asarray(out["loss"]).reshape(-1)[0])

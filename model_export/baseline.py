@@ -26,5 +26,7 @@ def keras_twin(result: ExportResult) -> tf.keras.Model:
         opt = tf.keras.optimizers.Adam(h["lr"], h["beta1"], h["beta2"], h["epsilon"])
     else:
         opt = tf.keras.optimizers.SGD(h["lr"], momentum=h.get("momentum", 0.0))
-    model.compile(opt, tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        opt, tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     return model

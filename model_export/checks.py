@@ -81,7 +81,9 @@ def check_gradients(module: TrainableModule, tolerance: float, seed: int = 0) ->
 
 
 def reference_loss(module: TrainableModule, x: np.ndarray, y: np.ndarray) -> float:
-    logits = architectures.forward(module.spec, module.weights, module.features(tf.constant(x)), reference=True)
+    logits = architectures.forward(
+        module.spec, module.weights, module.features(tf.constant(x)), reference=True
+    )
     return float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)))
 
 
@@ -95,13 +97,15 @@ def check_interpreter(
     again = model.get_weights()
     for name, arr in initial.items():
         if arr.tobytes() != again[name].tobytes():
-            raise TrainingCheckError(f"weights do not round-trip: set_weights(get_weights()) changed {name}")
+            raise TrainingCheckError(
+                f"weights do not round-trip: set_weights(get_weights()) changed {name}"
+            )
     x, y = random_batch(module, seed + 1)
     expected = reference_loss(module, x, y)
     losses = [model.train_batch(x, y, lr) for _ in range(TRAIN_CHECK_STEPS)]
     after = model.evaluate(x, y).loss
     loss_error = abs(losses[0] - expected) / max(abs(expected), 1e-6)
-    if loss_error > 1e-3:
+    if not np.isfinite(losses[0]) or loss_error > 1e-3:
         raise TrainingCheckError(
             f"the interpreter's loss {losses[0]:.5f} differs from TensorFlow's {expected:.5f}: conversion bug"
         )

@@ -44,7 +44,9 @@ class ExportConfig:
         if self.architecture != "transfer":
             architectures.get_spec(self.architecture)
         elif not self.base_model:
-            raise ConfigError("the transfer architecture needs --base-model (a .keras file or mobilenet_v2)")
+            raise ConfigError(
+                "the transfer architecture needs --base-model (a .keras file or mobilenet_v2)"
+            )
         if self.classes < 2:
             raise ConfigError(f"--classes must be at least 2, got {self.classes}")
         if not 1 <= self.batch_size <= 4096:
@@ -52,7 +54,9 @@ class ExportConfig:
         if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1):
             raise ConfigError(f"invalid input shape {self.input_shape}")
         if self.label_names is not None and len(self.label_names) != self.classes:
-            raise ConfigError(f"{len(self.label_names)} label names given for {self.classes} classes")
+            raise ConfigError(
+                f"{len(self.label_names)} label names given for {self.classes} classes"
+            )
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,9 @@ def build_module(cfg: ExportConfig) -> tuple[TrainableModule, tuple[int, ...], s
     """The TF module, its input shape and the architecture label for the manifest."""
     base = None
     if cfg.architecture == "transfer":
-        base, input_shape, features = load_base(cfg.base_model or "", cfg.base_weights, cfg.input_shape)
+        base, input_shape, features = load_base(
+            cfg.base_model or "", cfg.base_weights, cfg.input_shape
+        )
         hidden: tuple[architectures.Layer, ...] = (architectures.Flatten(),)
         if cfg.head_units:
             hidden += (architectures.Dense(cfg.head_units),)
@@ -91,9 +97,13 @@ def build_module(cfg: ExportConfig) -> tuple[TrainableModule, tuple[int, ...], s
     else:
         input_shape = tuple(cfg.input_shape or architectures.DEFAULT_INPUT_SHAPES[cfg.architecture])
         hidden = architectures.get_spec(cfg.architecture)
-        shapes = architectures.param_shapes(architectures.full_spec(hidden, cfg.classes), input_shape)
+        shapes = architectures.param_shapes(
+            architectures.full_spec(hidden, cfg.classes), input_shape
+        )
     params = architectures.init_params(shapes, cfg.seed)
-    module = TrainableModule(hidden, input_shape, cfg.classes, cfg.batch_size, cfg.optimizer, params, base)
+    module = TrainableModule(
+        hidden, input_shape, cfg.classes, cfg.batch_size, cfg.optimizer, params, base
+    )
     return module, input_shape, cfg.architecture
 
 
@@ -118,11 +128,17 @@ def export_model(cfg: ExportConfig, out_dir: str | Path | None = None) -> Export
         tflite_bytes=len(tflite),
         ops=tuple(list_ops(tflite)),
         normalization=norm,
-        extra={"seed": cfg.seed, "base_model": cfg.base_model, "head_units": cfg.head_units,
-               "exported_by": f"edgefl {__version__}"},
+        extra={
+            "seed": cfg.seed,
+            "base_model": cfg.base_model,
+            "head_units": cfg.head_units,
+            "exported_by": f"edgefl {__version__}",
+        },
     )
     log.info("checking training in the TFLite interpreter")
-    loss_error, before, after = checks.check_interpreter(module, tflite, manifest, cfg.optimizer.lr, cfg.seed)
+    loss_error, before, after = checks.check_interpreter(
+        module, tflite, manifest, cfg.optimizer.lr, cfg.seed
+    )
     report = checks.CheckReport(grad_error, loss_error, before, after)
     manifest = Manifest(**{**manifest.__dict__, "checks": report.to_dict()})
     result = ExportResult(tflite, manifest)
@@ -141,7 +157,10 @@ def write_export(result: ExportResult, out_dir: Path) -> ExportResult:
     """Write both files atomically (a reader never sees a half-written model)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path, manifest_path = out_dir / "model.tflite", out_dir / "manifest.json"
-    for path, data in ((model_path, result.tflite), (manifest_path, result.manifest.to_json().encode())):
+    for path, data in (
+        (model_path, result.tflite),
+        (manifest_path, result.manifest.to_json().encode()),
+    ):
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)

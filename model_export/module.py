@@ -31,7 +31,7 @@ class TrainableModule(tf.Module):
         batch_size: int,
         optimizer: OptimizerConfig,
         params: Mapping[str, np.ndarray],
-        base: tf.keras.Model | None = None,
+        base: tf.types.experimental.ConcreteFunction | None = None,
     ) -> None:
         super().__init__(name="trainable")
         self.spec = architectures.full_spec(hidden, classes)
@@ -49,7 +49,10 @@ class TrainableModule(tf.Module):
         """Input of the trainable part: x itself, or the frozen base's features."""
         if self.base is None:
             return x
-        return tf.stop_gradient(self.base(x, training=False))
+        feats = self.base(x)
+        feats = feats[0] if isinstance(feats, (list, tuple)) else feats
+        size = int(np.prod(feats.shape[1:]))
+        return tf.stop_gradient(tf.reshape(feats, [-1, size]))
 
     def logits(self, x: tf.Tensor) -> tf.Tensor:
         return architectures.forward(self.spec, self.weights, self.features(x))
@@ -63,7 +66,10 @@ class TrainableModule(tf.Module):
             loss = ops.softmax_cross_entropy(logits, onehot)
         grads = tape.gradient(loss, variables)
         if self.prox_mu > 0:
-            grads = [g + self.prox_mu * (w - self.anchor[k]) for (k, w), g in zip(self.weights.items(), grads)]
+            grads = [
+                g + self.prox_mu * (w - self.anchor[k])
+                for (k, w), g in zip(self.weights.items(), grads)
+            ]
         self.optimizer.apply(self.weights, grads, lr)
         return {"loss": loss}
 
@@ -94,7 +100,9 @@ class TrainableModule(tf.Module):
         )
         set_weights = tf.function(
             self._set_weights,
-            input_signature=[tf.TensorSpec(v.shape, tf.float32, name=k) for k, v in self.weights.items()],
+            input_signature=[
+                tf.TensorSpec(v.shape, tf.float32, name=k) for k, v in self.weights.items()
+            ],
         )
         return {
             "train": train.get_concrete_function(),

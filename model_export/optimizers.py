@@ -31,7 +31,9 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.name!r}: choose one of {', '.join(OPTIMIZERS)}")
+            raise ConfigError(
+                f"unknown optimizer {self.name!r}: choose one of {', '.join(OPTIMIZERS)}"
+            )
         if self.lr <= 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
         if not 0 <= self.momentum < 1:

@@ -14,8 +14,8 @@ MOBILENET_DEFAULT_SHAPE = (96, 96, 3)
 
 def load_base(
     base_model: str, base_weights: str | None, input_shape: tuple[int, ...] | None
-) -> tuple[tf.keras.Model, tuple[int, ...], tuple[int, ...]]:
-    """(frozen model, input shape, feature shape) for ``--base-model``.
+) -> tuple[tf.types.experimental.ConcreteFunction, tuple[int, ...], tuple[int, ...]]:
+    """(frozen forward function, input shape, feature shape) for ``--base-model``.
 
     ``base_model`` is ``mobilenet_v2`` (Keras' MobileNetV2 without its top, average
     pooled; weights from ``base_weights`` if given, random otherwise: nothing is
@@ -24,7 +24,9 @@ def load_base(
     if base_model == "mobilenet_v2":
         shape = tuple(input_shape or MOBILENET_DEFAULT_SHAPE)
         if len(shape) != 3 or shape[2] != 3 or min(shape[:2]) < 32:
-            raise ConfigError(f"mobilenet_v2 needs an input shape H,W,3 with H,W >= 32, got {shape}")
+            raise ConfigError(
+                f"mobilenet_v2 needs an input shape H,W,3 with H,W >= 32, got {shape}"
+            )
         model = tf.keras.applications.MobileNetV2(
             input_shape=shape, include_top=False, weights=None, pooling="avg", alpha=0.35
         )
@@ -33,18 +35,36 @@ def load_base(
     else:
         path = Path(base_model)
         if not path.exists():
-            raise ConfigError(f"base model not found: {path} (give a .keras/.h5 file or mobilenet_v2)")
+            raise ConfigError(
+                f"base model not found: {path} (give a .keras/.h5 file or mobilenet_v2)"
+            )
         try:
             model = tf.keras.models.load_model(path, compile=False)
         except Exception as exc:  # Keras raises many types for unreadable files
             raise ConfigError(f"cannot load base model {path}: {exc}") from exc
         shape = tuple(int(d) for d in model.input_shape[1:])
         if input_shape is not None and tuple(input_shape) != shape:
-            raise ConfigError(f"--input-shape {input_shape} differs from the base model's input {shape}")
+            raise ConfigError(
+                f"--input-shape {input_shape} differs from the base model's input {shape}"
+            )
     model.trainable = False
     features = tuple(int(d) for d in model.output_shape[1:])
     features = (int(np.prod(features)),)
-    return model, shape, features
+    return freeze(model, shape), shape, features
+
+
+def freeze(model: tf.keras.Model, shape: tuple[int, ...]) -> tf.types.experimental.ConcreteFunction:
+    """The model's inference pass with its weights folded in as constants.
+
+    Left as variables, the base would be stored as resource variables the interpreter
+    must initialise (and BatchNorm would not fold); frozen, the converter folds it into
+    plain CONV_2D / DEPTHWISE_CONV_2D ops with constant filters that XNNPACK accelerates.
+    """
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    fn = tf.function(lambda x: model(x, training=False))
+    concrete = fn.get_concrete_function(tf.TensorSpec([None, *shape], tf.float32))
+    return convert_variables_to_constants_v2(concrete)
 
 
 def _load_weights(model: tf.keras.Model, path: str) -> None:
