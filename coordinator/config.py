@@ -1,0 +1,160 @@
+"""Job configuration: flag > environment (EDGEFL_*) > TOML job file > default."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from edge_client.errors import ConfigError
+from edge_client.protocol import DEFAULT_MAX_CHUNK, DEFAULT_PREFIX
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "EDGEFL_"
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    job: str = "demo"
+    rounds: int = 20
+    run_dir: str | None = None  # None: runs/<job>
+    # -- model --------------------------------------------------------------------------
+    model_dir: str | None = None  # an exported model; None: export `model` into the run dir
+    model: str = "cnn"  # architecture exported when model_dir is None
+    optimizer: str = "adam"  # on-device optimizer of that export
+    lr: float = 0.001  # device learning rate, announced every round
+    batch_size: int = 32  # static train batch of that export
+    prox_mu: float = 0.0  # FedProx mu baked into that export (strategy fedprox needs > 0)
+    epochs: int = 2  # local epochs per round
+    # -- participants ---------------------------------------------------------------------
+    min_devices: int = 1  # devices online before a round starts
+    fraction: float = 1.0  # share of online devices selected per round
+    clients_per_round: int = 0  # K random devices per round; 0: use fraction
+    min_results: int = 1  # updates needed to close a round; fewer: retry the round
+    round_timeout: float = 300.0  # seconds from announcement to deadline
+    wait_timeout: float = 600.0  # seconds to wait for min_devices before giving up
+    max_retries: int = 2  # re-runs of a round that got fewer than min_results updates
+    seed: int = 0  # participant selection (and the initial weights of an export)
+    # -- aggregation ----------------------------------------------------------------------
+    strategy: str = "fedavg"  # fedavg | fedavgm | fedprox
+    server_lr: float = 1.0  # fedavgm
+    server_momentum: float = 0.9  # fedavgm
+    # -- evaluation -----------------------------------------------------------------------
+    test_data: str | None = None  # data set name (fashion-mnist, mnist, cifar10) or path
+    eval_every: int = 1  # evaluate the global model every N rounds (and the last)
+    # -- broker ---------------------------------------------------------------------------
+    broker: str | None = None  # mqtt[s]://HOST:PORT; None: start the embedded broker
+    listen: str = "127.0.0.1:1883"  # embedded broker address; 0.0.0.0 lets boards on the LAN in
+    username: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    insecure: bool = False
+    prefix: str = DEFAULT_PREFIX
+    encoding: str = "float32"  # global weights and requested update encoding
+    max_chunk: int = DEFAULT_MAX_CHUNK
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.rounds >= 1, "rounds must be at least 1"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.lr > 0, "lr must be positive"),
+            (0 < self.fraction <= 1, "fraction must be in (0, 1]"),
+            (self.clients_per_round >= 0, "clients_per_round must be >= 0"),
+            (self.min_devices >= 1, "min_devices must be at least 1"),
+            (self.min_results >= 1, "min_results must be at least 1"),
+            (self.round_timeout > 0, "round_timeout must be positive"),
+            (self.max_retries >= 0, "max_retries must be >= 0"),
+            (self.eval_every >= 1, "eval_every must be at least 1"),
+            (
+                self.strategy in ("fedavg", "fedavgm", "fedprox"),
+                f"unknown strategy {self.strategy!r}: use fedavg, fedavgm or fedprox",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.job}")
+
+    def replace(self, **changes: Any) -> JobConfig:
+        return dataclasses.replace(self, **changes)
+
+
+_FIELDS = {f.name: f for f in fields(JobConfig)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    default = _FIELDS[name].default
+    kind = type(default) if default is not None else str
+    if name in (
+        "model_dir",
+        "run_dir",
+        "test_data",
+        "broker",
+        "username",
+        "password_file",
+        "ca_file",
+    ):
+        kind = str
+    try:
+        if kind is bool and isinstance(value, str):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("1", "true", "yes")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {name} = {value!r} is not a valid {kind.__name__}") from exc
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"job file not found: {p}") from exc
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read job file {p}: {exc}") from exc
+    flat: dict[str, Any] = {}
+    for key, value in data.items():  # accept [sections] for readability: keys are unique
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    unknown = sorted(k.replace("-", "_") for k in flat if k.replace("-", "_") not in _FIELDS)
+    if unknown:
+        raise ConfigError(f"job file {p}: unknown settings {', '.join(unknown)}")
+    return {k.replace("-", "_"): _coerce(k.replace("-", "_"), v, str(p)) for k, v in flat.items()}
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    env = os.environ if environ is None else environ
+    out = {}
+    for name in _FIELDS:
+        key = ENV_PREFIX + name.upper()
+        if key in env and env[key] != "":
+            out[name] = _coerce(name, env[key], key)
+    return out
+
+
+def resolve(
+    flags: Mapping[str, Any], job_file: str | None = None, environ: Mapping[str, str] | None = None
+) -> JobConfig:
+    """Merge the layers: defaults < job file < environment < flags (None means unset)."""
+    merged: dict[str, Any] = {}
+    if job_file:
+        merged.update(load_toml(job_file))
+    merged.update(from_env(environ))
+    merged.update({k: v for k, v in flags.items() if v is not None and k in _FIELDS})
+    return JobConfig(**merged)
