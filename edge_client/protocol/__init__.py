@@ -1,0 +1,81 @@
+"""The wire protocol shared by devices and the coordinator: topics, envelopes, chunks, JSON.
+
+The one source of truth for what goes over MQTT (specified in docs/protocol.md). Imports
+only the standard library and numpy (numpy 1.x and 2.x), so it runs on the boards.
+
+Publishing a binary message::
+
+    payload = encode_weights(weights, kind="update", job="demo", round=3, sender="pi-01",
+                             samples=12000, meta={"base_sha256": announcement.global_sha256})
+    for topic, chunk in chunked(Topics("demo").update("pi-01"), payload):
+        client.publish(topic, chunk, qos=1)
+
+Receiving one (on a worker thread, never in the paho callback)::
+
+    parsed = topics.parse(msg.topic)
+    whole = reassembler.feed(parsed.base, msg.payload, index=parsed.chunk)
+    if whole is not None:
+        envelope = decode(whole, expect_job="demo", expect_sender=parsed.device)
+"""
+
+from __future__ import annotations
+
+from edge_client.protocol._common import PROTOCOL_VERSION
+from edge_client.protocol.chunking import (
+    CHUNK_HEADER_SIZE,
+    DEFAULT_MAX_CHUNK,
+    Chunk,
+    Reassembler,
+    chunk_topics,
+    chunked,
+    parse_chunk,
+    split,
+)
+from edge_client.protocol.dedupe import UpdateDeduper, UpdateKey
+from edge_client.protocol.envelope import (
+    DEFAULT_MAX_HEADER,
+    Envelope,
+    TensorSpec,
+    decode,
+    encode_failure,
+    encode_model,
+    encode_weights,
+    weights_sha256,
+)
+from edge_client.protocol.messages import (
+    DeviceStatus,
+    JobControl,
+    RoundAnnouncement,
+    RoundMetrics,
+)
+from edge_client.protocol.topics import DEFAULT_PREFIX, QOS, ParsedTopic, Topics
+
+__all__ = [
+    "CHUNK_HEADER_SIZE",
+    "DEFAULT_MAX_CHUNK",
+    "DEFAULT_MAX_HEADER",
+    "DEFAULT_PREFIX",
+    "PROTOCOL_VERSION",
+    "QOS",
+    "Chunk",
+    "DeviceStatus",
+    "Envelope",
+    "JobControl",
+    "ParsedTopic",
+    "Reassembler",
+    "RoundAnnouncement",
+    "RoundMetrics",
+    "TensorSpec",
+    "Topics",
+    "UpdateDeduper",
+    "UpdateKey",
+    "chunk_topics",
+    "chunked",
+    "decode",
+    "encode_failure",
+    "encode_model",
+    "encode_weights",
+    "parse_chunk",
+    "split",
+    "weights_sha256",
+]

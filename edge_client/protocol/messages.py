@@ -1,0 +1,196 @@
+"""The JSON messages: round announcements, device status, round metrics, job control.
+
+Each is a frozen dataclass whose construction validates every field (ProtocolError), with
+``to_json() -> bytes`` (compact strict UTF-8 JSON with ``"v": 1`` first) and
+``from_json(data) -> cls``. Readers ignore unknown fields, so a newer sender may add some
+without breaking older boards; a missing required field or a different ``v`` is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+from edge_client.errors import ProtocolError
+from edge_client.protocol._common import (
+    PROTOCOL_VERSION,
+    check_choice,
+    check_float,
+    check_id,
+    check_int,
+    check_json_dict,
+    check_sha256,
+    check_str,
+    dumps,
+    loads,
+)
+from edge_client.protocol.tensors import WEIGHT_ENCODINGS
+
+ROUND_STATES = ("open", "closed", "aborted")
+DEVICE_STATES = ("online", "offline", "training", "idle", "failed")
+JOB_STATES = ("running", "paused", "stopped")
+_MAX_SELECTED = 100_000
+
+_M = TypeVar("_M", bound="_JsonMessage")
+
+
+class _JsonMessage:
+    """to_json / from_json for the frozen dataclasses below."""
+
+    _what: ClassVar[str] = "message"
+
+    def to_json(self) -> bytes:
+        body: dict[str, Any] = {"v": PROTOCOL_VERSION}
+        body.update({f.name: getattr(self, f.name) for f in fields(self)})  # type: ignore[arg-type]
+        return dumps(body, self._what)
+
+    @classmethod
+    def from_json(cls: type[_M], data: bytes | bytearray | memoryview | str) -> _M:
+        obj = loads(data, cls._what)
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"{cls._what} must be a JSON object")
+        if "v" not in obj:
+            raise ProtocolError(f"{cls._what} is missing field 'v'")
+        if check_int(obj["v"], f"{cls._what} v") != PROTOCOL_VERSION:
+            raise ProtocolError(f"unsupported {cls._what} version {obj['v']}")
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name in obj:
+                kwargs[f.name] = obj[f.name]
+            elif f.default is MISSING and f.default_factory is MISSING:
+                raise ProtocolError(f"{cls._what} is missing field {f.name!r}")
+        return cls(**kwargs)
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    object.__setattr__(obj, name, value)  # normalizing a frozen dataclass in __post_init__
+
+
+def _ids(value: object, what: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or len(value) > _MAX_SELECTED:
+        raise ProtocolError(f"{what} must be a list of device ids")
+    ids = tuple(check_id(v, f"device id in {what}") for v in value)
+    if len(set(ids)) != len(ids):
+        raise ProtocolError(f"{what} lists a device twice")
+    return ids
+
+
+def _optional_float(value: object, what: str) -> float | None:
+    return None if value is None else check_float(value, what)
+
+
+@dataclass(frozen=True)
+class RoundAnnouncement(_JsonMessage):
+    """Published retained on ``round`` when a round opens and again when it closes.
+
+    ``hyperparams`` is free-form for strategies; the usual keys are ``epochs`` (int), ``lr``
+    (float), ``batch_size`` (int) and ``mu`` (FedProx proximal weight, float).
+    ``model_sha256`` is the sha256 of the .tflite bytes (the model envelope's ``sha256``);
+    ``global_sha256`` is :func:`weights_sha256` of the decoded global weights to train from.
+    """
+
+    _what: ClassVar[str] = "round announcement"
+
+    job: str
+    round: int
+    deadline: float  # unix time after which the coordinator stops waiting for updates
+    selected: tuple[str, ...]  # devices that train this round; others stay idle
+    hyperparams: dict[str, Any]
+    model_sha256: str
+    global_sha256: str
+    encoding: str = "float32"  # how devices should encode their updates
+    state: str = "open"
+
+    def __post_init__(self) -> None:
+        check_id(self.job, "job id")
+        check_int(self.round, "round")
+        _set(self, "deadline", check_float(self.deadline, "deadline", minimum=0.0))
+        _set(self, "selected", _ids(self.selected, "selected"))
+        _set(self, "hyperparams", check_json_dict(self.hyperparams, "hyperparams"))
+        check_sha256(self.model_sha256, "model_sha256")
+        check_sha256(self.global_sha256, "global_sha256")
+        check_choice(self.encoding, "encoding", WEIGHT_ENCODINGS)
+        check_choice(self.state, "round state", ROUND_STATES)
+
+    def is_selected(self, device: str) -> bool:
+        return device in self.selected
+
+
+@dataclass(frozen=True)
+class DeviceStatus(_JsonMessage):
+    """Published retained on ``status/{device}``; the Last Will is an ``offline`` one."""
+
+    _what: ClassVar[str] = "device status"
+
+    device: str
+    state: str
+    time: float  # unix time the status was made (for a Last Will: when it was registered)
+    round: int | None = None  # the round being trained or last trained
+    detail: str = ""  # human-readable, e.g. a failure reason
+    interpreter: str = ""  # "ai-edge-litert 2.3.0", "tflite-runtime 2.14.0", ...
+    samples: int = 0  # local training samples
+    heartbeat_s: float = 0.0  # the device republishes its status this often; 0 = no heartbeat
+    version: str = ""  # edge_client version
+
+    def __post_init__(self) -> None:
+        check_id(self.device, "device id")
+        check_choice(self.state, "device state", DEVICE_STATES)
+        _set(self, "time", check_float(self.time, "time", minimum=0.0))
+        if self.round is not None:
+            check_int(self.round, "round")
+        check_str(self.detail, "detail")
+        check_str(self.interpreter, "interpreter", max_len=256)
+        check_int(self.samples, "samples")
+        _set(self, "heartbeat_s", check_float(self.heartbeat_s, "heartbeat_s", minimum=0.0))
+        check_str(self.version, "version", max_len=64)
+
+    @classmethod
+    def last_will(cls, device: str, time: float, **extra: Any) -> DeviceStatus:
+        """The status a device registers as its Last Will when it connects."""
+        return cls(device=device, state="offline", time=time, detail="connection lost", **extra)
+
+
+@dataclass(frozen=True)
+class RoundMetrics(_JsonMessage):
+    """Published retained on ``metrics`` after each round (the latest round wins)."""
+
+    _what: ClassVar[str] = "round metrics"
+
+    job: str
+    round: int
+    accuracy: float | None = None  # None when the round was not evaluated
+    loss: float | None = None
+    participants: tuple[str, ...] = ()  # devices whose updates were aggregated
+    bytes_up: int = 0  # update bytes received by the coordinator this round
+    bytes_down: int = 0  # global-weights bytes published this round
+    duration_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. per-device accuracy
+
+    def __post_init__(self) -> None:
+        check_id(self.job, "job id")
+        check_int(self.round, "round")
+        _set(self, "accuracy", _optional_float(self.accuracy, "accuracy"))
+        _set(self, "loss", _optional_float(self.loss, "loss"))
+        _set(self, "participants", _ids(self.participants, "participants"))
+        check_int(self.bytes_up, "bytes_up")
+        check_int(self.bytes_down, "bytes_down")
+        _set(self, "duration_s", check_float(self.duration_s, "duration_s", minimum=0.0))
+        _set(self, "extra", check_json_dict(self.extra, "extra"))
+
+
+@dataclass(frozen=True)
+class JobControl(_JsonMessage):
+    """Published retained on ``control``: the job is ``running``, ``paused`` or ``stopped``."""
+
+    _what: ClassVar[str] = "job control"
+
+    job: str
+    state: str
+    time: float  # unix time of the decision; a coordinator ignores ones older than its start
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        check_id(self.job, "job id")
+        check_choice(self.state, "job state", JOB_STATES)
+        _set(self, "time", check_float(self.time, "time", minimum=0.0))
+        check_str(self.detail, "detail")
