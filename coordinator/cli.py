@@ -54,9 +54,13 @@ def main(verbose: int) -> None:
 
 
 def _register() -> None:
+    from coordinator.commands.broker import broker
     from coordinator.commands.export import export
+    from coordinator.commands.simulate import simulate
+    from coordinator.commands.start import start
 
-    main.add_command(export)
+    for command in (start, simulate, export, broker):
+        main.add_command(command)
 
 
 _register()

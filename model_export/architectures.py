@@ -86,7 +86,9 @@ def _conv_out(size: int, layer: Conv) -> int:
     return (size - layer.kernel) // layer.stride + 1
 
 
-def param_shapes(spec: tuple[Layer, ...], input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+def param_shapes(
+    spec: tuple[Layer, ...], input_shape: tuple[int, ...]
+) -> dict[str, tuple[int, ...]]:
     """Ordered parameter names and shapes: ``conv1_kernel``, ``conv1_bias``, ``dense1_...``."""
     shapes: dict[str, tuple[int, ...]] = {}
     shape = tuple(input_shape)

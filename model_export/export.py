@@ -131,6 +131,7 @@ def export_model(cfg: ExportConfig, out_dir: str | Path | None = None) -> Export
         extra={
             "seed": cfg.seed,
             "base_model": cfg.base_model,
+            "base_weights": cfg.base_weights,
             "head_units": cfg.head_units,
             "exported_by": f"edgefl {__version__}",
         },

@@ -45,7 +45,9 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def conv2d(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor, stride: int, padding: str) -> tf.Tensor:
+def conv2d(
+    x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor, stride: int, padding: str
+) -> tf.Tensor:
     """2-D convolution plus bias with a builtin-only backward pass.
 
     x (N, H, W, Cin) with static N, H, W, Cin; kernel (KH, KW, Cin, Cout); bias (Cout,).
@@ -89,7 +91,9 @@ def _filter_gradient(x: tf.Tensor, dy: tf.Tensor, kshape: tf.TensorShape, stride
     kh, kw = int(kshape[0]), int(kshape[1])
     xt = tf.transpose(x, [3, 1, 2, 0])  # (Cin, H, W, N)
     dyt = tf.transpose(dy, [1, 2, 0, 3])  # (Ho, Wo, N, Cout)
-    g = tf.nn.conv2d(xt, dyt, strides=1, padding="VALID", dilations=stride)  # (Cin, >=KH, >=KW, Cout)
+    g = tf.nn.conv2d(
+        xt, dyt, strides=1, padding="VALID", dilations=stride
+    )  # (Cin, >=KH, >=KW, Cout)
     g = g[:, :kh, :kw, :]  # (Cin, KH, KW, Cout)
     return tf.transpose(g, [1, 2, 0, 3])  # (KH, KW, Cin, Cout)
 

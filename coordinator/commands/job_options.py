@@ -1,0 +1,189 @@
+"""The job options shared by ``fedcoord start`` and ``fedcoord simulate``.
+
+Every option defaults to None here so that precedence works: a flag given on the
+command line wins over EDGEFL_<NAME> in the environment, which wins over the TOML
+job file (--config), which wins over the defaults shown in --help.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from coordinator.config import JobConfig
+
+D = JobConfig()
+
+# (flag, field, type, help) in the order --help shows them.
+JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
+    ("--job", "job", str, f"Job name: the MQTT topic level fl/v1/<job>/... [default: {D.job}]"),
+    ("--rounds", "rounds", int, f"Federated rounds. [default: {D.rounds}]"),
+    (
+        "--run-dir",
+        "run_dir",
+        str,
+        "Run directory: checkpoints, metrics.jsonl, final models. [default: runs/<job>]",
+    ),
+    (
+        "--model-dir",
+        "model_dir",
+        str,
+        "An exported model (fedcoord export --out). Default: export --model into the run directory.",
+    ),
+    (
+        "--model",
+        "model",
+        click.Choice(["mlp", "cnn", "cifar_cnn"]),
+        f"Architecture to export when --model-dir is not given. [default: {D.model}]",
+    ),
+    (
+        "--optimizer",
+        "optimizer",
+        click.Choice(["sgd", "adam"]),
+        f"On-device optimizer of that export. [default: {D.optimizer}]",
+    ),
+    ("--lr", "lr", float, f"Device learning rate, announced every round. [default: {D.lr}]"),
+    (
+        "--batch-size",
+        "batch_size",
+        int,
+        f"Device batch size of that export. [default: {D.batch_size}]",
+    ),
+    (
+        "--prox-mu",
+        "prox_mu",
+        float,
+        f"FedProx mu baked into that export (needed by --strategy fedprox). [default: {D.prox_mu}]",
+    ),
+    ("--epochs", "epochs", int, f"Local epochs per round. [default: {D.epochs}]"),
+    (
+        "--min-devices",
+        "min_devices",
+        int,
+        f"Devices that must be online before a round starts. [default: {D.min_devices}]",
+    ),
+    (
+        "--fraction",
+        "fraction",
+        float,
+        f"Share of online devices selected each round. [default: {D.fraction}]",
+    ),
+    (
+        "--clients-per-round",
+        "clients_per_round",
+        int,
+        "K devices picked at random (seeded) each round; 0 uses --fraction. [default: 0]",
+    ),
+    (
+        "--min-results",
+        "min_results",
+        int,
+        f"Updates needed to close a round; fewer retries the round. [default: {D.min_results}]",
+    ),
+    (
+        "--round-timeout",
+        "round_timeout",
+        float,
+        f"Seconds from a round's announcement to its deadline. [default: {D.round_timeout:.0f}]",
+    ),
+    (
+        "--wait-timeout",
+        "wait_timeout",
+        float,
+        f"Seconds to wait for --min-devices before giving up. [default: {D.wait_timeout:.0f}]",
+    ),
+    (
+        "--max-retries",
+        "max_retries",
+        int,
+        f"Re-runs of a round that got too few updates. [default: {D.max_retries}]",
+    ),
+    ("--seed", "seed", int, f"Seed of device selection and initial weights. [default: {D.seed}]"),
+    (
+        "--strategy",
+        "strategy",
+        click.Choice(["fedavg", "fedavgm", "fedprox"]),
+        f"Aggregation: FedAvg (sample-weighted), FedAvgM (server momentum), FedProx. [default: {D.strategy}]",
+    ),
+    ("--server-lr", "server_lr", float, f"FedAvgM server learning rate. [default: {D.server_lr}]"),
+    (
+        "--server-momentum",
+        "server_momentum",
+        float,
+        f"FedAvgM server momentum. [default: {D.server_momentum}]",
+    ),
+    (
+        "--test-data",
+        "test_data",
+        str,
+        "Held-out test set for evaluating the global model: fashion-mnist, mnist, cifar10 or a path.",
+    ),
+    (
+        "--eval-every",
+        "eval_every",
+        int,
+        f"Evaluate every N rounds (and the last). [default: {D.eval_every}]",
+    ),
+    (
+        "--broker",
+        "broker",
+        str,
+        "mqtt://HOST:PORT or mqtts://HOST:PORT of a broker to use. Default: an embedded broker.",
+    ),
+    (
+        "--listen",
+        "listen",
+        str,
+        f"Address of the embedded broker; 0.0.0.0:1883 lets boards on the LAN connect. [default: {D.listen}]",
+    ),
+    ("--username", "username", str, "MQTT user name (or EDGEFL_MQTT_USERNAME)."),
+    (
+        "--password-file",
+        "password_file",
+        str,
+        "File holding the MQTT password (or EDGEFL_MQTT_PASSWORD). Never pass it as a flag.",
+    ),
+    ("--ca-file", "ca_file", str, "CA certificate for mqtts:// brokers."),
+    ("--insecure", "insecure", bool, "Skip TLS host name verification (test set-ups only)."),
+    ("--prefix", "prefix", str, f"Topic prefix. [default: {D.prefix}]"),
+    (
+        "--encoding",
+        "encoding",
+        click.Choice(["float32", "float16", "int8"]),
+        f"Encoding of global weights on the wire. [default: {D.encoding}]",
+    ),
+    (
+        "--max-chunk",
+        "max_chunk",
+        int,
+        f"Largest MQTT payload in bytes; bigger messages are chunked. [default: {D.max_chunk}]",
+    ),
+]
+
+
+def job_options(skip: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for flag, field, kind, text in reversed(JOB_OPTIONS):
+            if field in skip:
+                continue
+            if kind is bool:
+                fn = click.option(flag, field, is_flag=True, default=None, help=text)(fn)
+            else:
+                fn = click.option(flag, field, type=kind, default=None, help=text)(fn)
+        return click.option(
+            "--config",
+            "job_file",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="TOML job file; flags and EDGEFL_* environment variables override it.",
+        )(fn)
+
+    return decorate
+
+
+def job_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The job fields among a command's parameters."""
+    fields = {f for _, f, _, _ in JOB_OPTIONS}
+    return {k: v for k, v in kwargs.items() if k in fields}

@@ -1,0 +1,76 @@
+"""``fedcoord start``: run a federated job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from coordinator import config as job_config
+from coordinator.commands.job_options import job_flags, job_options
+from edge_client.errors import ConfigError
+
+
+def format_round(m: dict[str, Any], rounds: int) -> str:
+    acc = f"{100 * m['accuracy']:6.2f} %" if m.get("accuracy") is not None else "     -  "
+    loss = f"{m['loss']:.4f}" if m.get("loss") is not None else "   -  "
+    return (
+        f"round {m['round']:3d}/{rounds}  devices {len(m['participants'])}/{len(m['selected'])}"
+        f"  accuracy {acc}  loss {loss}  up {m['bytes_up'] / 1e6:6.2f} MB"
+        f"  down {m['bytes_down'] / 1e6:6.2f} MB  {m['duration_s']:6.1f} s"
+        + (f"  failed: {', '.join(m['failed'])}" if m.get("failed") else "")
+    )
+
+
+@click.command()
+@job_options()
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Continue the job in this run directory after a crash or stop (its config.json is reused).",
+)
+def start(job_file: str | None, resume_dir: str | None, **kwargs: Any) -> None:
+    """Run a federated job: publish the model, then announce, collect, aggregate and
+    evaluate rounds until --rounds are done.
+
+    Without --broker an embedded MQTT broker runs inside the coordinator. Boards join with
+    `fedge run --broker mqtt://THIS_HOST:1883 --job JOB ...`.
+
+    \b
+    Example:
+      fedcoord start --job demo --rounds 20 --min-devices 5 --test-data fashion-mnist \\
+          --listen 0.0.0.0:1883
+    """
+    from coordinator.job import run_job
+
+    flags = job_flags(kwargs)
+    if resume_dir:
+        saved = Path(resume_dir) / "config.json"
+        if not saved.exists():
+            raise ConfigError(
+                f"cannot resume: {saved} not found (is {resume_dir} a run directory?)"
+            )
+        base = json.loads(saved.read_text())
+        cfg = job_config.resolve(
+            {**base, **{k: v for k, v in flags.items() if v is not None}, "run_dir": resume_dir},
+            job_file,
+        )
+    else:
+        cfg = job_config.resolve(flags, job_file)
+    click.echo(
+        f"job {cfg.job}: {cfg.rounds} rounds, strategy {cfg.strategy}, run directory {cfg.run_path}"
+    )
+    state = run_job(
+        cfg, resume=bool(resume_dir), on_round=lambda m: click.echo(format_round(m, cfg.rounds))
+    )
+    last = state.history[-1] if state.history else {}
+    acc = last.get("accuracy")
+    click.echo(
+        f"done: {state.round} rounds"
+        + (f", accuracy {100 * acc:.2f} %" if acc is not None else "")
+        + f"; metrics in {cfg.run_path / 'metrics.jsonl'}, final models in {cfg.run_path / 'final'}"
+    )

@@ -1,0 +1,113 @@
+"""Wire a job together: broker, transport, model, evaluator, coordinator, final models."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from coordinator.config import JobConfig
+from coordinator.evaluation import Evaluator, load_test_set
+from coordinator.model_source import prepare_model
+from coordinator.run_dir import RunDir, RunState
+from coordinator.server import SENDER, Coordinator
+from edge_client.errors import ConfigError
+from edge_client.protocol import DeviceStatus, Topics
+from edge_client.trainable_model import TrainableModel
+from edge_client.transport import BrokerConfig, MqttTransport, Will
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError as exc:
+        raise ConfigError(f"invalid --listen {listen!r}: use HOST:PORT, e.g. 0.0.0.0:1883") from exc
+
+
+@contextmanager
+def broker_for(cfg: JobConfig) -> Iterator[BrokerConfig]:
+    """The configured broker, or an embedded one for the duration of the block."""
+    if cfg.broker:
+        yield BrokerConfig.from_url(
+            cfg.broker,
+            username=cfg.username,
+            password_file=cfg.password_file,
+            ca_file=cfg.ca_file,
+            insecure=cfg.insecure,
+        )
+        return
+    from coordinator.broker import EmbeddedBroker
+
+    host, port = parse_listen(cfg.listen)
+    broker = EmbeddedBroker(host, port).start()
+    log.info("embedded MQTT broker listening on %s", broker.url)
+    try:
+        connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        yield BrokerConfig(connect_host, broker.port)
+    finally:
+        broker.stop()
+
+
+def run_job(
+    cfg: JobConfig,
+    *,
+    resume: bool = False,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    broker: BrokerConfig | None = None,
+    final_models: bool = True,
+) -> RunState:
+    """Run (or resume) a whole job; returns the final run state."""
+    run_dir = RunDir(cfg.run_path)
+    run_dir.create(dataclasses.asdict(cfg), resume=resume)
+    model = prepare_model(cfg, run_dir)
+    evaluator = None
+    if cfg.test_data:
+        evaluator = Evaluator(
+            TrainableModel(model.tflite, model.manifest), load_test_set(cfg.test_data)
+        )
+    topics = Topics(cfg.job, cfg.prefix)
+    will = Will(topics.status(SENDER), DeviceStatus(SENDER, "offline", 0.0).to_json())
+
+    @contextmanager
+    def connection() -> Iterator[MqttTransport]:
+        with broker_ctx() if broker is None else _given(broker) as broker_cfg:
+            transport = MqttTransport(broker_cfg, f"{SENDER}-{cfg.job}", will=will)
+            transport.connect()
+            try:
+                yield transport
+            finally:
+                transport.wait_published(10)
+                transport.close()
+
+    def broker_ctx():  # noqa: ANN202
+        return broker_for(cfg)
+
+    with connection() as transport:
+        coordinator = Coordinator(cfg, transport, model, run_dir, evaluator, on_round=on_round)
+        state = coordinator.run(resume=resume)
+        if final_models:
+            _final_models(run_dir, model.manifest, state)
+    return state
+
+
+@contextmanager
+def _given(broker: BrokerConfig) -> Iterator[BrokerConfig]:
+    yield broker
+
+
+def _final_models(run_dir: RunDir, manifest, state: RunState) -> None:  # noqa: ANN001
+    weights, _ = run_dir.load_weights(state)
+    try:
+        from model_export.final import export_trained
+    except ImportError:
+        log.warning(
+            "TensorFlow is not installed: the final weights are in %s only", state.checkpoint
+        )
+        return
+    paths = export_trained(manifest, weights, run_dir.final_dir)
+    log.info("final models in %s", paths["model"].parent)

@@ -1,0 +1,154 @@
+"""The run directory: the coordinator's system of record.
+
+    RUN_DIR/
+      model/model.tflite, model/manifest.json   the trainable model the job uses
+      config.json                                the resolved job configuration
+      state.json                                 last completed round, its checkpoint, metrics history
+      checkpoints/round-NNNN.npz                 global weights (+ strategy state) after round N
+      metrics.jsonl                              one JSON object per completed round
+      final/                                     trained model, weights, inference-only model
+
+Every file is written to a temporary name and renamed, so a crash at any moment leaves
+the previous consistent state; ``metrics.jsonl`` is rewritten from ``state.json``, so a
+resumed job never counts a round twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_client.errors import ConfigError
+
+KEEP_CHECKPOINTS = 2
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class RunState:
+    job: str
+    round: int = 0  # last completed round
+    checkpoint: str | None = None  # relative path of its weights
+    history: list[dict[str, Any]] = field(default_factory=list)  # metrics per completed round
+    finished: bool = False
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def final_dir(self) -> Path:
+        return self.path / "final"
+
+    def create(self, config: Mapping[str, Any], *, resume: bool) -> None:
+        if (self.path / "state.json").exists() and not resume:
+            raise ConfigError(
+                f"run directory {self.path} already holds a job: use --resume {self.path} to continue it, "
+                "or choose another --run-dir"
+            )
+        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        atomic_write(
+            self.path / "config.json",
+            (json.dumps(dict(config), indent=2, default=str) + "\n").encode(),
+        )
+
+    def load_state(self, job: str) -> RunState:
+        p = self.path / "state.json"
+        if not p.exists():
+            return RunState(job)
+        try:
+            raw = json.loads(p.read_text())
+            state = RunState(
+                raw["job"],
+                int(raw["round"]),
+                raw.get("checkpoint"),
+                list(raw["history"]),
+                bool(raw.get("finished")),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cannot resume: {p} is unreadable ({exc})") from exc
+        if state.job != job:
+            raise ConfigError(
+                f"cannot resume: {self.path} belongs to job {state.job!r}, not {job!r}"
+            )
+        return state
+
+    def load_weights(self, state: RunState) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(global weights, strategy state) of the state's checkpoint."""
+        if state.checkpoint is None:
+            raise ConfigError("no checkpoint to resume from")
+        try:
+            with np.load(self.path / state.checkpoint, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot resume: checkpoint {state.checkpoint} is unreadable ({exc})"
+            ) from exc
+        weights = {k[2:]: v for k, v in arrays.items() if k.startswith("w/")}
+        strategy = {k[2:]: v for k, v in arrays.items() if k.startswith("s/")}
+        return weights, strategy
+
+    def save_round(
+        self,
+        state: RunState,
+        round_: int,
+        weights: Mapping[str, np.ndarray],
+        strategy_state: Mapping[str, np.ndarray],
+        metrics: Mapping[str, Any] | None,
+    ) -> RunState:
+        """Checkpoint round ``round_`` (weights first, then state, then metrics.jsonl)."""
+        rel = f"checkpoints/round-{round_:04d}.npz"
+        arrays = {f"w/{k}": v for k, v in weights.items()} | {
+            f"s/{k}": v for k, v in strategy_state.items()
+        }
+        tmp = self.path / f"checkpoints/.round-{round_:04d}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, self.path / rel)
+        history = [h for h in state.history if h["round"] < round_]
+        if metrics is not None:
+            history.append(dict(metrics))
+        new = RunState(state.job, round_, rel, history, state.finished)
+        self._write_state(new)
+        self._prune(round_)
+        return new
+
+    def mark_finished(self, state: RunState) -> RunState:
+        new = RunState(state.job, state.round, state.checkpoint, state.history, True)
+        self._write_state(new)
+        return new
+
+    def _write_state(self, state: RunState) -> None:
+        raw = {
+            "job": state.job,
+            "round": state.round,
+            "checkpoint": state.checkpoint,
+            "history": state.history,
+            "finished": state.finished,
+        }
+        atomic_write(self.path / "state.json", (json.dumps(raw, indent=1) + "\n").encode())
+        lines = "".join(json.dumps(h) + "\n" for h in state.history)
+        atomic_write(self.path / "metrics.jsonl", lines.encode())
+
+    def _prune(self, round_: int) -> None:
+        for old in sorted((self.path / "checkpoints").glob("round-*.npz"))[:-KEEP_CHECKPOINTS]:
+            if old.name != f"round-{round_:04d}.npz":
+                old.unlink(missing_ok=True)

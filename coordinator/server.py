@@ -1,0 +1,322 @@
+"""The coordinator's round loop: announce, collect, aggregate, evaluate, checkpoint.
+
+All work happens on the caller's thread; MQTT messages arrive through the transport's
+queue (``Inbox``), never in paho callbacks. The run directory is the system of record:
+``run()`` continues from its last checkpoint, so a restarted coordinator re-runs only
+the round that was open when it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from coordinator.aggregation import Strategy, make_strategy
+from coordinator.config import JobConfig
+from coordinator.evaluation import Evaluator
+from coordinator.rounds import RoundCollector
+from coordinator.run_dir import RunDir, RunState
+from coordinator.selection import select_devices
+from edge_client.errors import EdgeFLError
+from edge_client.manifest import Manifest
+from edge_client.messaging import BinaryPublisher, Inbox, Incoming
+from edge_client.protocol import (
+    DeviceStatus,
+    JobControl,
+    RoundAnnouncement,
+    RoundMetrics,
+    Topics,
+    UpdateDeduper,
+    decode,
+    encode_model,
+    encode_weights,
+)
+from edge_client.transport import Transport
+
+log = logging.getLogger(__name__)
+
+SENDER = "coordinator"
+POLL_S = 0.2  # inbox poll interval while waiting
+
+
+class JobError(EdgeFLError):
+    """The job cannot continue (too few devices or results, operator stop...)."""
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    tflite: bytes
+    manifest: Manifest
+    initial_weights: dict[str, np.ndarray]
+
+
+class Coordinator:
+    def __init__(
+        self,
+        config: JobConfig,
+        transport: Transport,
+        model: ModelBundle,
+        run_dir: RunDir,
+        evaluator: Evaluator | None = None,
+        *,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+        strategy: Strategy | None = None,
+    ) -> None:
+        self.cfg = config
+        self.transport = transport
+        self.model = model
+        self.run_dir = run_dir
+        self.evaluator = evaluator
+        self.on_round = on_round or (lambda metrics: None)
+        self.topics = Topics(config.job, config.prefix)
+        self.publisher = BinaryPublisher(transport, config.max_chunk)
+        self.inbox = Inbox(transport, self.topics)
+        self.strategy = strategy or make_strategy(
+            config.strategy, server_lr=config.server_lr, server_momentum=config.server_momentum
+        )
+        self.devices: dict[str, DeviceStatus] = {}
+        self.started = time.time()
+        self.control_state = "running"
+        self._shapes = {w.name: w.shape for w in model.manifest.weights}
+        if config.strategy == "fedprox" and not model.manifest.hyperparameters.get("prox_mu"):
+            raise JobError("strategy fedprox needs a model exported with --prox-mu > 0")
+
+    # -- presence and control ---------------------------------------------------------------
+    def online(self) -> set[str]:
+        return {d for d, s in self.devices.items() if s.state != "offline"}
+
+    def _handle(self, item: Incoming, collector: RoundCollector | None = None) -> None:
+        if item.kind == "status" and item.device:
+            status: DeviceStatus = item.value
+            previous = self.devices.get(item.device)
+            self.devices[item.device] = status
+            if previous is None or (previous.state == "offline") != (status.state == "offline"):
+                log.info("device %s is %s", item.device, status.state)
+        elif item.kind == "update" and item.device:
+            if collector is None:
+                log.info("update from %s outside a round ignored", item.device)
+            else:
+                collector.offer(item.value, item.device, item.size)
+        elif item.kind == "control":
+            ctl: JobControl = item.value
+            if ctl.time > self.started and ctl.state != self.control_state:
+                log.warning(
+                    "operator set the job %s%s", ctl.state, f" ({ctl.detail})" if ctl.detail else ""
+                )
+                self.control_state = ctl.state
+
+    def _pump(self, timeout: float, collector: RoundCollector | None = None) -> None:
+        item = self.inbox.get(timeout)
+        if item is not None:
+            self._handle(item, collector)
+
+    def _publish_control(self, state: str, detail: str = "") -> None:
+        self.control_state = state
+        msg = JobControl(self.cfg.job, state, time.time(), detail)
+        self.transport.publish(self.topics.control, msg.to_json(), retain=True)
+
+    # -- the job ---------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> RunState:
+        state = self.run_dir.load_state(self.cfg.job)
+        if state.finished:
+            log.info("job %s already finished %d rounds", self.cfg.job, state.round)
+            return state
+        if state.round and not resume:
+            raise JobError(
+                f"{self.run_dir.path} holds {state.round} completed rounds: use --resume"
+            )
+        if state.round:
+            weights, strategy_state = self.run_dir.load_weights(state)
+            self.strategy.load_state(strategy_state)
+            log.info("resuming job %s after round %d", self.cfg.job, state.round)
+        else:
+            weights = dict(self.model.initial_weights)
+        for topic, qos in self.topics.coordinator_subscriptions():
+            self.transport.subscribe(topic, qos)
+        self._publish_control("running")
+        model_payload = encode_model(
+            self.model.tflite, self.model.manifest.to_dict(), job=self.cfg.job, sender=SENDER
+        )
+        self.publisher.publish(self.topics.model, model_payload, retain=True)
+        for round_ in range(state.round + 1, self.cfg.rounds + 1):
+            self._wait_while_paused()
+            if self.control_state == "stopped":
+                raise JobError(f"stopped by the operator before round {round_}")
+            weights, metrics = self.run_round(round_, weights)
+            state = self.run_dir.save_round(state, round_, weights, self.strategy.state(), metrics)
+            self.transport.publish(
+                self.topics.metrics, _metrics_message(self.cfg.job, metrics).to_json(), retain=True
+            )
+            self.on_round(metrics)
+        state = self.run_dir.mark_finished(state)
+        self._publish_control("stopped", "finished")
+        return state
+
+    def _wait_while_paused(self) -> None:
+        announced = False
+        while self.control_state == "paused":
+            if not announced:
+                log.warning("job paused: waiting for resume")
+                announced = True
+            self._pump(POLL_S)
+
+    def wait_for_devices(self) -> set[str]:
+        need, deadline = self.cfg.min_devices, time.monotonic() + self.cfg.wait_timeout
+        last_note = 0.0
+        while len(self.online()) < need:
+            if time.monotonic() > deadline:
+                raise JobError(
+                    f"only {len(self.online())} of {need} devices online after {self.cfg.wait_timeout:.0f} s: "
+                    "start more boards or lower --min-devices"
+                )
+            if time.monotonic() - last_note > 10:
+                log.info("waiting for devices: %d of %d online", len(self.online()), need)
+                last_note = time.monotonic()
+            self._pump(POLL_S)
+        return self.online()
+
+    def run_round(
+        self, round_: int, weights: Mapping[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        t0 = time.time()
+        for attempt in range(self.cfg.max_retries + 1):
+            collector, bytes_down = self._collect(round_, weights, attempt)
+            if len(collector.accepted) >= self.cfg.min_results:
+                break
+            log.warning(
+                "round %d attempt %d closed with %d of %d required updates",
+                round_,
+                attempt + 1,
+                len(collector.accepted),
+                self.cfg.min_results,
+            )
+        else:
+            raise JobError(
+                f"round {round_} got fewer than {self.cfg.min_results} updates in {self.cfg.max_retries + 1} "
+                "attempts: check the devices' status and logs, or lower --min-results"
+            )
+        new_weights = self.strategy.finish()
+        metrics = self._metrics(round_, collector, bytes_down, time.time() - t0, new_weights)
+        return new_weights, metrics
+
+    def _collect(
+        self, round_: int, weights: Mapping[str, np.ndarray], attempt: int
+    ) -> tuple[RoundCollector, int]:
+        online = self.wait_for_devices()
+        selected = select_devices(
+            online,
+            round_,
+            fraction=self.cfg.fraction,
+            k=self.cfg.clients_per_round,
+            seed=self.cfg.seed,
+        )
+        payload = encode_weights(
+            weights,
+            kind="global",
+            job=self.cfg.job,
+            round=round_,
+            sender=SENDER,
+            encoding=self.cfg.encoding,
+        )
+        global_sha = decode(payload).weights_sha256()  # what devices will decode and train from
+        sent = self.publisher.publish(self.topics.global_weights, payload, retain=True)
+        deadline = time.time() + self.cfg.round_timeout
+        announcement = RoundAnnouncement(
+            job=self.cfg.job,
+            round=round_,
+            deadline=deadline,
+            selected=selected,
+            hyperparams={"epochs": self.cfg.epochs, "lr": self.cfg.lr, "attempt": attempt},
+            model_sha256=self.model.manifest.sha256,
+            global_sha256=global_sha,
+            encoding=self.cfg.encoding,
+        )
+        self.transport.publish(self.topics.round, announcement.to_json(), retain=True)
+        log.info(
+            "round %d: %d devices selected, deadline in %.0f s",
+            round_,
+            len(selected),
+            self.cfg.round_timeout,
+        )
+        self.strategy.begin(weights)
+        collector = RoundCollector(
+            self.cfg.job,
+            round_,
+            frozenset(selected),
+            global_sha,
+            self._shapes,
+            self.strategy,
+            UpdateDeduper(),
+        )
+        while not collector.complete() and time.time() < deadline:
+            self._pump(POLL_S, collector)
+            if self.control_state == "stopped":
+                break
+        if not collector.complete():
+            missing = sorted(collector.selected - collector.replied)
+            log.warning("round %d closed at its deadline without %s", round_, ", ".join(missing))
+        closed = dataclasses.replace(announcement, state="closed")
+        self.transport.publish(self.topics.round, closed.to_json(), retain=True)
+        return collector, sent * len(selected)
+
+    def _metrics(
+        self,
+        round_: int,
+        c: RoundCollector,
+        bytes_down: int,
+        duration: float,
+        weights: Mapping[str, np.ndarray],
+    ) -> dict[str, Any]:
+        accuracy = loss = None
+        if self.evaluator is not None and (
+            round_ % self.cfg.eval_every == 0 or round_ == self.cfg.rounds
+        ):
+            result = self.evaluator.evaluate(weights)
+            accuracy, loss = result.accuracy, result.loss
+        devices = {
+            r.device: {
+                "samples": r.samples,
+                "loss": r.loss,
+                "accuracy": r.accuracy,
+                "duration_s": r.duration_s,
+                "interpreter": r.interpreter,
+                "bytes_up": r.bytes,
+                "failed": r.failed or None,
+            }
+            for r in c.results.values()
+        }
+        return {
+            "round": round_,
+            "accuracy": accuracy,
+            "loss": loss,
+            "participants": sorted(r.device for r in c.accepted),
+            "selected": sorted(c.selected),
+            "failed": sorted(r.device for r in c.results.values() if r.failed),
+            "rejected": dict(c.rejected),
+            "samples": sum(r.samples for r in c.accepted),
+            "bytes_up": c.bytes_up,
+            "bytes_down": bytes_down,
+            "duration_s": round(duration, 3),
+            "devices": devices,
+            "time": time.time(),
+        }
+
+
+def _metrics_message(job: str, m: Mapping[str, Any]) -> RoundMetrics:
+    return RoundMetrics(
+        job=job,
+        round=m["round"],
+        accuracy=m["accuracy"],
+        loss=m["loss"],
+        participants=tuple(m["participants"]),
+        bytes_up=m["bytes_up"],
+        bytes_down=m["bytes_down"],
+        duration_s=m["duration_s"],
+        extra={"devices": m["devices"], "failed": m["failed"], "samples": m["samples"]},
+    )
