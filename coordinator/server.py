@@ -124,7 +124,7 @@ class Coordinator:
     # -- the job ---------------------------------------------------------------------------
     def run(self, resume: bool = False) -> RunState:
         state = self.run_dir.load_state(self.cfg.job)
-        if state.finished:
+        if state.finished and state.round >= self.cfg.rounds:
             log.info("job %s already finished %d rounds", self.cfg.job, state.round)
             return state
         if state.round and not resume:
