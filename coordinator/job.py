@@ -45,7 +45,6 @@ def broker_for(cfg: JobConfig) -> Iterator[BrokerConfig]:
 
     host, port = parse_listen(cfg.listen)
     broker = EmbeddedBroker(host, port).start()
-    log.info("embedded MQTT broker listening on %s", broker.url)
     try:
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
         yield BrokerConfig(connect_host, broker.port)

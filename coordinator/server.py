@@ -179,7 +179,16 @@ class Coordinator:
                 log.info("waiting for devices: %d of %d online", len(self.online()), need)
                 last_note = time.monotonic()
             self._pump(POLL_S)
+        self._drain()  # statuses already queued (e.g. retained ones) count too
         return self.online()
+
+    def _drain(self, limit: int = 10_000) -> None:
+        for _ in range(limit):
+            item = self.inbox.get(0)
+            if item is None and not self.inbox.pending():
+                return
+            if item is not None:
+                self._handle(item)
 
     def run_round(
         self, round_: int, weights: Mapping[str, np.ndarray]

@@ -83,6 +83,10 @@ class Inbox:
         self._sizes: dict[str, int] = {}
         self.rejected = 0  # malformed or foreign messages dropped so far
 
+    def pending(self) -> bool:
+        """Whether raw messages are waiting in the transport's queue."""
+        return self.transport.pending() > 0
+
     def get(self, timeout: float | None = None) -> Incoming | None:
         """The next complete item, or None when nothing complete arrived in ``timeout``."""
         message = self.transport.get(timeout)

@@ -116,6 +116,8 @@ class Transport(Protocol):
 
     def get(self, timeout: float | None = None) -> Message | None: ...
 
+    def pending(self) -> int: ...
+
     @property
     def connected(self) -> bool: ...
 
@@ -212,6 +214,7 @@ class MqttTransport:
                 )
 
     def close(self) -> None:
+        self._connected.clear()  # first: a deliberate disconnect is not an outage to log
         try:
             self._client.disconnect()
         finally:
@@ -243,6 +246,10 @@ class MqttTransport:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
+
+    def pending(self) -> int:
+        """Messages received and not yet taken with ``get``."""
+        return self._queue.qsize()
 
     @property
     def connected(self) -> bool:
@@ -328,6 +335,10 @@ class MemoryTransport:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
+
+    def pending(self) -> int:
+        """Messages received and not yet taken with ``get``."""
+        return self._queue.qsize()
 
     def _deliver(self, message: Message) -> None:
         self._queue.put(message)

@@ -1,0 +1,369 @@
+"""``fedge``: the edge client's command line (``fedge run``, ``fedge info``).
+
+Every option of ``fedge run`` can also come from an ``EDGEFL_*`` environment variable
+(flag > environment > default), which suits systemd units. Expected failures
+(``EdgeFLError``) print one line ``error: ...`` and exit 1; usage errors exit 2.
+Passwords are read from a file or the environment, never from a flag, and never printed.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import platform
+import signal
+import sys
+from typing import Any
+
+import click
+
+from edge_client import __version__
+from edge_client.config import DEFAULT_HEARTBEAT_S, ClientConfig
+from edge_client.errors import EdgeFLError, ProtocolError
+from edge_client.protocol import DEFAULT_MAX_CHUNK, DEFAULT_PREFIX
+from edge_client.protocol._common import check_id
+from edge_client.runtime import RUNTIME_NAMES
+
+log = logging.getLogger("edge_client.cli")
+
+DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10")  # edge_client.data.DATASETS
+option = functools.partial(click.option, show_envvar=True)  # --help names each variable
+
+
+class _Group(click.Group):
+    """Turns toolkit errors into one-line messages instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeFLError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def configure_logging(verbose: int) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_id(value, "device id" if param.name == "device_id" else "job id")
+    except ProtocolError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _partition(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from edge_client.data import parse_scheme
+
+    try:
+        return str(parse_scheme(value))
+    except EdgeFLError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(
+    cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
+@click.version_option(__version__, prog_name="fedge")
+def main() -> None:
+    """Edge client of the federated-learning toolkit: trains on local data, shares weights only."""
+
+
+@main.command()
+@option(
+    "--broker",
+    envvar="EDGEFL_BROKER",
+    required=True,
+    metavar="URL",
+    help="MQTT broker: mqtt://HOST[:1883] or mqtts://HOST[:8883] (TLS).",
+)
+@option("--job", envvar="EDGEFL_JOB", required=True, callback=_id, help="Job id to join.")
+@option(
+    "--device-id",
+    envvar="EDGEFL_DEVICE_ID",
+    required=True,
+    callback=_id,
+    help="This device's id (also its broker user name when ACLs bind them).",
+)
+@option(
+    "--data",
+    "data_path",
+    envvar="EDGEFL_DATA",
+    type=click.Path(),
+    help="Local data: a .npz, IDX files, CIFAR-10 batches, an image folder <class>/*.png|jpg, "
+    "or a tar of images.",
+)
+@option(
+    "--dataset",
+    envvar="EDGEFL_DATASET",
+    type=click.Choice(DATASET_NAMES, case_sensitive=False),
+    help="A named data set instead of --data (found in $EDGEFL_DATA_DIR or system paths).",
+)
+@option(
+    "--split",
+    envvar="EDGEFL_SPLIT",
+    type=click.Choice(["train", "test"]),
+    default="train",
+    show_default=True,
+    help="Which split of the data to train on.",
+)
+@option(
+    "--partition",
+    envvar="EDGEFL_PARTITION",
+    callback=_partition,
+    metavar="SCHEME",
+    help="Train on one part of the data (simulations): iid, dirichlet:ALPHA, shards:K, sequential.",
+)
+@option(
+    "--partition-index",
+    envvar="EDGEFL_PARTITION_INDEX",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Which part this device holds (0-based).",
+)
+@option(
+    "--num-partitions",
+    envvar="EDGEFL_NUM_PARTITIONS",
+    type=click.IntRange(min=1),
+    help="Number of parts the data is split into (required with --partition).",
+)
+@option(
+    "--partition-seed",
+    envvar="EDGEFL_PARTITION_SEED",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the split; every simulated device must use the same one.",
+)
+@option(
+    "--state-dir",
+    envvar="EDGEFL_STATE_DIR",
+    type=click.Path(file_okay=False),
+    help="Where the model, last global weights and progress are kept "
+    "[default: ~/.local/state/edgefl/JOB/DEVICE].",
+)
+@option(
+    "--runtime",
+    envvar="EDGEFL_RUNTIME",
+    type=click.Choice(RUNTIME_NAMES),
+    help="TFLite interpreter [default: the first installed of ai-edge-litert, tflite-runtime].",
+)
+@option(
+    "--threads",
+    envvar="EDGEFL_THREADS",
+    type=click.IntRange(min=1),
+    help="Interpreter threads [default: chosen by the runtime].",
+)
+@option(
+    "--heartbeat",
+    envvar="EDGEFL_HEARTBEAT",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_HEARTBEAT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Republish the status this often (also during training); 0 disables.",
+)
+@option(
+    "--username",
+    envvar="EDGEFL_MQTT_USERNAME",
+    help="Broker user name.",
+)
+@option(
+    "--password-file",
+    envvar="EDGEFL_MQTT_PASSWORD_FILE",
+    type=click.Path(dir_okay=False),
+    help="File holding the broker password (or set EDGEFL_MQTT_PASSWORD). Never given as a flag.",
+)
+@option(
+    "--ca-file",
+    envvar="EDGEFL_CA_FILE",
+    type=click.Path(dir_okay=False),
+    help="CA bundle for mqtts:// [default: system CAs].",
+)
+@option(
+    "--cert-file",
+    envvar="EDGEFL_CERT_FILE",
+    type=click.Path(dir_okay=False),
+    help="Client certificate for mutual TLS.",
+)
+@option(
+    "--key-file",
+    envvar="EDGEFL_KEY_FILE",
+    type=click.Path(dir_okay=False),
+    help="Private key of --cert-file.",
+)
+@option(
+    "--insecure",
+    envvar="EDGEFL_INSECURE",
+    is_flag=True,
+    help="Do not check the broker's host name against its certificate (test setups only).",
+)
+@option(
+    "--exit-on-stop",
+    envvar="EDGEFL_EXIT_ON_STOP",
+    is_flag=True,
+    help="Exit (status 0) when the job is stopped, instead of waiting for the next run.",
+)
+@option(
+    "--max-chunk",
+    envvar="EDGEFL_MAX_CHUNK",
+    type=click.IntRange(min=1024),
+    default=DEFAULT_MAX_CHUNK,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest MQTT payload this device publishes (updates are split into chunks).",
+)
+@option(
+    "--prefix",
+    envvar="EDGEFL_PREFIX",
+    default=DEFAULT_PREFIX,
+    show_default=True,
+    help="Topic prefix shared with the coordinator.",
+)
+@option(
+    "--eval/--no-eval",
+    "evaluate",
+    envvar="EDGEFL_EVAL",
+    default=True,
+    show_default=True,
+    help="Report local train accuracy with each update (one extra forward pass).",
+)
+@option(
+    "--connect-timeout",
+    envvar="EDGEFL_CONNECT_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up (exit 1) if the broker cannot be reached at start; later outages are "
+    "retried forever with backoff.",
+)
+@click.option("-v", "--verbose", count=True, help="Debug log output.")
+def run(**opts: Any) -> None:
+    """Join a job: wait for rounds, train on local data, publish the weights.
+
+    Only weights leave the device. Every option can also be set by the environment
+    variable shown with it; a flag wins over the environment. Stop with SIGTERM or
+    Ctrl-C: the client publishes its status as offline and exits 0.
+
+    \b
+    fedge run --broker mqtt://192.168.1.10:1883 --job demo --device-id pi-01 \\
+              --data ~/data/fashion-mnist
+    """
+    configure_logging(opts.pop("verbose"))
+    config = _config(opts)
+    from edge_client.client import EdgeClient, mqtt_transport
+
+    client = EdgeClient(config, mqtt_transport(config))
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        client.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sys.exit(client.run())
+
+
+def _config(opts: dict[str, Any]) -> ClientConfig:
+    from edge_client.transport import BrokerConfig
+
+    if (opts["data_path"] is None) == (opts["dataset"] is None):
+        raise click.UsageError("give exactly one of --data PATH or --dataset NAME")
+    if opts["partition"] is not None and opts["num_partitions"] is None:
+        raise click.UsageError("--partition needs --num-partitions N (and --partition-index I)")
+    if opts["partition"] is None and opts["num_partitions"] is not None:
+        raise click.UsageError("--num-partitions needs --partition SCHEME")
+    if opts["num_partitions"] is not None and opts["partition_index"] >= opts["num_partitions"]:
+        raise click.UsageError(
+            f"--partition-index {opts['partition_index']} must be below "
+            f"--num-partitions {opts['num_partitions']}"
+        )
+    broker = BrokerConfig.from_url(
+        opts["broker"],
+        username=opts["username"],
+        password_file=opts["password_file"],
+        ca_file=opts["ca_file"],
+        cert_file=opts["cert_file"],
+        key_file=opts["key_file"],
+        insecure=opts["insecure"],
+    )
+    return ClientConfig(
+        broker=broker,
+        job=opts["job"],
+        device_id=opts["device_id"],
+        data_path=opts["data_path"],
+        dataset=opts["dataset"],
+        split=opts["split"],
+        partition=opts["partition"],
+        partition_index=opts["partition_index"],
+        num_partitions=opts["num_partitions"] or 1,
+        partition_seed=opts["partition_seed"],
+        state_dir=opts["state_dir"],
+        runtime=opts["runtime"],
+        num_threads=opts["threads"],
+        heartbeat_s=opts["heartbeat"],
+        max_chunk=opts["max_chunk"],
+        prefix=opts["prefix"],
+        exit_on_stop=opts["exit_on_stop"],
+        evaluate=opts["evaluate"],
+        connect_timeout_s=opts["connect_timeout"],
+    )
+
+
+@main.command()
+def info() -> None:
+    """Show the interpreter runtimes, numpy and paho-mqtt found on this machine."""
+    from importlib import metadata
+
+    import numpy as np
+
+    from edge_client.runtime import _CANDIDATES, _try
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    click.echo(f"edge_client  {__version__}")
+    click.echo(
+        f"python       {platform.python_version()} ({platform.machine()}, {platform.system()})"
+    )
+    click.echo(f"numpy        {np.__version__}")
+    click.echo(f"paho-mqtt    {version('paho-mqtt')}")
+    click.echo(f"click        {version('click')}")
+    found = False
+    for name, module, dist in _CANDIDATES:
+        if name == "tensorflow":  # importing TensorFlow takes seconds and GBs: only look
+            if importlib.util.find_spec("tensorflow") is not None:
+                state = "installed (last resort; not imported)"
+                click.echo(f"runtime      tensorflow {version('tensorflow')}: {state}")
+            continue
+        runtime = _try(name, module, dist)
+        if runtime is not None:
+            mark = "" if found else " (used by default)"
+            click.echo(f"runtime      {runtime.name} {runtime.version}{mark}")
+            found = True
+    if not found:
+        click.echo(
+            "runtime      none: pip install ai-edge-litert "
+            "(or tflite-runtime==2.14.0 with 'numpy<2' on 32-bit Raspberry Pi OS)"
+        )
+
+
+if __name__ == "__main__":
+    main(prog_name="fedge")
