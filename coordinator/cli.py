@@ -55,11 +55,24 @@ def main(verbose: int) -> None:
 
 def _register() -> None:
     from coordinator.commands.broker import broker
+    from coordinator.commands.dashboard import dashboard
+    from coordinator.commands.devices import devices
     from coordinator.commands.export import export
+    from coordinator.commands.monitor import monitor
+    from coordinator.commands.security import certs, keys
     from coordinator.commands.simulate import simulate
     from coordinator.commands.start import start
 
-    for command in (start, simulate, export, broker):
+    for command in (start, simulate, export, broker, keys, certs):
+        main.add_command(command)
+    for command in (monitor, dashboard):
+        main.add_command(command)
+    main.add_command(devices)
+    from coordinator.commands.baseline import baseline
+    from coordinator.commands.experiment import experiment
+    from coordinator.commands.report import report
+
+    for command in (report, baseline, experiment):
         main.add_command(command)
 
 

@@ -19,6 +19,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "EDGEFL_"
+STRATEGIES = ("fedavg", "fedavgm", "fedprox", "median", "trimmed_mean", "krum", "multi_krum")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class JobConfig:
     lr: float = 0.001  # device learning rate, announced every round
     batch_size: int = 32  # static train batch of that export
     prox_mu: float = 0.0  # FedProx mu baked into that export (strategy fedprox needs > 0)
+    momentum: float = 0.0  # SGD momentum of that export
     epochs: int = 2  # local epochs per round
     # -- participants ---------------------------------------------------------------------
     min_devices: int = 1  # devices online before a round starts
@@ -44,18 +46,32 @@ class JobConfig:
     max_retries: int = 2  # re-runs of a round that got fewer than min_results updates
     seed: int = 0  # participant selection (and the initial weights of an export)
     # -- aggregation ----------------------------------------------------------------------
-    strategy: str = "fedavg"  # fedavg | fedavgm | fedprox
+    strategy: str = "fedavg"  # one of STRATEGIES
     server_lr: float = 1.0  # fedavgm
     server_momentum: float = 0.9  # fedavgm
+    # -- hostile devices (docs/security.md) ------------------------------------------------
+    # Reject an update whose change exceeds this many times the global weights' L2 norm
+    # (at least 1): a legitimate round moves the weights by a fraction of their norm, so 10x
+    # is absurd yet far from any honest update. 0 disables the check.
+    max_update_norm: float = 10.0
+    clip_norm: float = 0.0  # scale each update's change to this L2 norm at most; 0: off
+    trim_ratio: float = 0.1  # trimmed_mean: share of values dropped at each end, [0, 0.5)
+    krum_byzantine: int = 1  # krum / multi_krum: hostile devices f tolerated (n >= 2f + 3)
+    dp_clip: float = 0.0  # DP-FedAvg: per-update clipping norm C; > 0 turns DP-FedAvg on
+    dp_noise_multiplier: float = 0.0  # DP-FedAvg: Gaussian noise std = multiplier * C / n
+    signing_key: str | None = None  # Ed25519 private key (fedcoord keys generate): sign
     # -- evaluation -----------------------------------------------------------------------
     test_data: str | None = None  # data set name (fashion-mnist, mnist, cifar10) or path
     eval_every: int = 1  # evaluate the global model every N rounds (and the last)
+    eval_devices: bool = False  # also score every device's update on the test set (reports)
     # -- broker ---------------------------------------------------------------------------
     broker: str | None = None  # mqtt[s]://HOST:PORT; None: start the embedded broker
     listen: str = "127.0.0.1:1883"  # embedded broker address; 0.0.0.0 lets boards on the LAN in
     username: str | None = None
     password_file: str | None = None
     ca_file: str | None = None
+    cert_file: str | None = None  # client certificate for brokers that require one (mTLS)
+    key_file: str | None = None
     insecure: bool = False
     prefix: str = DEFAULT_PREFIX
     encoding: str = "float32"  # global weights and requested update encoding
@@ -74,9 +90,10 @@ class JobConfig:
             (self.max_retries >= 0, "max_retries must be >= 0"),
             (self.eval_every >= 1, "eval_every must be at least 1"),
             (
-                self.strategy in ("fedavg", "fedavgm", "fedprox"),
-                f"unknown strategy {self.strategy!r}: use fedavg, fedavgm or fedprox",
+                self.strategy in STRATEGIES,
+                f"unknown strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}",
             ),
+            *_robustness_checks(self),
         ]
         for ok, message in checks:
             if not ok:
@@ -88,6 +105,31 @@ class JobConfig:
 
     def replace(self, **changes: Any) -> JobConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _robustness_checks(c: JobConfig) -> list[tuple[bool, str]]:
+    return [
+        (c.max_update_norm >= 0, "max_update_norm must be >= 0 (0 disables the check)"),
+        (c.clip_norm >= 0, "clip_norm must be >= 0 (0 disables clipping)"),
+        (0 <= c.trim_ratio < 0.5, "trim_ratio must be in [0, 0.5)"),
+        (c.krum_byzantine >= 0, "krum_byzantine must be >= 0"),
+        (
+            c.dp_clip >= 0 and c.dp_noise_multiplier >= 0,
+            "dp_clip and dp_noise_multiplier must be >= 0",
+        ),
+        (
+            c.dp_noise_multiplier == 0 or c.dp_clip > 0,
+            "dp_noise_multiplier needs dp_clip > 0 (the noise is scaled to the clipping norm)",
+        ),
+        (
+            c.dp_clip == 0 or c.strategy in ("fedavg", "fedprox"),
+            f"DP-FedAvg (dp_clip > 0) replaces the server average: use strategy fedavg, not {c.strategy}",
+        ),
+        (
+            c.dp_clip == 0 or c.clip_norm == 0,
+            "use either clip_norm or dp_clip (DP-FedAvg clips itself)",
+        ),
+    ]
 
 
 _FIELDS = {f.name: f for f in fields(JobConfig)}
@@ -104,6 +146,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         "username",
         "password_file",
         "ca_file",
+        "cert_file",
+        "key_file",
+        "signing_key",
     ):
         kind = str
     try:

@@ -6,9 +6,10 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coordinator.config import JobConfig
+from coordinator.dashboard import attach_dashboard
 from coordinator.evaluation import Evaluator, load_test_set
 from coordinator.model_source import prepare_model
 from coordinator.run_dir import RunDir, RunState
@@ -17,6 +18,9 @@ from edge_client.errors import ConfigError
 from edge_client.protocol import DeviceStatus, Topics
 from edge_client.trainable_model import TrainableModel
 from edge_client.transport import BrokerConfig, MqttTransport, Will
+
+if TYPE_CHECKING:
+    from coordinator.dashboard.server import DashboardSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,8 @@ def broker_for(cfg: JobConfig) -> Iterator[BrokerConfig]:
             username=cfg.username,
             password_file=cfg.password_file,
             ca_file=cfg.ca_file,
+            cert_file=cfg.cert_file,
+            key_file=cfg.key_file,
             insecure=cfg.insecure,
         )
         return
@@ -59,8 +65,11 @@ def run_job(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     broker: BrokerConfig | None = None,
     final_models: bool = True,
+    dashboard: DashboardSettings | None = None,
 ) -> RunState:
-    """Run (or resume) a whole job; returns the final run state."""
+    """Run (or resume) a whole job; returns the final run state.
+
+    With ``dashboard`` settings the web dashboard follows the job from this process."""
     run_dir = RunDir(cfg.run_path)
     run_dir.create(dataclasses.asdict(cfg), resume=resume)
     model = prepare_model(cfg, run_dir)
@@ -74,7 +83,10 @@ def run_job(
 
     @contextmanager
     def connection() -> Iterator[MqttTransport]:
-        with broker_ctx() if broker is None else _given(broker) as broker_cfg:
+        with (
+            broker_ctx() if broker is None else _given(broker) as broker_cfg,
+            attach_dashboard(dashboard, broker_cfg, cfg),
+        ):
             transport = MqttTransport(broker_cfg, f"{SENDER}-{cfg.job}", will=will)
             transport.connect()
             try:

@@ -79,7 +79,9 @@ def _export(cfg: JobConfig, target: Path) -> None:
             input_shape=shape,
             classes=len(names) if names else 10,
             batch_size=cfg.batch_size,
-            optimizer=OptimizerConfig(cfg.optimizer, cfg.lr, prox_mu=cfg.prox_mu),
+            optimizer=OptimizerConfig(
+                cfg.optimizer, cfg.lr, momentum=cfg.momentum, prox_mu=cfg.prox_mu
+            ),
             label_names=names,
             seed=cfg.seed,
         ),

@@ -2,6 +2,12 @@
 
 Every rejection is logged with its reason and counted; nothing a device sends can
 raise out of ``offer`` or reach the aggregate unless it passed every check.
+
+Two kinds of rejection: an update that is not this round's business (another job or
+round, a device not selected, a sender that is not the topic's device, a second update)
+is dropped and the device may still answer; an update of a selected device for this
+round whose content is bad (base weights, sample count, tensors, dtypes, NaN/Inf, norm)
+also counts as that device's reply, so the round need not wait for its deadline.
 """
 
 from __future__ import annotations
@@ -14,12 +20,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from coordinator.aggregation import Strategy
+from coordinator.robust_strategies import delta_norm
 from edge_client.errors import ProtocolError
 from edge_client.protocol import Envelope, UpdateDeduper, UpdateKey
 
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 10**9  # a larger claimed sample count is a lie that would dominate FedAvg
+_FLOAT_WIRE = ("float32", "float16")  # wire dtypes of floating weights (int8 needs a scale)
+
+
+class InvalidUpdate(ProtocolError):
+    """A selected device's update for the open round whose content is unusable."""
 
 
 @dataclass
@@ -31,6 +43,7 @@ class DeviceResult:
     duration_s: float | None = None
     interpreter: str = ""
     failed: str = ""  # reason, for a reported failure
+    test_accuracy: float | None = None  # of this update on the test set (--eval-devices)
     bytes: int = 0
 
 
@@ -45,10 +58,17 @@ class RoundCollector:
     shapes: Mapping[str, tuple[int, ...]]  # expected tensors, in manifest order
     strategy: Strategy
     deduper: UpdateDeduper
+    # The round's global weights, for the norm check (None: no norm check)
+    global_weights: Mapping[str, np.ndarray] | None = None
+    max_update_norm: float = 0.0  # reject a change > this x max(1, ||global||); 0: off
+    dtypes: Mapping[str, str] | None = None  # manifest dtypes (None: all float32)
     results: dict[str, DeviceResult] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)  # device -> last reason
+    invalid: set[str] = field(default_factory=set)  # selected devices that sent bad content
+    aggregated: int = 0  # updates folded into the strategy (each device at most once)
     bytes_up: int = 0
     started: float = field(default_factory=time.time)
+    _global_norm: float | None = field(default=None, repr=False)
 
     @property
     def accepted(self) -> list[DeviceResult]:
@@ -59,7 +79,7 @@ class RoundCollector:
         return set(self.results)
 
     def complete(self) -> bool:
-        return self.selected <= self.replied
+        return self.selected <= self.replied | self.invalid
 
     def offer(self, envelope: Envelope, device: str, size: int) -> bool:
         """Take an update or failure from ``device`` (the topic's id); True if accepted."""
@@ -69,8 +89,12 @@ class RoundCollector:
             return False
         try:
             self._check(envelope, device)
+            if envelope.kind == "update":
+                self._check_content(envelope)
         except ProtocolError as exc:
             self.rejected[device] = str(exc)
+            if isinstance(exc, InvalidUpdate):
+                self.invalid.add(device)
             log.warning("rejected update from %s: %s", device, exc)
             return False
         self.deduper.add(key)
@@ -84,6 +108,8 @@ class RoundCollector:
             return True
         weights = envelope.weights()
         self.strategy.accept(weights, envelope.samples)
+        self.aggregated += 1
+        self.invalid.discard(device)
         self.results[device] = DeviceResult(
             device,
             samples=envelope.samples,
@@ -102,31 +128,65 @@ class RoundCollector:
             raise ProtocolError(
                 f"payload sender {env.sender!r} differs from topic device {device!r}"
             )
-        if env.round != self.round:
+        if env.round < self.round:
+            raise ProtocolError(
+                f"stale update for round {env.round}, the open round is {self.round} "
+                f"(round {env.round} is closed: a late copy or a replay)"
+            )
+        if env.round > self.round:
             raise ProtocolError(f"update for round {env.round}, the open round is {self.round}")
         if device not in self.selected:
             raise ProtocolError("device was not selected for this round")
         if device in self.results:
             raise ProtocolError("a second, different update in the same round")
-        if env.kind == "failure":
-            return
+
+    def _check_content(self, env: Envelope) -> None:
         if env.meta.get("base_sha256") != self.base_sha256:
-            raise ProtocolError("trained from other global weights (base_sha256 mismatch)")
+            raise InvalidUpdate("trained from other global weights (base_sha256 mismatch)")
         if not 0 < env.samples <= MAX_SAMPLES:
-            raise ProtocolError(f"implausible sample count {env.samples}")
+            raise InvalidUpdate(f"implausible sample count {env.samples}")
         specs = {t.name: t for t in env.tensors}
-        if list(specs) != list(self.shapes):
+        if len(env.tensors) != len(self.shapes) or list(specs) != list(self.shapes):
             missing = sorted(set(self.shapes) - set(specs))
             extra = sorted(set(specs) - set(self.shapes))
-            raise ProtocolError(f"wrong tensors (missing {missing}, unexpected {extra})")
+            raise InvalidUpdate(
+                f"wrong tensors: {len(env.tensors)} sent, {len(self.shapes)} expected "
+                f"(missing {missing}, unexpected {extra})"
+            )
         for name, shape in self.shapes.items():
-            if tuple(specs[name].shape) != tuple(shape):
-                raise ProtocolError(
-                    f"{name} has shape {tuple(specs[name].shape)}, expected {tuple(shape)}"
+            spec = specs[name]
+            if tuple(spec.shape) != tuple(shape):
+                raise InvalidUpdate(
+                    f"{name} has shape {tuple(spec.shape)}, expected {tuple(shape)}"
                 )
-        for name, w in env.weights().items():
+            want = (self.dtypes or {}).get(name, "float32")
+            floating = spec.dtype in _FLOAT_WIRE or (
+                spec.dtype == "int8" and spec.scale is not None
+            )
+            if (want.startswith("float") and not floating) or (
+                not want.startswith("float") and spec.dtype != want
+            ):
+                raise InvalidUpdate(f"{name} has dtype {spec.dtype}, expected {want}")
+        weights = env.weights()
+        for name, w in weights.items():
             if not np.all(np.isfinite(w)):
-                raise ProtocolError(f"{name} contains NaN or Inf")
+                raise InvalidUpdate(f"{name} contains NaN or Inf")
+        self._check_norm(weights)
+
+    def _check_norm(self, weights: Mapping[str, np.ndarray]) -> None:
+        if self.max_update_norm <= 0 or self.global_weights is None:
+            return
+        if self._global_norm is None:
+            zero = {k: np.zeros_like(v) for k, v in self.global_weights.items()}
+            self._global_norm = delta_norm(self.global_weights, zero)
+        reference = max(1.0, self._global_norm)
+        norm = delta_norm(weights, self.global_weights)
+        if norm > self.max_update_norm * reference:
+            raise InvalidUpdate(
+                f"absurd update: it changes the weights by {norm:.4g} (L2), "
+                f"{norm / reference:.1f}x the global weights' norm; the limit is "
+                f"{self.max_update_norm:g}x"
+            )
 
 
 def _num(value: object) -> float | None:

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.aggregation import Strategy, make_strategy
+from coordinator.aggregation import Strategy
 from coordinator.config import JobConfig
 from coordinator.evaluation import Evaluator
+from coordinator.robust_strategies import build_strategy
 from coordinator.rounds import RoundCollector
 from coordinator.run_dir import RunDir, RunState
 from coordinator.selection import select_devices
@@ -37,6 +38,7 @@ from edge_client.protocol import (
     encode_model,
     encode_weights,
 )
+from edge_client.signing import Signer
 from edge_client.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -77,13 +79,17 @@ class Coordinator:
         self.topics = Topics(config.job, config.prefix)
         self.publisher = BinaryPublisher(transport, config.max_chunk)
         self.inbox = Inbox(transport, self.topics)
-        self.strategy = strategy or make_strategy(
-            config.strategy, server_lr=config.server_lr, server_momentum=config.server_momentum
-        )
+        self.strategy = strategy or build_strategy(config)
+        self.signer = Signer.from_file(config.signing_key) if config.signing_key else None
         self.devices: dict[str, DeviceStatus] = {}
         self.started = time.time()
         self.control_state = "running"
         self._shapes = {w.name: w.shape for w in model.manifest.weights}
+        self._dtypes = {w.name: w.dtype for w in model.manifest.weights}
+        # What a broker restart loses and the coordinator republishes (retained): the model
+        # envelope, the current global weights and the last announcement, as published.
+        self._retained: dict[str, bytes] = {}
+        self._connections = getattr(transport, "connections", 0)
         if config.strategy == "fedprox" and not model.manifest.hyperparameters.get("prox_mu"):
             raise JobError("strategy fedprox needs a model exported with --prox-mu > 0")
 
@@ -102,7 +108,15 @@ class Coordinator:
             if collector is None:
                 log.info("update from %s outside a round ignored", item.device)
             else:
-                collector.offer(item.value, item.device, item.size)
+                accepted = collector.offer(item.value, item.device, item.size)
+                if (
+                    accepted
+                    and self.cfg.eval_devices
+                    and self.evaluator
+                    and item.value.kind == "update"
+                ):
+                    score = self.evaluator.evaluate(item.value.weights())
+                    collector.results[item.device].test_accuracy = score.accuracy
         elif item.kind == "control":
             ctl: JobControl = item.value
             if ctl.time > self.started and ctl.state != self.control_state:
@@ -112,9 +126,34 @@ class Coordinator:
                 self.control_state = ctl.state
 
     def _pump(self, timeout: float, collector: RoundCollector | None = None) -> None:
+        self._republish_after_reconnect()
         item = self.inbox.get(timeout)
         if item is not None:
             self._handle(item, collector)
+
+    def _republish_after_reconnect(self) -> None:
+        """After a reconnect (the broker may have restarted and lost every retained
+        message) publish again the control state, model, global weights and announcement."""
+        connections = getattr(self.transport, "connections", 0)
+        if connections == self._connections:
+            return
+        self._connections = connections
+        if not self._retained:
+            return
+        log.warning("reconnected to the broker: republishing the job's retained messages")
+        self._publish_control(self.control_state)
+        for base in (self.topics.model, self.topics.global_weights):
+            if base in self._retained:
+                self.publisher.publish(base, self._retained[base], retain=True)
+        if self.topics.round in self._retained:
+            self.transport.publish(
+                self.topics.round, self._retained[self.topics.round], retain=True
+            )
+
+    def _publish_announcement(self, announcement: RoundAnnouncement) -> None:
+        data = self.signer.announcement(announcement) if self.signer else announcement.to_json()
+        self._retained[self.topics.round] = data
+        self.transport.publish(self.topics.round, data, retain=True)
 
     def _publish_control(self, state: str, detail: str = "") -> None:
         self.control_state = state
@@ -140,9 +179,17 @@ class Coordinator:
         for topic, qos in self.topics.coordinator_subscriptions():
             self.transport.subscribe(topic, qos)
         self._publish_control("running")
-        model_payload = encode_model(
-            self.model.tflite, self.model.manifest.to_dict(), job=self.cfg.job, sender=SENDER
-        )
+        manifest = self.model.manifest.to_dict()
+        if self.signer is not None:
+            model_payload = self.signer.model_envelope(
+                self.model.tflite, manifest, job=self.cfg.job, sender=SENDER
+            )
+            log.info("signing the model and announcements with key %s", self.signer.key_id)
+        else:
+            model_payload = encode_model(
+                self.model.tflite, manifest, job=self.cfg.job, sender=SENDER
+            )
+        self._retained[self.topics.model] = model_payload
         self.publisher.publish(self.topics.model, model_payload, retain=True)
         for round_ in range(state.round + 1, self.cfg.rounds + 1):
             self._wait_while_paused()
@@ -217,6 +264,10 @@ class Coordinator:
     def _collect(
         self, round_: int, weights: Mapping[str, np.ndarray], attempt: int
     ) -> tuple[RoundCollector, int]:
+        self._drain()  # an operator's pause or stop that arrived since the last round
+        self._wait_while_paused()
+        if self.control_state == "stopped":
+            raise JobError(f"stopped by the operator before round {round_} opened")
         online = self.wait_for_devices()
         selected = select_devices(
             online,
@@ -234,6 +285,7 @@ class Coordinator:
             encoding=self.cfg.encoding,
         )
         global_sha = decode(payload).weights_sha256()  # what devices will decode and train from
+        self._retained[self.topics.global_weights] = payload
         sent = self.publisher.publish(self.topics.global_weights, payload, retain=True)
         deadline = time.time() + self.cfg.round_timeout
         announcement = RoundAnnouncement(
@@ -246,7 +298,7 @@ class Coordinator:
             global_sha256=global_sha,
             encoding=self.cfg.encoding,
         )
-        self.transport.publish(self.topics.round, announcement.to_json(), retain=True)
+        self._publish_announcement(announcement)
         log.info(
             "round %d: %d devices selected, deadline in %.0f s",
             round_,
@@ -262,6 +314,9 @@ class Coordinator:
             self._shapes,
             self.strategy,
             UpdateDeduper(),
+            global_weights=weights,
+            max_update_norm=self.cfg.max_update_norm,
+            dtypes=self._dtypes,
         )
         while not collector.complete() and time.time() < deadline:
             self._pump(POLL_S, collector)
@@ -270,8 +325,7 @@ class Coordinator:
         if not collector.complete():
             missing = sorted(collector.selected - collector.replied)
             log.warning("round %d closed at its deadline without %s", round_, ", ".join(missing))
-        closed = dataclasses.replace(announcement, state="closed")
-        self.transport.publish(self.topics.round, closed.to_json(), retain=True)
+        self._publish_announcement(dataclasses.replace(announcement, state="closed"))
         return collector, sent * len(selected)
 
     def _metrics(
@@ -295,6 +349,7 @@ class Coordinator:
                 "accuracy": r.accuracy,
                 "duration_s": r.duration_s,
                 "interpreter": r.interpreter,
+                "test_accuracy": r.test_accuracy,
                 "bytes_up": r.bytes,
                 "failed": r.failed or None,
             }
@@ -308,6 +363,7 @@ class Coordinator:
             "selected": sorted(c.selected),
             "failed": sorted(r.device for r in c.results.values() if r.failed),
             "rejected": dict(c.rejected),
+            "updates_aggregated": c.aggregated,
             "samples": sum(r.samples for r in c.accepted),
             "bytes_up": c.bytes_up,
             "bytes_down": bytes_down,

@@ -44,6 +44,7 @@ class FleetConfig:
     )  # e.g. .venv-board/bin/python to run boards on tflite-runtime
     runtime: str | None = None  # force a TFLite runtime on the devices
     threads: int = 1  # interpreter threads per device
+    extra_args: tuple[str, ...] = ()  # more `fedge run` options for every device
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -90,7 +91,7 @@ def device_command(
     ]
     if fleet.runtime:
         cmd += ["--runtime", fleet.runtime]
-    return cmd
+    return cmd + list(fleet.extra_args)
 
 
 @contextmanager
@@ -148,5 +149,13 @@ def simulate(
     if job.min_devices == JobConfig.min_devices:
         changes["min_devices"] = fleet.devices  # wait for the whole fleet before round 1
     job = dataclasses.replace(job, **changes)
+    extra: list[str] = []
+    if job.signing_key:  # the devices trust the key the coordinator signs with
+        from edge_client.signing import Signer
+
+        extra += ["--trust-key", Signer.from_file(job.signing_key).public_b64]
+    if job.ca_file:
+        extra += ["--ca-file", job.ca_file]
+    fleet = dataclasses.replace(fleet, extra_args=(*fleet.extra_args, *extra))
     with broker_for(job) as broker, fleet_processes(fleet, job, broker, job.run_path):
         return run_job(job, resume=resume, on_round=on_round, broker=broker)

@@ -206,6 +206,13 @@ def main() -> None:
     help="Private key of --cert-file.",
 )
 @option(
+    "--trust-key",
+    envvar="EDGEFL_TRUST_KEY",
+    metavar="PUBKEY",
+    help="Ed25519 public key of the coordinator (a signing.pub file from fedcoord keys "
+    "generate, or its base64): refuse models and round announcements not signed with it.",
+)
+@option(
     "--insecure",
     envvar="EDGEFL_INSECURE",
     is_flag=True,
@@ -321,6 +328,7 @@ def _config(opts: dict[str, Any]) -> ClientConfig:
         exit_on_stop=opts["exit_on_stop"],
         evaluate=opts["evaluate"],
         connect_timeout_s=opts["connect_timeout"],
+        trust_key=opts["trust_key"],
     )
 
 

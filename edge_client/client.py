@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from edge_client.config import ClientConfig
 from edge_client.data import Dataset
-from edge_client.errors import ConfigError, EdgeFLError
+from edge_client.errors import ConfigError, EdgeFLError, ProtocolError
 from edge_client.holdings import Holdings
 from edge_client.local_training import (
     TrainingAborted,
@@ -41,6 +41,7 @@ from edge_client.protocol import (
     encode_weights,
 )
 from edge_client.runtime import Runtime, load_runtime
+from edge_client.signing import Verifier
 from edge_client.state import NO_ROUND, ClientState
 from edge_client.status import MAX_DETAIL, StatusReporter, device_will
 from edge_client.transport import MqttTransport, Transport
@@ -88,7 +89,11 @@ class EdgeClient:
         self.runtime = runtime or load_runtime(config.runtime)  # fail fast: no interpreter
         self.state = ClientState(config.resolved_state_dir)
         self.data = data if data is not None else load_local_data(config)  # fail fast
-        self.holdings = Holdings(self.data, self.runtime, self.state, config.num_threads)
+        # With a trusted key, unsigned or badly signed models and announcements are refused
+        self.verifier = Verifier.from_spec(config.trust_key) if config.trust_key else None
+        self.holdings = Holdings(
+            self.data, self.runtime, self.state, config.num_threads, verifier=self.verifier
+        )
         self.status = StatusReporter(
             transport,
             self.topics.status(config.device_id),
@@ -104,6 +109,7 @@ class EdgeClient:
         self._done: set[tuple] = set()  # announcements trained, failed or skipped (_key)
         self._waiting: set[int] = set()  # rounds selected for but missing the model/global
         self._said: set[tuple[str, int]] = set()  # (what, round) already logged
+        self._ann_connection = 0  # transport connection over which the announcement came
         self._stop = threading.Event()
         self._started_at = clock()
         self.holdings.restore()
@@ -194,12 +200,12 @@ class EdgeClient:
     # -- incoming messages ----------------------------------------------------------------
     def _handle(self, item: Incoming) -> None:
         if item.kind == "model":
-            if self.holdings.accept_model(item.value):
+            if self.holdings.accept_model(item.value, raw=item.raw):
                 self._model_changed()
         elif item.kind == "global":
             self.holdings.accept_global(item.value)
         elif item.kind == "round":
-            self._on_round(item.value)
+            self._on_round(item.value, item.raw)
         elif item.kind == "control":
             self._on_control(item.value)
 
@@ -208,7 +214,13 @@ class EdgeClient:
         if self.holdings.data_problem is not None:
             self.status.set("failed", detail=self.holdings.data_problem)
 
-    def _on_round(self, ann: RoundAnnouncement) -> None:
+    def _on_round(self, ann: RoundAnnouncement, raw: bytes = b"") -> None:
+        if self.verifier is not None:
+            try:
+                ann = self.verifier.announcement(raw)
+            except ProtocolError as exc:  # SignatureError, or no raw bytes to check
+                log.warning("ignoring round announcement: %s", exc)
+                return
         if ann.job != self.config.job:
             log.warning(
                 "ignoring a round announcement for job %r on the topics of job %r",
@@ -216,9 +228,14 @@ class EdgeClient:
                 self.config.job,
             )
             return
+        connection = getattr(self.transport, "connections", 0)
         if self.announcement == ann:
+            if connection != self._ann_connection:  # the round again after a reconnect
+                self._ann_connection = connection
+                self._resend_after_reconnect(ann)
             return  # a retained copy or a QoS 1 duplicate
         self.announcement = ann
+        self._ann_connection = connection
         log.info(
             "round %d %s: %d device(s) selected%s, deadline in %.0f s",
             ann.round,
@@ -364,6 +381,13 @@ class EdgeClient:
         self.publisher.publish(self.topics.update(self.config.device_id), saved)
         log.info("round %d announced again: resent the update already computed", ann.round)
         return True
+
+    def _resend_after_reconnect(self, ann: RoundAnnouncement) -> None:
+        """The announcement came again over a new connection: the update this device sent
+        for the open round may have been lost with the connection (or a restarted broker),
+        so send it again; the coordinator drops duplicates."""
+        if ann.state == "open" and ann.round == self.last_completed and self._resend(ann):
+            log.info("round %d: reconnected, resent the update in case it was lost", ann.round)
 
     def _between_batches(self, ann: RoundAnnouncement) -> None:
         self.status.heartbeat()

@@ -54,6 +54,9 @@ class ClientConfig:
     evaluate: bool = True  # report local train accuracy (one forward pass over the data)
     connect_timeout_s: float = 30.0  # first connection only; reconnects retry forever
     seed: int | None = None  # batch order; None derives it from device id and round
+    # Ed25519 public key (a file, or its base64) the model and announcements must be signed
+    # with; None: signatures are not checked
+    trust_key: str | None = None
 
     def __post_init__(self) -> None:
         try:

@@ -1,6 +1,7 @@
 """What a device holds to train a round: the model, the global weights and its data's fit.
 
-Models are verified before the interpreter ever sees them (the body's sha256 must equal the
+Models are verified before the interpreter ever sees them (with a trusted key, the Ed25519
+signature over the exact envelope bytes first; then the body's sha256 must equal the
 manifest's) and a refused model never replaces the last good one. Accepted models and global
 weights are written to the state directory, and read back from it on restart.
 """
@@ -12,11 +13,12 @@ import logging
 import numpy as np
 
 from edge_client.data import Dataset, Normalization
-from edge_client.errors import EdgeFLError
+from edge_client.errors import EdgeFLError, ProtocolError
 from edge_client.local_training import check_data_fits
 from edge_client.manifest import Manifest
 from edge_client.protocol import Envelope, RoundAnnouncement
 from edge_client.runtime import Runtime
+from edge_client.signing import Verifier
 from edge_client.state import ClientState
 from edge_client.trainable_model import TrainableModel
 
@@ -27,9 +29,16 @@ class Holdings:
     """The current model (with the data's normalisation) and global weights."""
 
     def __init__(
-        self, data: Dataset, runtime: Runtime, state: ClientState, num_threads: int | None = None
+        self,
+        data: Dataset,
+        runtime: Runtime,
+        state: ClientState,
+        num_threads: int | None = None,
+        *,
+        verifier: Verifier | None = None,
     ) -> None:
         self.data = data
+        self.verifier = verifier  # None: models need no signature
         self.runtime = runtime
         self.state = state
         self.num_threads = num_threads
@@ -57,8 +66,18 @@ class Holdings:
         return missing
 
     # -- model ------------------------------------------------------------------------
-    def accept_model(self, env: Envelope) -> bool:
-        """Verify and load a model envelope; True if it is a new model now in use."""
+    def accept_model(self, env: Envelope, raw: bytes = b"") -> bool:
+        """Verify and load a model envelope; True if it is a new model now in use.
+
+        With a verifier, ``raw`` (the exact envelope bytes received) must carry a valid
+        signature, checked before anything else; the envelope used is the signed one.
+        """
+        if self.verifier is not None:
+            try:
+                env = self.verifier.model(raw)
+            except ProtocolError as exc:  # SignatureError, or no raw bytes to check
+                self._refuse(env.sha256, f"{exc}")
+                return False
         try:
             manifest = Manifest.from_dict(env.meta)
         except EdgeFLError as exc:

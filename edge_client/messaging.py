@@ -8,7 +8,7 @@ decoded ``Incoming`` items, logging and dropping anything malformed instead of r
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge_client.errors import ProtocolError
@@ -44,6 +44,7 @@ class Incoming:
     value: Any  # Envelope for binary kinds, the JSON dataclass otherwise
     device: str | None = None  # from the topic, for update and status
     size: int = 0  # bytes on the wire (all chunks)
+    raw: bytes = field(default=b"", repr=False)  # the exact payload (envelope or JSON) decoded
 
 
 class BinaryPublisher:
@@ -75,7 +76,7 @@ class Inbox:
     """Decodes the messages of one job; bad input is logged and dropped, never raised."""
 
     def __init__(
-        self, transport: Transport, topics: Topics, *, max_bytes: int = 512 * 1024 * 1024
+        self, transport: Transport, topics: Topics, *, max_bytes: int = 256 * 1024 * 1024
     ) -> None:
         self.transport = transport
         self.topics = topics
@@ -109,6 +110,7 @@ class Inbox:
                 _JSON_KINDS[parsed.kind].from_json(message.payload),
                 parsed.device,
                 len(message.payload),
+                message.payload,
             )
         if parsed.kind not in _BINARY_KINDS:
             return None
@@ -125,4 +127,4 @@ class Inbox:
             expect_kind=_BINARY_KINDS[parsed.kind],
             expect_sender=parsed.device,
         )
-        return Incoming(parsed.kind, envelope, parsed.device, size)
+        return Incoming(parsed.kind, envelope, parsed.device, size, whole)

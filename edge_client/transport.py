@@ -143,6 +143,9 @@ class MqttTransport:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._refused: str | None = None
+        # Successful connections so far: a change tells round logic that it reconnected
+        # (after a broker restart the retained messages may be gone, updates may be lost).
+        self.connections = 0
         c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session
         )
@@ -175,6 +178,7 @@ class MqttTransport:
             subs = list(self._subs.items())
         if subs:
             client.subscribe(subs)
+        self.connections += 1
         self._connected.set()
         log.info("connected to %s as %s", self.broker.url, self.client_id)
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the toolkit, its demo and its tests need on this machine:
-#   - Debian packages: mosquitto (a real broker for tests), dataset-fashion-mnist (data)
+#   - Debian packages: mosquitto (a real broker for tests), dataset-fashion-mnist (data),
+#     chromium + chromium-driver (the dashboard's browser tests)
 #   - .venv       : the coordinator's environment (TensorFlow, ai-edge-litert, dev tools)
 #   - .venv-board : a board's environment (tflite-runtime 2.14, numpy<2, no TensorFlow)
 # Idempotent: a second run only checks. Set EDGEFL_SKIP_APT=1 to skip apt-get.
@@ -11,6 +12,11 @@ PY=${PYTHON:-python3}
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
+# headless browser for the dashboard's end-to-end tests (driven by Selenium)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+# a real SSH server (and client) for the flashing tests of devices/ (fedcoord devices flash)
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 if [ ${#need_apt[@]} -gt 0 ] && [ -z "${EDGEFL_SKIP_APT:-}" ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   echo "setup: installing ${need_apt[*]} with apt-get"

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from coordinator.config import JobConfig
+from coordinator.config import STRATEGIES, JobConfig
 
 D = JobConfig()
 
@@ -56,6 +56,12 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         "prox_mu",
         float,
         f"FedProx mu baked into that export (needed by --strategy fedprox). [default: {D.prox_mu}]",
+    ),
+    (
+        "--momentum",
+        "momentum",
+        float,
+        f"SGD momentum of that export. [default: {D.momentum}]",
     ),
     ("--epochs", "epochs", int, f"Local epochs per round. [default: {D.epochs}]"),
     (
@@ -104,8 +110,10 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
     (
         "--strategy",
         "strategy",
-        click.Choice(["fedavg", "fedavgm", "fedprox"]),
-        f"Aggregation: FedAvg (sample-weighted), FedAvgM (server momentum), FedProx. [default: {D.strategy}]",
+        click.Choice(list(STRATEGIES)),
+        "Aggregation: FedAvg (sample-weighted), FedAvgM (server momentum), FedProx; robust to "
+        "hostile devices: median, trimmed_mean, krum, multi_krum (one vote per device, "
+        f"docs/security.md). [default: {D.strategy}]",
     ),
     ("--server-lr", "server_lr", float, f"FedAvgM server learning rate. [default: {D.server_lr}]"),
     (
@@ -113,6 +121,53 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         "server_momentum",
         float,
         f"FedAvgM server momentum. [default: {D.server_momentum}]",
+    ),
+    (
+        "--max-update-norm",
+        "max_update_norm",
+        float,
+        "Reject an update whose change exceeds this many times the global weights' L2 norm; "
+        f"0 disables. [default: {D.max_update_norm:g}]",
+    ),
+    (
+        "--clip-norm",
+        "clip_norm",
+        float,
+        "Scale each update's change down to this L2 norm before aggregating (any strategy); "
+        "0: off. [default: 0]",
+    ),
+    (
+        "--trim-ratio",
+        "trim_ratio",
+        float,
+        f"trimmed_mean: share of values dropped at each end per parameter. [default: {D.trim_ratio}]",
+    ),
+    (
+        "--krum-byzantine",
+        "krum_byzantine",
+        int,
+        f"krum / multi_krum: hostile devices F tolerated (needs >= 2F+3 updates). [default: {D.krum_byzantine}]",
+    ),
+    (
+        "--dp-clip",
+        "dp_clip",
+        float,
+        "DP-FedAvg: clip each update's change to this L2 norm, average with equal weights and "
+        "add Gaussian noise (with --strategy fedavg); 0: off. [default: 0]",
+    ),
+    (
+        "--dp-noise-multiplier",
+        "dp_noise_multiplier",
+        float,
+        "DP-FedAvg: noise std on the average = this x --dp-clip / updates. No epsilon "
+        "accounting. [default: 0]",
+    ),
+    (
+        "--signing-key",
+        "signing_key",
+        str,
+        "Ed25519 private key (fedcoord keys generate): sign the model and every round "
+        "announcement; boards verify with fedge run --trust-key.",
     ),
     (
         "--test-data",
@@ -125,6 +180,12 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         "eval_every",
         int,
         f"Evaluate every N rounds (and the last). [default: {D.eval_every}]",
+    ),
+    (
+        "--eval-devices",
+        "eval_devices",
+        bool,
+        "Also score every device's update on the test set (per-device test accuracy in reports).",
     ),
     (
         "--broker",
@@ -146,6 +207,8 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         "File holding the MQTT password (or EDGEFL_MQTT_PASSWORD). Never pass it as a flag.",
     ),
     ("--ca-file", "ca_file", str, "CA certificate for mqtts:// brokers."),
+    ("--cert-file", "cert_file", str, "Client certificate for brokers that require one."),
+    ("--key-file", "key_file", str, "Private key of --cert-file."),
     ("--insecure", "insecure", bool, "Skip TLS host name verification (test set-ups only)."),
     ("--prefix", "prefix", str, f"Topic prefix. [default: {D.prefix}]"),
     (

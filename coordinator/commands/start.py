@@ -10,6 +10,7 @@ import click
 
 from coordinator import config as job_config
 from coordinator.commands.job_options import job_flags, job_options
+from coordinator.commands.watch_options import dashboard_options, dashboard_settings
 from edge_client.errors import ConfigError
 
 
@@ -33,7 +34,10 @@ def format_round(m: dict[str, Any], rounds: int) -> str:
     default=None,
     help="Continue the job in this run directory after a crash or stop (its config.json is reused).",
 )
-def start(job_file: str | None, resume_dir: str | None, **kwargs: Any) -> None:
+@dashboard_options()
+def start(
+    job_file: str | None, resume_dir: str | None, dashboard_listen: str | None, **kwargs: Any
+) -> None:
     """Run a federated job: publish the model, then announce, collect, aggregate and
     evaluate rounds until --rounds are done.
 
@@ -65,7 +69,10 @@ def start(job_file: str | None, resume_dir: str | None, **kwargs: Any) -> None:
         f"job {cfg.job}: {cfg.rounds} rounds, strategy {cfg.strategy}, run directory {cfg.run_path}"
     )
     state = run_job(
-        cfg, resume=bool(resume_dir), on_round=lambda m: click.echo(format_round(m, cfg.rounds))
+        cfg,
+        resume=bool(resume_dir),
+        on_round=lambda m: click.echo(format_round(m, cfg.rounds)),
+        dashboard=dashboard_settings(kwargs, dashboard_listen),
     )
     last = state.history[-1] if state.history else {}
     acc = last.get("accuracy")

@@ -38,10 +38,14 @@ class _JsonMessage:
     """to_json / from_json for the frozen dataclasses below."""
 
     _what: ClassVar[str] = "message"
+    _omit_none: ClassVar[tuple[str, ...]] = ()  # optional fields left out while None
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {"v": PROTOCOL_VERSION}
-        body.update({f.name: getattr(self, f.name) for f in fields(self)})  # type: ignore[arg-type]
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is not None or f.name not in self._omit_none:
+                body[f.name] = value
         return dumps(body, self._what)
 
     @classmethod
@@ -90,6 +94,7 @@ class RoundAnnouncement(_JsonMessage):
     """
 
     _what: ClassVar[str] = "round announcement"
+    _omit_none: ClassVar[tuple[str, ...]] = ("signature",)
 
     job: str
     round: int
@@ -100,10 +105,15 @@ class RoundAnnouncement(_JsonMessage):
     global_sha256: str
     encoding: str = "float32"  # how devices should encode their updates
     state: str = "open"
+    # Ed25519 signature object {"alg", "key", "sig"} (docs/protocol.md section 12); None:
+    # unsigned, and then left out of the JSON
+    signature: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_id(self.job, "job id")
         check_int(self.round, "round")
+        if self.signature is not None:
+            _set(self, "signature", check_json_dict(self.signature, "signature"))
         _set(self, "deadline", check_float(self.deadline, "deadline", minimum=0.0))
         _set(self, "selected", _ids(self.selected, "selected"))
         _set(self, "hyperparams", check_json_dict(self.hyperparams, "hyperparams"))

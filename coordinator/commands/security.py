@@ -1,0 +1,83 @@
+"""``fedcoord keys`` and ``fedcoord certs``: key material for signed models and TLS."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def keys() -> None:
+    """Ed25519 keys that sign the model and every round announcement."""
+
+
+@keys.command("generate")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory for signing.key (private, mode 0600) and signing.pub (public).",
+)
+@click.option("--force", is_flag=True, help="Overwrite existing key files.")
+def keys_generate(out: str, force: bool) -> None:
+    """Make a signing key pair.
+
+    Keep signing.key on the coordinator (fedcoord start --signing-key DIR/signing.key);
+    copy signing.pub to every board (fedge run --trust-key signing.pub, or give the
+    base64 key printed here).
+    """
+    from coordinator.pki import generate_signing_key
+
+    made = generate_signing_key(out, force=force)
+    click.echo(f"private key  {made.private}  (keep it on the coordinator only)")
+    click.echo(f"public key   {made.public}")
+    click.echo(f"key id       {made.key_id}")
+    click.echo(f"base64       {made.public_b64}")
+    click.echo(f"coordinator: fedcoord start --signing-key {made.private} ...")
+    click.echo(f"boards:      fedge run --trust-key {made.public_b64} ...")
+
+
+@click.group()
+def certs() -> None:
+    """A TLS certificate authority and certificates for the broker and clients."""
+
+
+@certs.command("generate")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory for ca.crt/ca.key (reused if present), server.crt/.key, client-NAME.crt/.key.",
+)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    help="The broker's address as clients dial it (IP or DNS name); repeat for several.",
+)
+@click.option(
+    "--client",
+    "clients",
+    multiple=True,
+    help="Also make a client certificate for mutual TLS (e.g. a device id); repeatable.",
+)
+@click.option("--days", default=825, show_default=True, type=int, help="Certificate validity.")
+@click.option("--force", is_flag=True, help="Overwrite existing certificates (not the CA).")
+def certs_generate(
+    out: str, hosts: tuple[str, ...], clients: tuple[str, ...], days: int, force: bool
+) -> None:
+    """Make a CA and a broker certificate (and client certificates).
+
+    \b
+    Mosquitto:  listener 8883
+                cafile DIR/ca.crt
+                certfile DIR/server.crt
+                keyfile DIR/server.key
+    Clients:    fedge run --broker mqtts://HOST:8883 --ca-file DIR/ca.crt ...
+                fedcoord start --broker mqtts://HOST:8883 --ca-file DIR/ca.crt ...
+    """
+    from coordinator.pki import generate_certs
+
+    made = generate_certs(out, hosts=hosts, clients=clients, days=days, force=force)
+    click.echo(f"CA           {made.ca}" + ("  (new)" if made.created_ca else "  (existing)"))
+    for path in made.written:
+        click.echo(f"wrote        {path}")

@@ -1,0 +1,199 @@
+"""Plain-text rendering of a JobView snapshot for ``fedcoord monitor`` (no curses needed).
+
+``render(snapshot)`` returns the whole screen as text; the command redraws it with two ANSI
+codes (cursor home, clear) when stdout is a terminal, or prints it when it changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+SPARK = "▁▂▃▄▅▆▇█"
+CLEAR = "\x1b[H\x1b[2J"  # cursor home + clear screen
+MAX_HISTORY_ROWS = 12  # rounds listed in the table (all of them feed the sparklines)
+MAX_EVENTS = 6
+
+
+def sparkline(values: Sequence[float | None], width: int = 40) -> str:
+    """``▁▃▅█`` over the last ``width`` values; None (not evaluated) shows as a space."""
+    vals = list(values)[-width:]
+    known = [v for v in vals if v is not None]
+    if not known:
+        return ""
+    lo, hi = min(known), max(known)
+    span = hi - lo or 1.0
+    return "".join(
+        " " if v is None else SPARK[round((v - lo) / span * (len(SPARK) - 1))] for v in vals
+    )
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def _pct(v: float | None) -> str:
+    return f"{100 * v:.2f} %" if v is not None else "-"
+
+
+def _loss(v: float | None) -> str:
+    return f"{v:.4f}" if v is not None else "-"
+
+
+def _ago(t: float | None, now: float) -> str:
+    if not t:
+        return "-"
+    s = max(0.0, now - t)
+    for limit, unit, size in ((120, "s", 1), (7200, "min", 60), (172800, "h", 3600)):
+        if s < limit:
+            return f"{s / size:.0f} {unit} ago"
+    return f"{s / 86400:.0f} days ago"
+
+
+def _table(rows: list[list[str]], width: int) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()[:width] for r in rows]
+
+
+def render(s: Mapping[str, Any], width: int = 100) -> str:
+    """The monitor screen for a snapshot (see :meth:`JobView.snapshot`)."""
+    now = s["now"]
+    lines = [_header(s, width)]
+    if not s["seen"]:
+        lines.append(
+            f"waiting for job {s['job']!r}: no message under {s['prefix']}/{s['job']}/ yet "
+            "(check --job and --prefix, or start the job)"
+        )
+    if s.get("coordinator_lost"):
+        lines.append("the coordinator lost its connection (Last Will): is it still running?")
+    lines += _round_lines(s, now)
+    lines.append("")
+    lines += _device_lines(s, now, width)
+    lines.append("")
+    lines += _history_lines(s, width)
+    events = s.get("events") or []
+    if events:
+        lines.append("")
+        lines += [
+            f"{time.strftime('%H:%M:%S', time.localtime(e['time']))}  {e['text']}"[:width]
+            for e in events[-MAX_EVENTS:]
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _header(s: Mapping[str, Any], width: int) -> str:
+    ctl = s.get("control") or {}
+    state = ctl.get("state", "unknown")
+    if ctl.get("detail"):
+        state += f" ({ctl['detail']})"
+    link = "connected" if s["connected"] else "NOT CONNECTED"
+    clock = time.strftime("%H:%M:%S", time.localtime(s["now"]))
+    text = f"job {s['job']}  {state}  broker {s['broker'] or '-'} {link}  {clock}"
+    return text[:width]
+
+
+def _round_lines(s: Mapping[str, Any], now: float) -> list[str]:
+    out = []
+    r = s.get("round")
+    if r:
+        text = (
+            f"round {r['round']} {r['state']}: {len(r['selected'])} selected, "
+            f"{len(r['replied'])} replied"
+        )
+        if r["failed"]:
+            text += f", {len(r['failed'])} failed"
+        if r["remaining_s"] is not None:
+            left = r["remaining_s"]
+            text += f", deadline in {left:.0f} s" if left > 0 else ", deadline passed"
+        hp = r.get("hyperparams") or {}
+        knobs = ", ".join(f"{k} {hp[k]}" for k in ("epochs", "lr", "batch_size", "mu") if k in hp)
+        out.append(text + (f"  ({knobs})" if knobs else ""))
+    m, g = s.get("model"), s.get("global")
+    if m:
+        out.append(
+            f"model {m.get('architecture') or '?'} {m['sha256'][:12]}  "
+            f"{m.get('parameters') or 0:,} parameters  {human_bytes(m['bytes'])}"
+            + (
+                f"  global weights of round {g['round']} ({g['encoding']}, {human_bytes(g['bytes'])})"
+                if g
+                else ""
+            )
+        )
+    return out
+
+
+def _device_lines(s: Mapping[str, Any], now: float, width: int) -> list[str]:
+    devices = s["devices"]
+    summary = s["summary"]
+    title = f"devices: {summary['online']} online of {summary['devices']}"
+    if not devices:
+        return [title]
+    rows = [
+        [
+            "DEVICE",
+            "PRESENCE",
+            "STATE",
+            "SEL",
+            "REPLIED",
+            "SAMPLES",
+            "LOSS",
+            "ACC",
+            "INTERPRETER",
+            "SEEN",
+        ]
+    ]
+    for d in devices:
+        rows.append(
+            [
+                d["device"],
+                d["presence"],
+                d["state"],
+                "*" if d["selected"] else "",
+                d["replied"] or "-",
+                f"{d['samples']:,}" if d["samples"] else "-",
+                _loss(d["loss"]),
+                _pct(d["accuracy"]),
+                d["interpreter"] or "-",
+                _ago(d["last_seen"], now),
+            ]
+        )
+    return [title, *_table(rows, width)]
+
+
+def _history_lines(s: Mapping[str, Any], width: int) -> list[str]:
+    history = s["history"]
+    if not history:
+        return ["no finished round yet"]
+    rows = [["ROUND", "ACCURACY", "LOSS", "DEVICES", "UP", "DOWN", "TIME"]]
+    for h in history[-MAX_HISTORY_ROWS:]:
+        duration = h.get("duration_s")
+        rows.append(
+            [
+                str(h["round"]),
+                _pct(h["accuracy"]),
+                _loss(h["loss"]),
+                str(len(h["participants"])),
+                human_bytes(h["bytes_up"]),
+                human_bytes(h["bytes_down"]),
+                f"{duration:.1f} s" if duration is not None else "-",
+            ]
+        )
+    hidden = len(history) - MAX_HISTORY_ROWS
+    out = [
+        f"rounds: {len(history)} finished" + (f" ({hidden} older not listed)" if hidden > 0 else "")
+    ]
+    out += _table(rows, width)
+    acc = sparkline([h["accuracy"] for h in history])
+    loss = sparkline([h["loss"] for h in history])
+    if acc:
+        out.append(f"accuracy {acc}  {_pct(history[-1]['accuracy'])}")
+    if loss:
+        out.append(f"loss     {loss}  {_loss(history[-1]['loss'])}")
+    return out

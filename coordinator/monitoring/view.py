@@ -1,0 +1,411 @@
+"""``JobView``: what is known about one job, built from its decoded MQTT messages.
+
+One thread (the follower) calls :meth:`JobView.apply` for every decoded message; any
+number of others (the terminal view, the web dashboard's request threads) read
+:meth:`JobView.snapshot`, a JSON-ready dict. Every message is a state, so applying one
+twice (a QoS 1 duplicate, a retained copy after a reconnect) changes nothing.
+
+Late joiners: the broker replays the retained ``control``, ``round``, ``metrics``,
+``status/+``, ``model`` and ``global`` topics on subscribe, so a view started in the middle
+of a job shows the current round, presence, the latest metrics and the current model at
+once. Round history before the join is only known when seeded from the run directory
+(:meth:`JobView.seed_history`), since ``metrics`` retains the latest round alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edge_client.messaging import Incoming
+from edge_client.protocol import (
+    DEFAULT_PREFIX,
+    DeviceStatus,
+    Envelope,
+    JobControl,
+    RoundAnnouncement,
+    RoundMetrics,
+)
+
+COORDINATOR = "coordinator"  # the coordinator registers its Last Will as this "device"
+MAX_EVENTS = 50  # recent events kept for display
+STALE_AFTER_HEARTBEATS = 3.0  # a heartbeating device missing this many is shown "stale"
+_MANIFEST_KEYS = (
+    "architecture",
+    "input_shape",
+    "classes",
+    "label_names",
+    "parameters",
+    "optimizer",
+    "batch_size",
+    "hyperparameters",
+)
+
+
+@dataclass
+class _Device:
+    """Mutable per-device state; only the view's lock holder touches it."""
+
+    device: str
+    status: DeviceStatus | None = None
+    seen_at: float = 0.0  # status time (retained) or arrival time (live)
+    update_round: int | None = None  # round of its last update or failure
+    failed: str = ""  # failure reason for update_round, "" if it sent weights
+    loss: float | None = None  # local training loss of update_round
+    accuracy: float | None = None
+    samples: int = 0
+    interpreter: str = ""
+    bytes_up: int = 0
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class JobView:
+    """Thread-safe picture of one job: control state, round, devices, history, model."""
+
+    def __init__(
+        self,
+        job: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        broker: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.job, self.prefix, self.broker, self.clock = job, prefix, broker, clock
+        self._lock = threading.RLock()
+        self._devices: dict[str, _Device] = {}
+        self._control: JobControl | None = None
+        self._round: RoundAnnouncement | None = None
+        self._history: dict[int, dict[str, Any]] = {}
+        self._model: Envelope | None = None
+        self._global: Envelope | None = None
+        self._traffic: dict[str, int] = {}  # bytes seen per message kind
+        self._counts: dict[str, int] = {}  # messages seen per kind
+        self._events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
+        self._config: dict[str, Any] | None = None
+        self._connected = False
+        self._coordinator_lost: float | None = None
+        self._last_message: float | None = None
+        self._rejected = 0
+        self.started = clock()
+        self.version = 0  # bumped on every change; cheap "did anything happen" check
+
+    # -- feeding --------------------------------------------------------------------------
+    def apply(self, item: Incoming, *, retained: bool = False) -> None:
+        """Fold one decoded message into the view (idempotent for repeated messages)."""
+        handlers: dict[str, Callable[[Any, Incoming, bool], None]] = {
+            "status": self._on_status,
+            "round": self._on_round,
+            "metrics": self._on_metrics,
+            "control": self._on_control,
+            "model": self._on_model,
+            "global": self._on_global,
+            "update": self._on_update,
+        }
+        handler = handlers.get(item.kind)
+        if handler is None:
+            return
+        with self._lock:
+            now = self.clock()
+            self._last_message = now
+            self._counts[item.kind] = self._counts.get(item.kind, 0) + 1
+            self._traffic[item.kind] = self._traffic.get(item.kind, 0) + item.size
+            handler(item.value, item, retained)
+            self.version += 1
+
+    def seed_history(self, rounds: Iterable[Mapping[str, Any]]) -> None:
+        """Add rounds known from elsewhere (the run directory's metrics.jsonl)."""
+        with self._lock:
+            for m in rounds:
+                if isinstance(m.get("round"), int):
+                    self._history.setdefault(m["round"], _history_entry(m))
+            self.version += 1
+
+    def set_config(self, config: Mapping[str, Any] | None) -> None:
+        """The job's configuration (``fedcoord start`` settings), when known."""
+        with self._lock:
+            self._config = dict(config) if config is not None else None
+            self.version += 1
+
+    def set_connected(self, connected: bool) -> None:
+        with self._lock:
+            if connected != self._connected:
+                self._connected = connected
+                self._event(f"{'connected to' if connected else 'lost connection to'} the broker")
+                self.version += 1
+
+    def set_rejected(self, count: int) -> None:
+        with self._lock:
+            if count != self._rejected:
+                self._rejected = count
+                self.version += 1
+
+    # -- reading --------------------------------------------------------------------------
+    @property
+    def seen(self) -> bool:
+        """Whether any message of this job arrived (a job nobody publishes looks empty)."""
+        with self._lock:
+            return self._last_message is not None
+
+    @property
+    def control_state(self) -> str | None:
+        with self._lock:
+            return self._control.state if self._control else None
+
+    def model_payload(self) -> tuple[bytes, dict[str, Any]] | None:
+        """The job's current ``.tflite`` bytes and manifest dict, if a model was published."""
+        with self._lock:
+            return (self._model.body, dict(self._model.meta)) if self._model else None
+
+    def global_envelope(self) -> Envelope | None:
+        """The current global weights (an immutable envelope), if published."""
+        with self._lock:
+            return self._global
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything shown by the monitor and the dashboard, as plain JSON-ready data."""
+        with self._lock:
+            now = self.clock()
+            devices = [self._device_row(d, now) for _, d in sorted(self._devices.items())]
+            history = [dict(self._history[r]) for r in sorted(self._history)]
+            last = history[-1] if history else {}
+            return {
+                "job": self.job,
+                "prefix": self.prefix,
+                "broker": self.broker,
+                "now": now,
+                "started": self.started,
+                "version": self.version,
+                "connected": self._connected,
+                "seen": self._last_message is not None,
+                "last_message": self._last_message,
+                "rejected": self._rejected,
+                "coordinator_lost": self._coordinator_lost,
+                "control": _control_dict(self._control),
+                "round": self._round_dict(now),
+                "devices": devices,
+                "history": history,
+                "summary": {
+                    "devices": len(devices),
+                    "online": sum(d["presence"] == "online" for d in devices),
+                    "rounds_done": len(history),
+                    "accuracy": last.get("accuracy"),
+                    "loss": last.get("loss"),
+                },
+                "model": self._model_dict(),
+                "global": _global_dict(self._global),
+                "traffic": dict(self._traffic),
+                "messages": dict(self._counts),
+                "events": list(self._events),
+                "config": dict(self._config) if self._config is not None else None,
+            }
+
+    # -- handlers (lock held) -----------------------------------------------------------------
+    def _event(self, text: str) -> None:
+        self._events.append({"time": self.clock(), "text": text})
+
+    def _row(self, device: str) -> _Device:
+        if device not in self._devices:
+            self._devices[device] = _Device(device)
+        return self._devices[device]
+
+    def _on_status(self, status: DeviceStatus, item: Incoming, retained: bool) -> None:
+        if status.device == COORDINATOR:  # the coordinator's Last Will
+            if status.state == "offline" and not retained:
+                self._coordinator_lost = self.clock()
+                self._event("the coordinator lost its connection (Last Will)")
+            return
+        row = self._row(status.device)
+        before = row.status
+        row.status = status
+        row.seen_at = status.time if retained else self.clock()
+        row.samples = status.samples or row.samples
+        row.interpreter = status.interpreter or row.interpreter
+        was_offline = before is None or before.state == "offline"
+        if was_offline != (status.state == "offline"):
+            note = f" ({status.detail})" if status.state == "offline" and status.detail else ""
+            self._event(
+                f"{status.device} is {'offline' if status.state == 'offline' else 'online'}{note}"
+            )
+        if status.state == "failed" and (before is None or before.state != "failed"):
+            self._event(f"{status.device} failed: {status.detail or 'no reason given'}")
+
+    def _on_round(self, ann: RoundAnnouncement, item: Incoming, retained: bool) -> None:
+        self._coordinator_lost = None
+        if ann == self._round:
+            return
+        self._round = ann
+        for device in ann.selected:
+            self._row(device)
+        if ann.state == "open":
+            self._event(f"round {ann.round} opened: {len(ann.selected)} device(s) selected")
+        else:
+            self._event(f"round {ann.round} {ann.state}")
+
+    def _on_metrics(self, m: RoundMetrics, item: Incoming, retained: bool) -> None:
+        self._coordinator_lost = None
+        entry = _history_entry(
+            {
+                "round": m.round,
+                "accuracy": m.accuracy,
+                "loss": m.loss,
+                "participants": list(m.participants),
+                "bytes_up": m.bytes_up,
+                "bytes_down": m.bytes_down,
+                "duration_s": m.duration_s,
+                "samples": m.extra.get("samples"),
+                "failed": m.extra.get("failed", []),
+            }
+        )
+        known = self._history.get(m.round) == entry  # a duplicate, or seeded from the run dir
+        self._history[m.round] = entry
+        per_device = m.extra.get("devices")
+        if isinstance(per_device, dict):
+            for device, info in per_device.items():
+                if isinstance(info, dict) and isinstance(device, str):
+                    self._device_result(device, m.round, info)
+        if not known:
+            acc = (
+                f"accuracy {100 * m.accuracy:.2f} %" if m.accuracy is not None else "not evaluated"
+            )
+            self._event(f"round {m.round} done: {acc}, {len(m.participants)} update(s)")
+
+    def _device_result(self, device: str, round_: int, info: Mapping[str, Any]) -> None:
+        row = self._row(device)
+        if row.update_round is not None and row.update_round > round_:
+            return  # already know a newer round
+        row.update_round = round_
+        row.failed = str(info.get("failed") or "")
+        row.loss, row.accuracy = _num(info.get("loss")), _num(info.get("accuracy"))
+        row.samples = int(info.get("samples") or row.samples)
+        row.interpreter = str(info.get("interpreter") or row.interpreter)
+        row.bytes_up = int(info.get("bytes_up") or row.bytes_up)
+
+    def _on_control(self, ctl: JobControl, item: Incoming, retained: bool) -> None:
+        self._coordinator_lost = None if ctl.state != "stopped" else self._coordinator_lost
+        if ctl == self._control:
+            return
+        changed = self._control is None or self._control.state != ctl.state
+        self._control = ctl
+        if changed:
+            self._event(f"job {ctl.state}" + (f" ({ctl.detail})" if ctl.detail else ""))
+
+    def _on_model(self, env: Envelope, item: Incoming, retained: bool) -> None:
+        if self._model is not None and self._model.sha256 == env.sha256:
+            return
+        self._model = env
+        arch = env.meta.get("architecture", "model")
+        self._event(f"model published: {arch}, {len(env.body):,} bytes")
+
+    def _on_global(self, env: Envelope, item: Incoming, retained: bool) -> None:
+        self._global = env
+
+    def _on_update(self, env: Envelope, item: Incoming, retained: bool) -> None:
+        device = item.device or env.sender
+        if env.kind == "failure":
+            info: dict[str, Any] = {"failed": env.reason or "failed"}
+            row = self._devices.get(device)
+            if row is None or (row.update_round, row.failed) != (env.round, info["failed"]):
+                self._event(f"{device} failed round {env.round}: {env.reason or 'no reason given'}")
+        else:
+            meta = env.meta
+            interpreter = f"{meta.get('interpreter', '')} {meta.get('interpreter_version', '')}"
+            info = {
+                "loss": meta.get("loss"),
+                "accuracy": meta.get("accuracy"),
+                "samples": env.samples,
+                "interpreter": interpreter.strip(),
+                "bytes_up": item.size,
+            }
+        self._device_result(device, env.round, info)
+
+    # -- snapshot parts (lock held) -------------------------------------------------------------
+    def _device_row(self, d: _Device, now: float) -> dict[str, Any]:
+        s = d.status
+        if s is None:
+            presence = "unknown"
+        elif s.state == "offline":
+            presence = "offline"
+        elif s.heartbeat_s > 0 and now - d.seen_at > STALE_AFTER_HEARTBEATS * s.heartbeat_s:
+            presence = "stale"
+        else:
+            presence = "online"
+        ann = self._round
+        current = ann is not None and d.update_round == ann.round
+        return {
+            "device": d.device,
+            "presence": presence,
+            "state": s.state if s else "unknown",
+            "detail": s.detail if s else "",
+            "round": s.round if s else None,
+            "selected": bool(ann and ann.is_selected(d.device)),
+            "replied": ("failed" if d.failed else "update") if current else "",
+            "last_round": d.update_round,
+            "samples": d.samples,
+            "loss": d.loss,
+            "accuracy": d.accuracy,
+            "failure": d.failed,
+            "interpreter": d.interpreter,
+            "version": s.version if s else "",
+            "heartbeat_s": s.heartbeat_s if s else 0.0,
+            "last_seen": d.seen_at or None,
+            "bytes_up": d.bytes_up,
+        }
+
+    def _round_dict(self, now: float) -> dict[str, Any] | None:
+        ann = self._round
+        if ann is None:
+            return None
+        answered = {k: d for k, d in self._devices.items() if d.update_round == ann.round}
+        return {
+            "round": ann.round,
+            "state": ann.state,
+            "deadline": ann.deadline,
+            "remaining_s": max(0.0, ann.deadline - now) if ann.state == "open" else None,
+            "selected": list(ann.selected),
+            "replied": sorted(k for k, d in answered.items() if not d.failed),
+            "failed": sorted(k for k, d in answered.items() if d.failed),
+            "hyperparams": dict(ann.hyperparams),
+            "encoding": ann.encoding,
+            "model_sha256": ann.model_sha256,
+            "global_sha256": ann.global_sha256,
+        }
+
+    def _model_dict(self) -> dict[str, Any] | None:
+        env = self._model
+        if env is None:
+            return None
+        info = {k: env.meta.get(k) for k in _MANIFEST_KEYS}
+        return {"sha256": env.sha256, "bytes": len(env.body), **info}
+
+
+def _history_entry(m: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "round": int(m["round"]),
+        "accuracy": _num(m.get("accuracy")),
+        "loss": _num(m.get("loss")),
+        "participants": list(m.get("participants") or []),
+        "bytes_up": int(m.get("bytes_up") or 0),
+        "bytes_down": int(m.get("bytes_down") or 0),
+        "duration_s": _num(m.get("duration_s")),
+        "samples": m.get("samples") if isinstance(m.get("samples"), int) else None,
+        "failed": list(m.get("failed") or []),
+    }
+
+
+def _control_dict(ctl: JobControl | None) -> dict[str, Any] | None:
+    if ctl is None:
+        return None
+    return {"state": ctl.state, "time": ctl.time, "detail": ctl.detail}
+
+
+def _global_dict(env: Envelope | None) -> dict[str, Any] | None:
+    if env is None:
+        return None
+    return {"round": env.round, "encoding": env.encoding, "bytes": env.size, "sha256": env.sha256}

@@ -1,0 +1,1 @@
+"""``fedcoord report``: a run directory as a Markdown report with PNG plots."""

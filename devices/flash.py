@@ -1,0 +1,288 @@
+"""Flashing: put the client on a board over SSH, safely and repeatably.
+
+1. Build the device's bundle here (client wheel, locked dependency wheels, settings,
+   password, unit); its release id is a hash of all of it.
+2. Probe the board (read-only): architecture, Python, glibc, systemd, current release.
+   A board that already runs this release is "up to date": nothing is uploaded.
+3. Upload the release into ``releases/<id>`` (the staging directory) with the wheels the
+   board lacks; install a venv there from those wheels only (``--no-index``).
+4. Switch ``current`` to it with a rename, install the unit, (re)start the client with
+   systemd (or, where systemd does not run, the ``fedge-service`` supervisor) and check
+   that it keeps running; otherwise go back to the previous release.
+
+Any failure before the switch removes the staging directory; the previous install keeps
+running untouched. See ``devices.remote_scripts`` for the board side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from devices.bundle import Bundle, build_bundle
+from devices.errors import FlashError
+from devices.inventory import Device, Inventory
+from devices.profiles import BoardProfile, board_arch
+from devices.remote_scripts import ACTIVATE, INSTALL, PREPARE, PROBE
+from devices.security import password_path
+from devices.ssh import SshTarget
+from devices.wheels import Wheelhouse, board_wheel_name, build_board_wheel
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class FlashOptions:
+    cache_dir: Path  # the wheelhouse cache on this machine (downloaded wheels and locks)
+    refresh: bool = False  # resolve the dependencies again instead of using the lock
+    check_s: float = 3.0  # the client must still run this long after a (re)start
+
+
+@dataclass(frozen=True)
+class FlashResult:
+    device: str
+    release: str
+    action: str  # "installed", "up to date", "restarted"
+    previous: str = ""  # release the board ran before ("" if none)
+    manager: str = ""  # systemd or supervisor
+    password_created: bool = False
+
+    def line(self) -> str:
+        where = f"running under {self.manager}" if self.manager else ""
+        if self.action == "installed":
+            was = f" (was {self.previous})" if self.previous else " (first install)"
+            return f"{self.device}: installed release {self.release}{was}, {where}"
+        return f"{self.device}: {self.action} (release {self.release}, {where})"
+
+
+@dataclass(frozen=True)
+class BoardState:
+    """What the probe found on the board."""
+
+    machine: str
+    python: str  # "3.11", or "none" when the configured Python is missing
+    bits: int
+    glibc: str
+    user: str
+    systemd: bool
+    current: str
+    complete: bool
+    manager: str
+    unit_sha256: str
+    running: bool
+    wheels: frozenset[str]
+
+    @classmethod
+    def parse(cls, text: str) -> BoardState:
+        kv = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        return cls(
+            machine=kv.get("machine", "?"),
+            python=kv.get("python", "none"),
+            bits=int(kv.get("bits", "0") or 0),
+            glibc=kv.get("glibc", "none"),
+            user=kv.get("user", "?"),
+            systemd=kv.get("systemd") == "yes",
+            current=kv.get("current", ""),
+            complete=kv.get("complete") == "yes",
+            manager=kv.get("manager", ""),
+            unit_sha256=kv.get("unit", ""),
+            running=kv.get("running") == "yes",
+            wheels=frozenset(kv.get("wheels", "").split()),
+        )
+
+
+def _version(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split("."))
+    except ValueError:
+        return ()
+
+
+def check_board(state: BoardState, device: Device, profile: BoardProfile) -> None:
+    """Refuse a board the profile's wheels cannot run on, naming the difference."""
+    if state.python in ("none", "broken"):
+        raise FlashError(
+            f"{device.id}: no working Python at {device.python!r} on the board; install "
+            f'Python {profile.python} or set python = "/path/to/python3" in the inventory'
+        )
+    arch = board_arch(state.machine, state.bits)
+    if (arch, state.python) != (profile.arch, profile.python):
+        raise FlashError(
+            f"{device.id}: the board runs Python {state.python} on {arch}, but profile "
+            f"{profile.name} is for Python {profile.python} on {profile.arch}; pick a matching "
+            "profile or define one under [profiles]"
+        )
+    if _version(state.glibc) < _version(profile.glibc):
+        raise FlashError(
+            f"{device.id}: the board has glibc {state.glibc}, older than the {profile.glibc} of "
+            f"profile {profile.name}; its wheels would not load"
+        )
+
+
+def _expected_manager(device: Device, state: BoardState) -> str:
+    if device.service == "auto":
+        return "systemd" if state.systemd else "supervisor"
+    return device.service
+
+
+def probe(target: SshTarget, device: Device) -> BoardState:
+    done = target.run(PROBE, device.install_dir, device.python, device.unit_dir, device.unit_name)
+    if done.returncode != 0:
+        raise FlashError(f"{device.id}: probing the board failed: {_last(done.stderr)}")
+    return BoardState.parse(done.stdout)
+
+
+def _last(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln[len("ERROR: ") :] for ln in lines if ln.startswith("ERROR: ")]
+    return errors[-1] if errors else (lines[-1] if lines else "no message")
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+    tar.addfile(info, io.BytesIO(data))
+
+
+def flash_device(
+    inventory: Inventory, device: Device, options: FlashOptions, progress: Progress = log.info
+) -> FlashResult:
+    """Install (or confirm) the client on one board; FlashError/SshError on failure."""
+    target = SshTarget.of(device)
+    target.check_key()
+    with tempfile.TemporaryDirectory(prefix="edgefl-bundle-") as build_dir:
+        bundle = build_bundle(
+            inventory, device, Wheelhouse(options.cache_dir), Path(build_dir),
+            refresh=options.refresh,
+        )  # fmt: skip
+    if bundle.password_created:
+        progress(
+            f"{device.id}: generated a new MQTT password; run `fedcoord devices broker-files` "
+            "and reload the broker"
+        )
+    state = probe(target, device)
+    check_board(state, device, bundle.profile)
+    manager = _expected_manager(device, state)
+    if manager == "systemd" and not state.systemd:
+        raise FlashError(
+            f'{device.id}: systemd is not running on the board; set service = "auto" (or '
+            '"supervisor") in the inventory'
+        )
+    unit_sha = hashlib.sha256(bundle.files[device.unit_name].data).hexdigest()
+    result = FlashResult(
+        device.id, bundle.release, "installed", state.current if state.complete else "",
+        manager, bundle.password_created,
+    )  # fmt: skip
+    if state.current == bundle.release and state.complete:
+        if state.running and state.manager == manager and state.unit_sha256 == unit_sha:
+            return FlashResult(device.id, bundle.release, "up to date", state.current, manager)
+        progress(f"{device.id}: release {bundle.release} is installed; (re)starting the client")
+        _activate(target, device, bundle, options)
+        return FlashResult(device.id, bundle.release, "restarted", state.current, manager)
+    _install(target, device, bundle, state, progress)
+    progress(f"{device.id}: switching to release {bundle.release} and starting the client")
+    try:
+        _activate(target, device, bundle, options)
+    except BaseException:
+        _discard(target, device, bundle.release)  # unless it became current: nothing to undo
+        raise
+    return result
+
+
+def _install(
+    target: SshTarget, device: Device, bundle: Bundle, state: BoardState, progress: Progress
+) -> None:
+    root, rel = device.install_dir, bundle.release
+    done = target.run(PREPARE, root, rel)
+    if done.returncode != 0:
+        raise FlashError(f"{device.id}: preparing {root} failed: {_last(done.stderr)}")
+    missing = [w for w in bundle.wheels if w.name not in state.wheels]
+    size = sum(len(f.data) for f in bundle.files.values()) + sum(w.stat().st_size for w in missing)
+    progress(
+        f"{device.id}: uploading release {rel} ({len(bundle.files)} files, {len(missing)} of "
+        f"{len(bundle.wheels)} wheels, {size / 1e6:.1f} MB) to {target.where}:{root}"
+    )
+
+    def write(tar: tarfile.TarFile) -> None:
+        for name, f in sorted(bundle.files.items()):
+            _add(tar, f"releases/{rel}/{name}", f.data, f.mode)
+        for wheel in missing:
+            _add(tar, f"releases/{rel}/incoming/{wheel.name}", wheel.read_bytes(), 0o644)
+
+    try:
+        target.upload(root, write)
+        progress(f"{device.id}: installing into {root}/releases/{rel}/venv (pip --no-index)")
+        args = (root, rel, device.python, bundle.wheel_name, bundle.profile.runtime, device.user)
+        done = target.run(INSTALL, *args)
+        if done.returncode != 0:
+            raise FlashError(f"{device.id}: install failed: {_last(done.stderr)}")
+    except BaseException:
+        _discard(target, device, rel)
+        raise
+
+
+def _discard(target: SshTarget, device: Device, release: str) -> None:
+    """Remove a staging release (never the current one); best effort."""
+    script = 'cur=$(readlink "$1/current" 2>/dev/null || true)\n'
+    script += '[ "${cur##*/}" = "$2" ] || rm -rf "$1/releases/$2"\n'
+    try:
+        target.run(script, device.install_dir, release, timeout=60)
+    except Exception as exc:  # the original error matters more
+        log.warning("%s: could not remove the staging release %s: %s", device.id, release, exc)
+
+
+def _activate(target: SshTarget, device: Device, bundle: Bundle, options: FlashOptions) -> None:
+    done = target.run(
+        ACTIVATE, device.install_dir, bundle.release, device.unit_name, device.unit_dir,
+        device.service, f"{options.check_s:g}",
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise FlashError(f"{device.id}: {_last(done.stderr)}")
+
+
+def plan_lines(inventory: Inventory, device: Device, options: FlashOptions) -> list[str]:
+    """What ``flash`` would do, without connecting, downloading or writing anything."""
+    profile = inventory.profile(device)
+    wheelhouse = Wheelhouse(options.cache_dir)
+    lock = None if options.refresh else wheelhouse.cached(profile, verify=False)
+    target = SshTarget.of(device)
+    root, fleet = device.install_dir, inventory.fleet
+    pw = password_path(fleet.secrets_dir, device.id)
+    if lock is not None:
+        wheels = f"locked in {wheelhouse.lock_path(profile)}: {' '.join(lock.pins())}"
+    else:
+        wheels = "not cached yet: " + " ".join(wheelhouse.pip_command(profile, Path("DIR"))[2:])
+    with tempfile.TemporaryDirectory() as tmp:
+        build_board_wheel(Path(tmp))  # only to check that the client wheel builds
+    service = {
+        "auto": "systemd if it runs on the board, else the fedge-service supervisor",
+        "systemd": "systemd",
+        "supervisor": "the fedge-service supervisor (nohup, pid file)",
+    }[device.service]
+    return [
+        f"{device.id}: plan (dry run: nothing is changed)",
+        f"  board     {target.where}, profile {profile.name} ({profile.describe()}), "
+        f"{device.python}",
+        f"  client    {board_wheel_name()} (edge_client only) + {profile.runtime}",
+        f"  wheels    {wheels}",
+        f"  broker    {fleet.broker}, job {fleet.job}, user {device.id}, password "
+        f"{pw} ({'exists' if pw.exists() else 'would be generated'})",
+        f"  1. check the board: {profile.arch}, Python {profile.python}, glibc >= {profile.glibc}"
+        "; stop here if it already runs the same release (up to date)",
+        f"  2. upload the release to {root}/releases/<id>, missing wheels to {root}/wheelhouse",
+        f"  3. create {root}/releases/<id>/venv with {device.python} and pip install "
+        f"--no-index --find-links {root}/wheelhouse",
+        f"  4. switch {root}/current to the new release",
+        f"  5. write {device.unit_dir}/{device.unit_name} and (re)start the client with {service}",
+        f"  6. check that the client still runs after {options.check_s:g} s, else go back "
+        "to the previous release",
+    ]

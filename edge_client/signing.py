@@ -1,0 +1,209 @@
+"""Ed25519 signatures on the model envelope and on round announcements (optional).
+
+The coordinator signs with a private key made by ``fedcoord keys generate``; a board given
+``--trust-key`` refuses any model or round announcement that does not verify, before the
+interpreter sees a byte. Without a trusted key nothing is checked (unsigned jobs work).
+
+Scheme (docs/protocol.md, section 12). A signature object
+``{"alg": "ed25519", "key": KEY_ID, "sig": SIG}`` sits in the model envelope's
+``meta.signature`` and in an announcement's ``signature`` field. ``SIG`` is the standard
+base64 (88 characters) of the Ed25519 signature of::
+
+    CONTEXT + the exact published bytes, with SIG replaced by PLACEHOLDER (88 "=")
+
+The signer writes the message with the placeholder, signs those bytes and substitutes the
+signature in place (same length, nothing else moves). A verifier reads SIG from the parsed
+message, checks it occurs exactly once in the raw bytes, substitutes the placeholder back,
+verifies, and then uses the message parsed from those verified bytes. No canonical JSON:
+the signed bytes are the bytes on the wire. ``KEY_ID`` is the first 16 hex digits of the
+sha256 of the raw 32-byte public key.
+
+``cryptography`` is imported only when a key is used, so boards without it run unsigned jobs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edge_client.errors import ConfigError, ProtocolError
+from edge_client.protocol import Envelope, RoundAnnouncement, decode, encode_model
+
+ALG = "ed25519"
+CONTEXT = b"edgefl-signature-v1\n"  # domain separation: these signatures mean nothing else
+SIG_CHARS = 88  # base64 of a 64-byte Ed25519 signature
+PLACEHOLDER = "=" * SIG_CHARS
+_PLACEHOLDER_B = PLACEHOLDER.encode("ascii")
+
+
+class SignatureError(ProtocolError):
+    """A model or announcement is unsigned, signed by another key, or tampered with."""
+
+
+def _crypto() -> Any:
+    try:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ConfigError(
+            "signatures need the 'cryptography' package: pip install cryptography "
+            "(or the edgefl[board] / edgefl[coordinator] extra)"
+        ) from exc
+    return ed25519
+
+
+def key_id(public_raw: bytes) -> str:
+    """Short identifier of a public key: 16 hex digits of sha256(raw 32 bytes)."""
+    return hashlib.sha256(public_raw).hexdigest()[:16]
+
+
+def signature_template(kid: str) -> dict[str, str]:
+    return {"alg": ALG, "key": kid, "sig": PLACEHOLDER}
+
+
+class Signer:
+    """Signs model envelopes and announcements with an Ed25519 private key."""
+
+    def __init__(self, private_key: Any) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        self._key = private_key
+        self.public_raw = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.key_id = key_id(self.public_raw)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Signer:
+        """Load an unencrypted PEM (PKCS#8) Ed25519 private key."""
+        ed25519 = _crypto()
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+        except OSError as exc:
+            raise ConfigError(f"cannot read signing key {path}: {exc.strerror or exc}") from exc
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{path} is not an unencrypted PEM private key: {exc}") from exc
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ConfigError(f"{path} is not an Ed25519 key (make one: fedcoord keys generate)")
+        return cls(key)
+
+    @property
+    def public_b64(self) -> str:
+        return base64.b64encode(self.public_raw).decode("ascii")
+
+    def sign_template(self, template: bytes) -> bytes:
+        """Sign bytes holding PLACEHOLDER exactly once; return them with the signature in."""
+        if template.count(_PLACEHOLDER_B) != 1:
+            raise ProtocolError("a message to sign must hold the signature placeholder once")
+        sig = base64.b64encode(self._key.sign(CONTEXT + template))  # always 88 characters
+        return template.replace(_PLACEHOLDER_B, sig)
+
+    def model_envelope(
+        self, tflite: bytes, manifest: Mapping[str, Any], *, job: str, sender: str
+    ) -> bytes:
+        """The model envelope with ``meta.signature`` (meta = the manifest)."""
+        meta = {**manifest, "signature": signature_template(self.key_id)}
+        return self.sign_template(encode_model(tflite, meta, job=job, sender=sender))
+
+    def announcement(self, ann: RoundAnnouncement) -> bytes:
+        """The JSON of ``ann`` with its ``signature`` field."""
+        template = dataclasses.replace(ann, signature=signature_template(self.key_id))
+        return self.sign_template(template.to_json())
+
+
+def _public_from_text(text: str, source: str) -> bytes:
+    text = text.strip()
+    if text.startswith("-----BEGIN"):
+        ed25519 = _crypto()
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            key = serialization.load_pem_public_key(text.encode())
+        except ValueError as exc:
+            raise ConfigError(f"{source} is not a PEM public key: {exc}") from exc
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise ConfigError(f"{source} is not an Ed25519 public key")
+        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError(
+            f"{source} is neither a PEM Ed25519 public key file nor 44 characters of base64 "
+            "(fedcoord keys generate prints both)"
+        )
+    return raw
+
+
+class Verifier:
+    """Checks signatures against one trusted Ed25519 public key."""
+
+    def __init__(self, public_raw: bytes) -> None:
+        ed25519 = _crypto()
+        self._key = ed25519.Ed25519PublicKey.from_public_bytes(public_raw)
+        self.key_id = key_id(public_raw)
+
+    @classmethod
+    def from_spec(cls, spec: str) -> Verifier:
+        """``spec``: a file (PEM public key, or one base64 line) or the base64 key itself."""
+        path = Path(spec).expanduser()
+        if path.is_file():
+            try:
+                return cls(
+                    _public_from_text(path.read_text(encoding="ascii"), f"--trust-key {path}")
+                )
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot read trusted key {path}: {exc}") from exc
+        return cls(_public_from_text(spec, "--trust-key"))
+
+    def signed_bytes(self, raw: bytes, signature: object, what: str) -> bytes:
+        """The bytes the signer signed (``raw`` with the placeholder back), if they verify."""
+        from cryptography.exceptions import InvalidSignature
+
+        if signature is None:
+            raise SignatureError(f"{what} is not signed")
+        if not isinstance(signature, dict) or signature.get("alg") != ALG:
+            raise SignatureError(f"{what} has no {ALG} signature object")
+        if signature.get("key") != self.key_id:
+            raise SignatureError(
+                f"{what} is signed by key {str(signature.get('key'))[:16]!r}, "
+                f"this device trusts key {self.key_id}"
+            )
+        sig = signature.get("sig")
+        sig_bytes = b""
+        if isinstance(sig, str) and len(sig) == SIG_CHARS:
+            with contextlib.suppress(binascii.Error, ValueError):
+                sig_bytes = base64.b64decode(sig, validate=True)
+        if len(sig_bytes) != 64:
+            raise SignatureError(f"{what} has a malformed signature")
+        token = sig.encode("ascii")
+        if raw.count(token) != 1:
+            raise SignatureError(f"{what}: its signature is not written exactly once")
+        template = raw.replace(token, _PLACEHOLDER_B)
+        try:
+            self._key.verify(sig_bytes, CONTEXT + template)
+        except InvalidSignature:
+            raise SignatureError(
+                f"{what} does not match its signature (tampered with or truncated)"
+            ) from None
+        return template
+
+    def model(self, raw: bytes) -> Envelope:
+        """Decode and verify a model envelope; returns the envelope parsed from signed bytes."""
+        env = decode(raw, expect_kind="model")
+        signed = self.signed_bytes(raw, env.meta.get("signature"), "the model")
+        return decode(signed, expect_kind="model")
+
+    def announcement(self, raw: bytes) -> RoundAnnouncement:
+        """Parse and verify a round announcement (from the verified bytes)."""
+        ann = RoundAnnouncement.from_json(raw)
+        signed = self.signed_bytes(raw, ann.signature, f"the round {ann.round} announcement")
+        return RoundAnnouncement.from_json(signed)

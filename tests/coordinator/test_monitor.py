@@ -1,0 +1,285 @@
+"""``fedcoord monitor`` and the JobView it shares with the dashboard: folding messages,
+presence, rendering, and the command against a real Mosquitto (late join, --json, --once)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+from coordinator.monitoring.follower import JobFollower
+from coordinator.monitoring.render import render, sparkline
+from coordinator.monitoring.view import JobView
+from coordinator.simulation import ROOT
+from edge_client.protocol import DeviceStatus, JobControl, Topics
+from edge_client.transport import MemoryBus, MemoryTransport
+from tests.coordinator.job_messages import T0, feed, live_round_2, retained_state
+from tests.fixtures.brokers import mqtt_client
+
+
+def fixed_view(job: str = "demo") -> JobView:
+    return JobView(job, broker="mqtt://test:1883", clock=lambda: T0)
+
+
+def test_view_joins_late_from_retained_state_then_follows_live_messages():
+    # Prepare
+    view = fixed_view()
+    # Execute: the retained replay, then round 2's live traffic
+    feed(view, retained_state(), retained=True)
+    feed(view, live_round_2())
+    s = view.snapshot()
+    # Assert: round, control, model and global weights from retained topics
+    assert s["seen"] and s["control"]["state"] == "running"
+    assert s["round"]["round"] == 2 and s["round"]["state"] == "open"
+    assert s["round"]["remaining_s"] == 30
+    assert s["round"]["replied"] == ["pi-01"] and s["round"]["failed"] == ["pi-03"]
+    assert s["model"]["architecture"] == "mlp" and s["global"]["round"] == 2
+    # history: round 1 from the retained metrics
+    assert [h["round"] for h in s["history"]] == [1]
+    assert s["history"][0]["accuracy"] == 0.8123 and s["history"][0]["bytes_up"] == 2000
+    # devices: presence from status (pi-02's Last Will), selection, replies, local metrics
+    rows = {d["device"]: d for d in s["devices"]}
+    assert set(rows) == {"pi-01", "pi-02", "pi-03"}
+    assert rows["pi-01"]["presence"] == "online" and rows["pi-01"]["selected"]
+    assert rows["pi-01"]["replied"] == "update" and rows["pi-01"]["loss"] == 0.42
+    assert rows["pi-01"]["interpreter"] == "ai-edge-litert 2.3.0"
+    assert rows["pi-02"]["presence"] == "offline" and rows["pi-02"]["detail"] == "connection lost"
+    assert rows["pi-02"]["loss"] == 0.72 and rows["pi-02"]["replied"] == ""  # round 1 result
+    assert rows["pi-03"]["replied"] == "failed" and rows["pi-03"]["failure"] == "out of memory"
+    assert s["summary"] == {
+        "devices": 3,
+        "online": 2,
+        "rounds_done": 1,
+        "accuracy": 0.8123,
+        "loss": 0.5432,
+    }
+    assert any("pi-03 failed round 2: out of memory" in e["text"] for e in s["events"])
+
+
+def test_view_is_idempotent_for_duplicates_and_retained_copies():
+    # Prepare
+    view = fixed_view()
+    feed(view, retained_state() + live_round_2())
+    before = view.snapshot()
+    # Execute: QoS 1 duplicates and a reconnect's retained replay
+    feed(view, retained_state() + live_round_2())
+    after = view.snapshot()
+    # Assert: nothing changed but the message counters
+    for key in ("round", "devices", "history", "control", "summary", "events", "model"):
+        assert after[key] == before[key], key
+
+
+def test_history_seeded_from_the_run_directory_still_takes_device_results():
+    # Prepare: round 1 already known from metrics.jsonl
+    view = fixed_view()
+    view.seed_history(
+        [
+            {
+                "round": 1,
+                "accuracy": 0.8123,
+                "loss": 0.5432,
+                "participants": ["pi-01", "pi-02"],
+                "bytes_up": 2000,
+                "bytes_down": 2000,
+                "duration_s": 1.5,
+                "samples": 20000,
+            }
+        ]
+    )
+    # Execute: the same round arrives as the retained metrics message
+    feed(view, retained_state(), retained=True)
+    # Assert: one history row, and the per-device results of that message
+    s = view.snapshot()
+    assert [h["round"] for h in s["history"]] == [1]
+    assert {d["device"]: d["loss"] for d in s["devices"]} == {"pi-01": 0.61, "pi-02": 0.72}
+
+
+def test_view_marks_a_silent_heartbeating_device_stale():
+    # Prepare: a device promising a status every 10 s
+    now = [T0]
+    view = JobView("demo", clock=lambda: now[0])
+    status = DeviceStatus("pi-01", "idle", T0, heartbeat_s=10.0)
+    feed(view, [(Topics("demo").status("pi-01"), status.to_json(), True)])
+    assert view.snapshot()["devices"][0]["presence"] == "online"
+    # Execute: four heartbeats missed
+    now[0] = T0 + 40
+    # Assert
+    assert view.snapshot()["devices"][0]["presence"] == "stale"
+
+
+def test_view_of_a_job_nobody_publishes_says_so():
+    s = fixed_view("nope").snapshot()
+    assert not s["seen"] and s["round"] is None and s["devices"] == [] and s["history"] == []
+    assert "waiting for job 'nope'" in render(s)
+
+
+def test_render_shows_round_devices_history_and_bytes():
+    # Prepare
+    view = fixed_view()
+    feed(view, retained_state(), retained=True)
+    feed(view, live_round_2())
+    view.seed_history(
+        [{"round": 0, "accuracy": 0.5, "loss": 1.2, "bytes_up": 10, "bytes_down": 20}]
+    )
+    # Execute
+    text = render(view.snapshot(), width=120)
+    # Assert
+    assert (
+        text.startswith("job demo  running  broker mqtt://test:1883 connected") is False
+    )  # not connected
+    assert "NOT CONNECTED" in text.splitlines()[0]
+    assert (
+        "round 2 open: 2 selected, 1 replied, 1 failed, deadline in 30 s  (epochs 1, lr 0.05)"
+        in text
+    )
+    assert "devices: 2 online of 3" in text
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("pi-")}
+    assert "offline" in lines["pi-02"] and "online" in lines["pi-01"] and "*" in lines["pi-01"]
+    assert "0.4200" in lines["pi-01"] and "86.00 %" in lines["pi-01"]
+    assert "12,000" in lines["pi-01"] and "ai-edge-litert 2.3.0" in lines["pi-01"]
+    assert "failed" in lines["pi-03"]
+    assert "rounds: 2 finished" in text and "81.23 %" in text and "2.0 kB" in text
+    assert "accuracy ▁█  81.23 %" in text
+
+
+def test_sparkline_scales_and_keeps_gaps():
+    assert sparkline([0.0, 0.5, 1.0]) == "▁▅█"  # 0.5 rounds to the 5th of 8 levels
+    assert sparkline([None, 2.0, 2.0]) == " ▁▁"
+    assert sparkline([]) == ""
+
+
+def test_follower_publishes_operator_control_retained():
+    # Prepare: a follower on an in-memory bus with a job already running
+    bus = MemoryBus()
+    bus.publish(Topics("demo").control, JobControl("demo", "running", T0).to_json(), retain=True)
+    view = JobView("demo")
+    follower = JobFollower(view, transport=MemoryTransport(bus, "dash")).start()
+    try:
+        deadline = time.monotonic() + 5
+        while view.control_state != "running" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # Execute
+        follower.publish_control("paused", "maintenance")
+        while view.control_state != "paused" and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        follower.stop()
+    # Assert: retained on the control topic, and the view followed
+    [retained] = bus.retained_for(Topics("demo").control)
+    ctl = JobControl.from_json(retained.payload)
+    assert (ctl.state, ctl.detail) == ("paused", "maintenance")
+    assert view.snapshot()["control"]["state"] == "paused"
+
+
+# -- the command against a real Mosquitto ---------------------------------------------------
+
+
+def monitor_cmd(broker, *args: str) -> list[str]:
+    return [sys.executable, "-m", "coordinator.cli", "monitor", "--broker", broker.url, *args]
+
+
+def publish_all(broker, messages) -> None:
+    with mqtt_client(broker) as client:
+        for topic, payload, retain in messages:
+            client.publish_wait(topic, payload, qos=1, retain=retain)
+
+
+def read_lines(proc: subprocess.Popen, out: queue.Queue, until, timeout: float = 15.0) -> list:
+    records: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while not until(records) and time.monotonic() < deadline:
+        try:
+            line = out.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        records.append(json.loads(line))
+    return records
+
+
+def test_monitor_json_prints_every_decoded_message_after_joining_late(mosquitto_broker):
+    # Prepare: the job is in round 2 before the monitor starts
+    publish_all(mosquitto_broker, retained_state())
+    proc = subprocess.Popen(
+        monitor_cmd(mosquitto_broker, "--job", "demo", "--json", "--duration", "30"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    out: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [out.put(x) for x in proc.stdout], daemon=True).start()
+    try:
+        # Execute: the retained replay, then live traffic
+        replay = read_lines(proc, out, lambda r: len(r) >= 7)
+        publish_all(mosquitto_broker, live_round_2())
+        live = read_lines(proc, out, lambda r: len(r) >= 3)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    # Assert: every message, decoded, one JSON object per line
+    assert sorted(r["kind"] for r in replay) == sorted(
+        ["control", "model", "global", "round", "status", "status", "metrics"]
+    ), proc.stderr.read()
+    assert all(r["retained"] for r in replay)
+    by_kind = {r["kind"]: r for r in replay}
+    assert by_kind["metrics"]["message"]["accuracy"] == 0.8123
+    assert by_kind["round"]["message"]["selected"] == ["pi-01", "pi-02"]
+    assert by_kind["global"]["topic"] == "fl/v1/demo/global"
+    assert by_kind["global"]["message"]["tensors"][0]["name"] == "dense/kernel"
+    assert "body" not in by_kind["model"]["message"]
+    assert [(r["kind"], r["device"], r["retained"]) for r in live] == [
+        ("update", "pi-01", False),
+        ("status", "pi-03", False),
+        ("update", "pi-03", False),
+    ]
+    assert live[0]["message"]["meta"]["loss"] == 0.42 and live[0]["bytes"] > 100
+    assert live[2]["message"]["kind"] == "failure"
+    assert live[2]["message"]["meta"]["reason"] == "out of memory"
+
+
+def test_monitor_once_prints_the_current_state_of_a_running_job(mosquitto_broker):
+    # Prepare
+    publish_all(mosquitto_broker, retained_state())
+    # Execute
+    r = subprocess.run(
+        monitor_cmd(mosquitto_broker, "--job", "demo", "--once"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    # Assert: plain text (not a terminal: no ANSI codes)
+    assert r.returncode == 0, r.stderr
+    assert "\x1b[" not in r.stdout
+    assert "round 2 open: 2 selected" in r.stdout
+    assert "pi-01" in r.stdout and "pi-02" in r.stdout and "81.23 %" in r.stdout
+
+
+def test_monitor_of_a_job_that_does_not_exist_fails_with_one_clear_line(mosquitto_broker):
+    # Execute
+    r = subprocess.run(
+        monitor_cmd(mosquitto_broker, "--job", "no-such-job", "--once", "--wait", "1"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    # Assert
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: no message from job 'no-such-job' under fl/v1/no-such-job/")
+    assert "Traceback" not in r.stderr
+
+
+def test_monitor_rejects_an_invalid_job_name_in_one_line(mosquitto_broker):
+    r = subprocess.run(
+        monitor_cmd(mosquitto_broker, "--job", "a/b", "--once"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert r.returncode == 1 and r.stderr.startswith("error: invalid job id"), r.stderr
+    assert "Traceback" not in r.stderr

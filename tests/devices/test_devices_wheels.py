@@ -1,0 +1,62 @@
+"""The board's wheels: a reproducible client wheel, and dependencies for another platform."""
+
+from __future__ import annotations
+
+import zipfile
+
+from devices.profiles import get_profile
+from devices.wheels import Wheelhouse, board_requirements, build_board_wheel
+
+
+def test_client_wheel_is_reproducible_and_holds_only_the_edge_client(tmp_path):
+    # Execute
+    first = build_board_wheel(tmp_path / "a")
+    second = build_board_wheel(tmp_path / "b")
+    # Assert
+    assert first.read_bytes() == second.read_bytes()
+    assert first.name.startswith("edgefl_board-") and first.name.endswith("-py3-none-any.whl")
+    names = zipfile.ZipFile(first).namelist()
+    packages = {n.split("/")[0] for n in names}
+    assert "edge_client" in packages and not {"coordinator", "devices", "model_export"} & packages
+    assert not any(n.endswith(".pyc") or "__pycache__" in n for n in names)
+    dist_info = next(p for p in packages if p.endswith(".dist-info"))
+    meta = zipfile.ZipFile(first).read(f"{dist_info}/METADATA").decode()
+    entry = zipfile.ZipFile(first).read(f"{dist_info}/entry_points.txt").decode()
+    assert "Requires-Dist: paho-mqtt>=2.0" in meta
+    assert 'Requires-Dist: ai-edge-litert>=1.4; extra == "board"' in meta
+    assert "fedge = edge_client.cli:main" in entry
+
+
+def test_board_requirements_follow_the_extras():
+    assert "ai-edge-litert>=1.4" in board_requirements("board")
+    legacy = board_requirements("board-legacy")
+    assert "tflite-runtime==2.14.0" in legacy and "numpy<2" in legacy
+    assert not any(r.startswith(("tensorflow", "pytest")) for r in legacy)
+
+
+def test_pip_command_for_32_bit_boards_uses_piwheels_and_every_tag(tmp_path):
+    cmd = Wheelhouse(tmp_path).pip_command(get_profile("rpi-zero2w-32"), tmp_path)
+    assert cmd[cmd.index("--extra-index-url") + 1] == "https://www.piwheels.org/simple"
+    platforms = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--platform"]
+    assert "manylinux_2_34_armv7l" in platforms and "linux_armv7l" in platforms
+    assert cmd[cmd.index("--python-version") + 1] == "3.11" and "--only-binary=:all:" in cmd
+    assert "tflite-runtime==2.14.0" in cmd and "pip" in cmd
+
+
+def test_download_for_a_64_bit_pi_picks_current_aarch64_wheels_and_locks_them(tmp_path):
+    """The real path: pip download from the index, for aarch64 / CPython 3.11 / glibc 2.36."""
+    # Prepare
+    house = Wheelhouse(tmp_path / "cache")
+    profile = get_profile("rpi5-64")
+    # Execute
+    lock = house.resolve(profile)
+    again = house.resolve(profile)
+    # Assert: the newest ai-edge-litert for manylinux_2_27 aarch64, not an old release
+    files = {w.name: w.filename for w in lock.wheels}
+    litert = files["ai-edge-litert"]
+    assert "aarch64" in litert and "cp311" in litert
+    assert tuple(int(p) for p in litert.split("-")[1].split(".")[:2]) >= (2, 3)
+    assert "aarch64" in files["numpy"] and {"paho-mqtt", "click", "pip"} <= set(files)
+    assert all(house.path(w).is_file() for w in lock.wheels)
+    assert again == lock and house.cached(profile) == lock
+    assert any(p.startswith("ai-edge-litert==") for p in lock.pins())
