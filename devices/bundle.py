@@ -5,7 +5,8 @@ Files of a release (``releases/<id>/`` on the board): the client wheel, the pinn
 wheelhouse), ``fedge.env`` (the job's broker settings for ``fedge run``), the device's MQTT
 ``password``, the broker's ``ca.crt`` (``mqtts://`` only), the systemd unit, the fallback
 supervisor and ``bundle.json``. The release id is a hash over all of that and the install
-paths, so flashing the same inventory twice yields the same id: nothing to do.
+paths, so flashing the same inventory twice yields the same id: nothing to do. The venv id
+covers only what is installed (wheels, Python), so a settings change reuses the venv.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,7 @@ class Bundle:
     files: dict[str, BundleFile] = field(hash=False)  # release-relative path -> file
     wheels: tuple[Path, ...]  # dependency wheels (local paths) for the board's wheelhouse
     wheel_name: str  # the client wheel's file name (in `files`)
+    venv: str  # id of the virtual environment: hash of the wheels and the board's Python
     password_created: bool = False
 
 
@@ -118,12 +121,17 @@ def build_bundle(
     build_dir: Path,
     *,
     refresh: bool = False,
+    client_wheel: Path | None = None,
 ) -> Bundle:
-    """Make the bundle of ``device``: downloads dependencies once, generates its password."""
+    """Make the bundle of ``device``: downloads dependencies once, generates its password.
+
+    ``client_wheel``: a prebuilt wheel holding ``edge_client`` (e.g. a released one) instead
+    of the ``edgefl-board`` wheel built from this tree.
+    """
     profile = inventory.profile(device)
     lock = wheelhouse.resolve(profile, refresh=refresh)
     password, created = ensure_password(inventory.fleet.secrets_dir, device.id)
-    wheel = build_board_wheel(build_dir)
+    wheel = check_client_wheel(client_wheel) if client_wheel else build_board_wheel(build_dir)
     files = {
         wheel.name: BundleFile(wheel.read_bytes()),
         "requirements.txt": BundleFile(("\n".join(lock.pins()) + "\n").encode()),
@@ -140,7 +148,8 @@ def build_bundle(
             files["ca.crt"] = BundleFile(inventory.fleet.ca_file.read_bytes())
         except OSError as exc:
             raise DeviceError(f"cannot read ca_file {inventory.fleet.ca_file}: {exc}") from None
-    files["bundle.json"] = BundleFile(_manifest(device, profile, lock, wheel.name))
+    venv = venv_id(files[wheel.name].data, files["wheels.sha256"].data, device, profile)
+    files["bundle.json"] = BundleFile(_manifest(device, profile, lock, wheel.name, venv))
     release = release_id(files, device)
     return Bundle(
         device=device,
@@ -149,12 +158,30 @@ def build_bundle(
         files=files,
         wheels=tuple(wheelhouse.path(w) for w in lock.wheels),
         wheel_name=wheel.name,
+        venv=venv,
         password_created=created,
     )
 
 
-def _manifest(device: Device, profile: BoardProfile, lock: DependencyLock, wheel: str) -> bytes:
+def check_client_wheel(path: Path) -> Path:
+    """A prebuilt client wheel, refused unless it holds ``edge_client`` and ``fedge``."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            entry = next((n for n in names if n.endswith(".dist-info/entry_points.txt")), None)
+            has_fedge = entry is not None and b"fedge = edge_client.cli:main" in zf.read(entry)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DeviceError(f"cannot read the client wheel {path}: {exc}") from None
+    if not path.name.endswith(".whl") or "edge_client/cli.py" not in names or not has_fedge:
+        raise DeviceError(f"{path} is not a wheel of the edge client (edge_client + fedge)")
+    return path
+
+
+def _manifest(
+    device: Device, profile: BoardProfile, lock: DependencyLock, wheel: str, venv: str
+) -> bytes:
     data = {
+        "venv": venv,
         "device": device.id,
         "profile": profile.name,
         "edge_client": edge_client.__version__,
@@ -166,6 +193,13 @@ def _manifest(device: Device, profile: BoardProfile, lock: DependencyLock, wheel
         "service": device.service,
     }
     return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+
+
+def venv_id(wheel: bytes, wheels_sha256: bytes, device: Device, profile: BoardProfile) -> str:
+    """What the venv holds: the client wheel, the pinned wheels, the Python that runs them."""
+    h = hashlib.sha256(f"edgefl-venv-1\0{device.python}\0{profile.runtime}\0".encode())
+    h.update(hashlib.sha256(wheel).digest() + hashlib.sha256(wheels_sha256).digest())
+    return h.hexdigest()[:16]
 
 
 def release_id(files: dict[str, BundleFile], device: Device) -> str:

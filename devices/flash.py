@@ -5,7 +5,8 @@
 2. Probe the board (read-only): architecture, Python, glibc, systemd, current release.
    A board that already runs this release is "up to date": nothing is uploaded.
 3. Upload the release into ``releases/<id>`` (the staging directory) with the wheels the
-   board lacks; install a venv there from those wheels only (``--no-index``).
+   board lacks; install a venv from those wheels only (``--no-index``) into ``venvs/<id>``,
+   or reuse the one already there when only settings changed.
 4. Switch ``current`` to it with a rename, install the unit, (re)start the client with
    systemd (or, where systemd does not run, the ``fedge-service`` supervisor) and check
    that it keeps running; otherwise go back to the previous release.
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from devices.bundle import Bundle, build_bundle
+from devices.bundle import Bundle, build_bundle, check_client_wheel
 from devices.errors import FlashError
 from devices.inventory import Device, Inventory
 from devices.profiles import BoardProfile, board_arch
@@ -45,6 +46,7 @@ class FlashOptions:
     cache_dir: Path  # the wheelhouse cache on this machine (downloaded wheels and locks)
     refresh: bool = False  # resolve the dependencies again instead of using the lock
     check_s: float = 3.0  # the client must still run this long after a (re)start
+    client_wheel: Path | None = None  # a prebuilt client wheel; None: build it from this tree
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class BoardState:
     unit_sha256: str
     running: bool
     wheels: frozenset[str]
+    venvs: frozenset[str]  # complete virtual environments on the board
 
     @classmethod
     def parse(cls, text: str) -> BoardState:
@@ -97,6 +100,7 @@ class BoardState:
             unit_sha256=kv.get("unit", ""),
             running=kv.get("running") == "yes",
             wheels=frozenset(kv.get("wheels", "").split()),
+            venvs=frozenset(kv.get("venvs", "").split()),
         )
 
 
@@ -162,7 +166,7 @@ def flash_device(
     with tempfile.TemporaryDirectory(prefix="edgefl-bundle-") as build_dir:
         bundle = build_bundle(
             inventory, device, Wheelhouse(options.cache_dir), Path(build_dir),
-            refresh=options.refresh,
+            refresh=options.refresh, client_wheel=options.client_wheel,
         )  # fmt: skip
     if bundle.password_created:
         progress(
@@ -193,7 +197,7 @@ def flash_device(
     try:
         _activate(target, device, bundle, options)
     except BaseException:
-        _discard(target, device, bundle.release)  # unless it became current: nothing to undo
+        _discard(target, device, bundle)  # unless it became current: nothing to undo
         raise
     return result
 
@@ -205,7 +209,8 @@ def _install(
     done = target.run(PREPARE, root, rel)
     if done.returncode != 0:
         raise FlashError(f"{device.id}: preparing {root} failed: {_last(done.stderr)}")
-    missing = [w for w in bundle.wheels if w.name not in state.wheels]
+    reuse = bundle.venv in state.venvs  # only settings changed: no wheels needed
+    missing = [] if reuse else [w for w in bundle.wheels if w.name not in state.wheels]
     size = sum(len(f.data) for f in bundle.files.values()) + sum(w.stat().st_size for w in missing)
     progress(
         f"{device.id}: uploading release {rel} ({len(bundle.files)} files, {len(missing)} of "
@@ -220,24 +225,32 @@ def _install(
 
     try:
         target.upload(root, write)
-        progress(f"{device.id}: installing into {root}/releases/{rel}/venv (pip --no-index)")
-        args = (root, rel, device.python, bundle.wheel_name, bundle.profile.runtime, device.user)
-        done = target.run(INSTALL, *args)
+        if reuse:
+            progress(f"{device.id}: reusing the installed environment {root}/venvs/{bundle.venv}")
+        else:
+            progress(f"{device.id}: installing into {root}/venvs/{bundle.venv} (pip --no-index)")
+        done = target.run(
+            INSTALL, root, rel, device.python, bundle.wheel_name, bundle.profile.runtime,
+            device.user, bundle.venv,
+        )  # fmt: skip
         if done.returncode != 0:
             raise FlashError(f"{device.id}: install failed: {_last(done.stderr)}")
     except BaseException:
-        _discard(target, device, rel)
+        _discard(target, device, bundle)
         raise
 
 
-def _discard(target: SshTarget, device: Device, release: str) -> None:
-    """Remove a staging release (never the current one); best effort."""
+def _discard(target: SshTarget, device: Device, bundle: Bundle) -> None:
+    """Remove a staging release (never the current one) and a half-built venv; best effort."""
     script = 'cur=$(readlink "$1/current" 2>/dev/null || true)\n'
     script += '[ "${cur##*/}" = "$2" ] || rm -rf "$1/releases/$2"\n'
+    script += '[ -f "$1/venvs/$3/.complete" ] || rm -rf "$1/venvs/$3"\n'
     try:
-        target.run(script, device.install_dir, release, timeout=60)
+        target.run(script, device.install_dir, bundle.release, bundle.venv, timeout=60)
     except Exception as exc:  # the original error matters more
-        log.warning("%s: could not remove the staging release %s: %s", device.id, release, exc)
+        log.warning(
+            "%s: could not remove the staging release %s: %s", device.id, bundle.release, exc
+        )
 
 
 def _activate(target: SshTarget, device: Device, bundle: Bundle, options: FlashOptions) -> None:
@@ -261,8 +274,12 @@ def plan_lines(inventory: Inventory, device: Device, options: FlashOptions) -> l
         wheels = f"locked in {wheelhouse.lock_path(profile)}: {' '.join(lock.pins())}"
     else:
         wheels = "not cached yet: " + " ".join(wheelhouse.pip_command(profile, Path("DIR"))[2:])
-    with tempfile.TemporaryDirectory() as tmp:
-        build_board_wheel(Path(tmp))  # only to check that the client wheel builds
+    if options.client_wheel is not None:
+        client = check_client_wheel(options.client_wheel).name
+    else:
+        client = f"{board_wheel_name()} (edge_client only, built from this tree)"
+        with tempfile.TemporaryDirectory() as tmp:
+            build_board_wheel(Path(tmp))  # only to check that the client wheel builds
     service = {
         "auto": "systemd if it runs on the board, else the fedge-service supervisor",
         "systemd": "systemd",
@@ -272,15 +289,15 @@ def plan_lines(inventory: Inventory, device: Device, options: FlashOptions) -> l
         f"{device.id}: plan (dry run: nothing is changed)",
         f"  board     {target.where}, profile {profile.name} ({profile.describe()}), "
         f"{device.python}",
-        f"  client    {board_wheel_name()} (edge_client only) + {profile.runtime}",
+        f"  client    {client} + {profile.runtime}",
         f"  wheels    {wheels}",
         f"  broker    {fleet.broker}, job {fleet.job}, user {device.id}, password "
         f"{pw} ({'exists' if pw.exists() else 'would be generated'})",
         f"  1. check the board: {profile.arch}, Python {profile.python}, glibc >= {profile.glibc}"
         "; stop here if it already runs the same release (up to date)",
         f"  2. upload the release to {root}/releases/<id>, missing wheels to {root}/wheelhouse",
-        f"  3. create {root}/releases/<id>/venv with {device.python} and pip install "
-        f"--no-index --find-links {root}/wheelhouse",
+        f"  3. create {root}/venvs/<id> with {device.python} and pip install --no-index "
+        f"--find-links {root}/wheelhouse (reused when only settings changed)",
         f"  4. switch {root}/current to the new release",
         f"  5. write {device.unit_dir}/{device.unit_name} and (re)start the client with {service}",
         f"  6. check that the client still runs after {options.check_s:g} s, else go back "

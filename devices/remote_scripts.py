@@ -3,14 +3,16 @@
 Layout under the install directory (``/opt/edgefl`` by default)::
 
     current -> releases/<id>     the running release, switched atomically (rename)
-    releases/<id>/               one bundle: client wheel, settings, password, unit, venv/
+    releases/<id>/               one bundle: client wheel, settings, password, unit, venv link
+    venvs/<id>/                  virtual environments, named by what is installed in them
     wheelhouse/                  dependency wheels, shared by releases, checked by sha256
     state/                       the client's state directory (kept across releases)
     service-manager              systemd or supervisor: what started the client
     fedge-service, run/, log/    the supervisor, where systemd does not run
 
 A release directory is the staging area: it is used only once ``.complete`` exists and
-``current`` points to it; a failed install removes it and leaves ``current`` alone.
+``current`` points to it; a failed install removes it (and a venv it was building) and
+leaves ``current`` alone. A release that changes only settings reuses the venv.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ case "$manager" in
 esac
 echo "running=$running"
 echo "wheels=$(ls "$DIR/wheelhouse" 2>/dev/null | tr '\n' ' ')"
+echo "venvs=$(for v in "$DIR"/venvs/*; do [ -f "$v/.complete" ] && printf '%s ' "${v##*/}"; done)"
 """
 
 # Creates the install directory (with sudo if needed) and clears a stale staging release.
@@ -106,15 +109,17 @@ fi
 touch "$R/.complete"
 """
 
-# Removes releases other than `current` and the previous one, and venvs and wheels that no
-# remaining release uses. Sourced by ACTIVATE (after success and after a failure).
+# `prune releases` removes releases other than `current` and the previous one; `prune`
+# alone only the venvs and wheels that no release uses (after a failed activation).
 _PRUNE = r"""
 prune() {
   cur=$(readlink "$DIR/current" 2>/dev/null || true)
-  for r in "$DIR"/releases/*; do
-    [ -e "$r" ] || continue
-    n="releases/${r##*/}"; [ "$n" = "$cur" ] || [ "$n" = "$prev" ] || rm -rf "$r"
-  done
+  if [ "${1:-}" = releases ]; then
+    for r in "$DIR"/releases/*; do
+      [ -e "$r" ] || continue
+      n="releases/${r##*/}"; [ "$n" = "$cur" ] || [ "$n" = "$prev" ] || rm -rf "$r"
+    done
+  fi
   used=$(for r in "$DIR"/releases/*; do readlink "$r/venv" 2>/dev/null || true; done)
   for v in "$DIR"/venvs/*; do
     [ -e "$v" ] || continue
@@ -203,7 +208,7 @@ if ! running; then
   fi
   exit 1
 fi
-prune
+prune releases
 """
 )
 

@@ -86,11 +86,11 @@ class EdgeClient:
         self.topics = Topics(config.job, config.prefix)
         self.inbox = Inbox(transport, self.topics, max_bytes=config.max_message_bytes)
         self.publisher = BinaryPublisher(transport, config.max_chunk)
+        # With a trusted key, unsigned or badly signed models and announcements are refused
+        self.verifier = Verifier.from_spec(config.trust_key) if config.trust_key else None
         self.runtime = runtime or load_runtime(config.runtime)  # fail fast: no interpreter
         self.state = ClientState(config.resolved_state_dir)
         self.data = data if data is not None else load_local_data(config)  # fail fast
-        # With a trusted key, unsigned or badly signed models and announcements are refused
-        self.verifier = Verifier.from_spec(config.trust_key) if config.trust_key else None
         self.holdings = Holdings(
             self.data, self.runtime, self.state, config.num_threads, verifier=self.verifier
         )
@@ -110,6 +110,7 @@ class EdgeClient:
         self._waiting: set[int] = set()  # rounds selected for but missing the model/global
         self._said: set[tuple[str, int]] = set()  # (what, round) already logged
         self._ann_connection = 0  # transport connection over which the announcement came
+        self._connections = 0  # transport connections seen by step()
         self._stop = threading.Event()
         self._started_at = clock()
         self.holdings.restore()
@@ -183,6 +184,11 @@ class EdgeClient:
         Returns True when a complete message was handled. Never raises for bad input.
         """
         self.start()
+        connections = getattr(self.transport, "connections", 0)
+        if connections != self._connections:
+            if self._connections:  # reconnected: our Last Will may have replaced the status
+                self.status.publish()
+            self._connections = connections
         self.status.heartbeat()
         handled = False
         try:
@@ -386,8 +392,8 @@ class EdgeClient:
         """The announcement came again over a new connection: the update this device sent
         for the open round may have been lost with the connection (or a restarted broker),
         so send it again; the coordinator drops duplicates."""
-        if ann.state == "open" and ann.round == self.last_completed and self._resend(ann):
-            log.info("round %d: reconnected, resent the update in case it was lost", ann.round)
+        if ann.state == "open" and ann.round == self.last_completed:
+            self._resend(ann)
 
     def _between_batches(self, ann: RoundAnnouncement) -> None:
         self.status.heartbeat()

@@ -105,12 +105,13 @@ class Inbox:
         if parsed.kind in _JSON_KINDS:
             if not message.payload:  # a retained message being cleared
                 return None
+            value = _JSON_KINDS[parsed.kind].from_json(message.payload)
+            if parsed.kind == "status" and value.device != parsed.device:
+                raise ProtocolError(
+                    f"status of device {value.device!r} on the topic of {parsed.device!r}"
+                )
             return Incoming(
-                parsed.kind,
-                _JSON_KINDS[parsed.kind].from_json(message.payload),
-                parsed.device,
-                len(message.payload),
-                message.payload,
+                parsed.kind, value, parsed.device, len(message.payload), message.payload
             )
         if parsed.kind not in _BINARY_KINDS:
             return None

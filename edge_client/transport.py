@@ -153,6 +153,7 @@ class MqttTransport:
         c.max_queued_messages_set(10_000)  # bounded outbox while disconnected
         if broker.username:
             c.username_pw_set(broker.username, broker.password)
+        self._tls: ssl.SSLContext | None = None
         if broker.tls:
             ctx = ssl.create_default_context(cafile=broker.ca_file)
             if broker.cert_file:
@@ -160,6 +161,7 @@ class MqttTransport:
             if broker.insecure:
                 ctx.check_hostname = False
             c.tls_set_context(ctx)
+            self._tls = ctx
         if will is not None:
             c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         c.on_connect = self._on_connect
@@ -213,9 +215,32 @@ class MqttTransport:
                 )
             if time.monotonic() > deadline:
                 self.close()
+                problem = self._tls_problem()
+                if problem:
+                    raise EdgeFLError(f"TLS with broker {self.broker.url} failed: {problem}")
                 raise EdgeFLError(
                     f"cannot reach broker {self.broker.url} within {timeout:.0f} s: is it running?"
                 )
+
+    def _tls_problem(self) -> str | None:
+        """Why a TLS handshake with the broker fails (paho retries silently), if it does."""
+        if self._tls is None:
+            return None
+        import socket
+
+        try:
+            with (
+                socket.create_connection((self.broker.host, self.broker.port), timeout=3) as raw,
+                self._tls.wrap_socket(raw, server_hostname=self.broker.host),
+            ):
+                return None
+        except ssl.SSLCertVerificationError as exc:
+            return (
+                f"certificate verify failed: {exc.verify_message} "
+                "(is --ca-file the CA that signed the broker's certificate?)"
+            )
+        except (ssl.SSLError, OSError) as exc:
+            return str(exc) or type(exc).__name__
 
     def close(self) -> None:
         self._connected.clear()  # first: a deliberate disconnect is not an outage to log

@@ -8,15 +8,17 @@ written with ops that the converter maps to builtins. ``model_export.checks`` pr
 them equal to TensorFlow autodiff on every export.
 
 Speed: in a training graph every weight is a resource variable, i.e. a *dynamic*
-tensor, and the XNNPACK delegate (on by default in ai-edge-litert and tf.lite) only
-takes ``CONV_2D``, ``TRANSPOSE_CONV`` and ``FULLY_CONNECTED`` with constant weights.
-Left to the interpreter's own kernels those run about 2x slower in ai-edge-litert
-than in tf.lite, and its builtin ``BATCH_MATMUL``, ``SLICE``, ``STRIDED_SLICE`` and
-``PAD`` kernels are 10-40x slower still. XNNPACK does take ``BATCH_MATMUL`` with two
-dynamic operands (both adjoint flags, 2-D operands) and plain copies (unit-stride
-slices, concatenation, space/depth shuffles, transposes, depthwise convolution with a
-constant filter). So every matrix product here is a 2-D ``BATCH_MATMUL`` and every
-convolution is an explicit im2col of such copies followed by one (see ``conv2d``).
+tensor, and the XNNPACK delegate (on by default in ai-edge-litert and tf.lite) takes
+``CONV_2D``, ``TRANSPOSE_CONV`` and ``FULLY_CONNECTED`` only with constant weights. Left
+to the interpreter's own kernels those run ~2x slower in ai-edge-litert than in tf.lite;
+ai-edge-litert's own ``BATCH_MATMUL`` is ~40x slower than XNNPACK's and its
+``SLICE``/``STRIDED_SLICE`` 17-40x slower than tf.lite's. XNNPACK does take a 2-D
+``BATCH_MATMUL`` with two dynamic operands (either adjoint flag) and runs it near the
+CPU's peak. So every
+matrix product here is a 2-D ``BATCH_MATMUL`` and every convolution an explicit im2col
+(one ``GATHER``, or a depthwise conv with a constant one-hot filter) followed by one
+(see ``conv2d``). cnn trains ~2.8x faster in ai-edge-litert than with ``CONV_2D`` +
+``TRANSPOSE_CONV`` + dilated ``CONV_2D`` (bench/train_throughput.py).
 """
 
 from __future__ import annotations
@@ -69,7 +71,9 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def conv2d(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor, stride: int, padding: str) -> tf.Tensor:
+def conv2d(
+    x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor, stride: int, padding: str
+) -> tf.Tensor:
     """2-D convolution plus bias with a builtin-only backward pass.
 
     x (N, H, W, Cin) with static H, W, Cin (N may be dynamic); kernel (KH, KW, Cin, Cout);
@@ -149,7 +153,7 @@ def _patches(
     same: bool,
 ) -> tuple[tf.Tensor, str]:
     """im2col: (N*Ho*Wo, KH*KW*C) and its column order, "ijc" (as HWIO) or "cij"."""
-    h, w, c = int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
+    c = int(x.shape[3])
     if c < _DEPTHWISE_IM2COL_BELOW:
         # A depthwise conv with a constant one-hot filter: XNNPACK runs it.
         if same:  # padded like TF's SAME: the op pads by itself

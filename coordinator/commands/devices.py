@@ -94,6 +94,12 @@ def list_devices(inventory_path: str) -> None:
 )
 @click.option("--refresh", is_flag=True, help="Resolve and download the dependencies again.")
 @click.option(
+    "--client-wheel",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Install this prebuilt client wheel (e.g. a released one) instead of building the "
+    "edgefl-board wheel (edge_client only) from this tree.",
+)
+@click.option(
     "--check-seconds",
     type=click.FloatRange(min=0),
     default=3.0,
@@ -107,6 +113,7 @@ def flash(
     dry_run: bool,
     cache_dir: Path | None,
     refresh: bool,
+    client_wheel: Path | None,
     check_seconds: float,
 ) -> None:
     """Install or update the client on boards over SSH, and start it.
@@ -125,7 +132,7 @@ def flash(
         raise click.UsageError("name the devices to flash, or give --all (not both)")
     inv = load_inventory(inventory_path)
     targets = inv.select(device_ids, all_devices)
-    options = FlashOptions(cache_dir or default_cache_dir(), refresh, check_seconds)
+    options = FlashOptions(cache_dir or default_cache_dir(), refresh, check_seconds, client_wheel)
     if dry_run:
         for d in targets:
             click.echo("\n".join(plan_lines(inv, d, options)))

@@ -132,7 +132,7 @@ def dashboard_settings(opts: dict[str, Any], listen: str | None, run_dir: str | 
     host, _, port_text = listen.rpartition(":")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"invalid dashboard address {listen!r}: use HOST:PORT, e.g. 0.0.0.0:8080")
-    host, port = host or "127.0.0.1", int(port_text)
+    host, port = host.strip("[]") or "127.0.0.1", int(port_text)  # [::1]:8080 -> ::1
     auth = AuthConfig.resolve(**{k: opts.get(k) for k in _AUTH_KEYS})
     max_mb = float(opts.get("max_upload_mb") or 4.0)
     if not 0 < max_mb <= 1024:

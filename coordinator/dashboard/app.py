@@ -71,8 +71,8 @@ def create_app(
         SESSION_COOKIE_NAME="edgefl_dashboard",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
-        JSON_SORT_KEYS=False,
     )
+    app.json.sort_keys = False  # keep the snapshot's field order
     predictor = predictor or Predictor(view)
     throttle = LoginThrottle()
 
@@ -169,6 +169,7 @@ def create_app(
             csrf=session.get("csrf", ""),
             refresh_ms=int(cfg.refresh_s * 1000),
             max_upload_mb=f"{cfg.max_upload_bytes / 1e6:g}",
+            max_upload_bytes=cfg.max_upload_bytes,
         )
 
     @app.get("/api/state")

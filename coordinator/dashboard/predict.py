@@ -102,6 +102,7 @@ class Predictor:
             norm = Normalization.from_dict(model.manifest.normalization)
             x = norm(pixels[None]).reshape(1, *model.manifest.input_shape)
             probs = np.asarray(model.predict(x)[0], dtype=np.float64)  # (classes,)
+            model_sha = self._model_sha
         names = model.manifest.label_names
         order = np.argsort(-probs)[: self.top]
         best = int(order[0])
@@ -112,7 +113,7 @@ class Predictor:
             "probabilities": [
                 {"index": int(i), "label": names[int(i)], "p": float(probs[int(i)])} for i in order
             ],
-            "model_sha256": self._model_sha,
+            "model_sha256": model_sha,
             "weights": weights_from,
             "input_shape": list(model.manifest.input_shape),
             "preview": preview_png(pixels),

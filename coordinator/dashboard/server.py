@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -52,27 +53,41 @@ class DashboardServer:
 
     def __init__(self, app: Any, host: str, port: int, view: JobView | None = None) -> None:
         self.view = view  # the job being shown, when known
+        # Bind here, not in werkzeug: it prints to stderr and exits on a port in use.
         try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ConfigError(f"the dashboard cannot listen on {host}:{port}: {exc}") from None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(64)
             self._server: BaseWSGIServer = make_server(
-                host, port, app, threaded=True, request_handler=_QuietHandler
+                host,
+                sock.getsockname()[1],
+                app,
+                threaded=True,
+                request_handler=_QuietHandler,
+                fd=sock.fileno(),
             )
         except OSError as exc:
             raise ConfigError(
                 f"the dashboard cannot listen on {host}:{port}: {exc.strerror or exc}"
             ) from None
-        except SystemExit:  # werkzeug exits on a port in use with some versions
-            raise ConfigError(f"the dashboard cannot listen on {host}:{port}") from None
+        finally:
+            sock.close()  # werkzeug holds its own duplicate of the descriptor
         self.host = host
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
-        return int(self._server.server_port)
+        return int(self._server.server_address[1])
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}"
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def start(self) -> DashboardServer:
         self._thread = threading.Thread(

@@ -288,7 +288,6 @@ class JobView:
         row.bytes_up = int(info.get("bytes_up") or row.bytes_up)
 
     def _on_control(self, ctl: JobControl, item: Incoming, retained: bool) -> None:
-        self._coordinator_lost = None if ctl.state != "stopped" else self._coordinator_lost
         if ctl == self._control:
             return
         changed = self._control is None or self._control.state != ctl.state

@@ -66,7 +66,10 @@ class TrainingDevice(threading.Thread):
         self.tamper, self.send = tamper, send
         self.stop_event = threading.Event()
         self.trained: list[int] = []
+        self.sent: dict[int, bytes] = {}  # round -> update envelope handed to ``send``
         self.errors: list[BaseException] = []
+        self.gate = threading.Event()  # cleared: trained updates wait before being sent
+        self.gate.set()
 
     def online(self) -> None:
         status = DeviceStatus(self.device, "online", time.time(), samples=len(self.data))
@@ -106,6 +109,10 @@ class TrainingDevice(threading.Thread):
             ):
                 self.trained.append(ann.round)
                 payload = self._train(ann, global_env.weights())
+                self.sent[ann.round] = payload
+                while not self.gate.wait(0.05):
+                    if self.stop_event.is_set():
+                        return
                 if self.send is not None:
                     self.send(t, self.topics.update(self.device), payload)
                 else:
@@ -136,3 +143,13 @@ class TrainingDevice(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
         self.join(10)
+
+
+def mqtt_device(
+    url: str, job: str, device: str, model: TrainableModel, data: Dataset, **kw: object
+) -> TrainingDevice:
+    """A :class:`TrainingDevice` on a real broker (paho transport)."""
+    from edge_client.transport import BrokerConfig, MqttTransport
+
+    transport = MqttTransport(BrokerConfig.from_url(url), f"{job}-{device}")
+    return TrainingDevice(transport, job, device, model, data, **kw)  # type: ignore[arg-type]

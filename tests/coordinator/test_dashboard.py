@@ -1,18 +1,12 @@
-"""The dashboard's HTTP side: authentication, roles, CSRF, control, prediction, downloads, bad
-input; and ``fedcoord dashboard`` standalone against a real Mosquitto."""
+"""The dashboard's HTTP side (Flask test client): authentication, roles, CSRF, throttling,
+job control, prediction, downloads, configuration and bad input."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +16,11 @@ from PIL import Image
 from coordinator.dashboard.app import AppConfig, create_app
 from coordinator.dashboard.auth import AuthConfig
 from coordinator.monitoring.view import JobView
-from coordinator.simulation import ROOT
 from edge_client.data.registry import DATASETS, load_dataset
 from edge_client.errors import ConfigError
 from edge_client.protocol import JobControl
 from edge_client.trainable_model import TrainableModel
 from tests.coordinator.job_messages import T0, feed, retained_state
-from tests.fixtures.brokers import free_port, wait_for_port
 
 ADMIN = "admin-secret-1234"
 VIEWER = "viewer-secret-5678"
@@ -326,128 +318,3 @@ def test_tokens_come_from_flag_file_or_environment(tmp_path):
         AuthConfig.resolve(admin_token_file=str(tmp_path / "empty"), environ={})
     with pytest.raises(ConfigError, match="cannot read the admin token file"):
         AuthConfig.resolve(admin_token_file=str(tmp_path / "missing"), environ={})
-
-
-# -- standalone, against a real broker ------------------------------------------------------------
-
-
-def http(url: str, token: str, data: bytes | None = None, ctype: str = "application/json"):
-    req = urllib.request.Request(url, data=data, headers=bearer(token))
-    if data is not None:
-        req.add_header("Content-Type", ctype)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def test_standalone_dashboard_of_a_job_that_does_not_exist(mosquitto_broker, tmp_path):
-    # Prepare
-    token_file = tmp_path / "admin.token"
-    token_file.write_text(ADMIN + "\n")
-    port = free_port()
-    cmd = [sys.executable, "-m", "coordinator.cli", "dashboard", "--broker", mosquitto_broker.url]
-    cmd += [
-        "--job",
-        "ghost",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-token-file",
-        str(token_file),
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        wait_for_port("127.0.0.1", port, timeout=20)
-        base = f"http://127.0.0.1:{port}"
-        # Execute
-        state = http(f"{base}/api/state", ADMIN)
-        control = http(f"{base}/api/control", ADMIN, json.dumps({"state": "stopped"}).encode())
-        boundary = "xXx"
-        body = (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
-                f"Content-Type: image/png\r\n\r\n"
-            ).encode()
-            + bytes(5_000_000)
-            + f"\r\n--{boundary}--\r\n".encode()
-        )
-        too_big = http(
-            f"{base}/api/predict", ADMIN, body, f"multipart/form-data; boundary={boundary}"
-        )
-        wrong = http(f"{base}/api/state", "wrong-token-123")
-        still = http(f"{base}/api/state", ADMIN)
-    finally:
-        proc.terminate()
-        out, err = proc.communicate(timeout=10)
-    # Assert: the dashboard runs, says the job is silent, refuses to control it
-    assert state[0] == 200 and state[1]["connected"] and not state[1]["seen"]
-    assert control == (
-        409,
-        {"error": "job 'ghost' has not been seen on the broker: nothing to control"},
-    )
-    assert too_big == (413, {"error": "the upload is too large: the limit is 4 MB"})
-    assert wrong == (401, {"error": "wrong token"})
-    assert still[0] == 200
-    assert f"dashboard of job ghost on http://127.0.0.1:{port}" in out
-    assert ADMIN not in out + err and "Traceback" not in err
-
-
-def test_dashboard_needs_an_admin_token(mosquitto_broker):
-    r = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli", "dashboard", "--broker", mosquitto_broker.url]
-        + ["--job", "demo"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if "DASHBOARD" not in k},
-    )
-    assert r.returncode == 1 and r.stderr.startswith("error: the dashboard needs an admin token")
-
-
-def test_start_refuses_dashboard_tokens_without_dashboard(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli", "start", "--admin-token", "x" * 12]
-        + ["--run-dir", str(tmp_path / "run")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert r.returncode == 1 and "without --dashboard HOST:PORT" in r.stderr
-    assert not (tmp_path / "run").exists()
-
-
-def test_start_serves_the_dashboard_of_its_job_while_it_runs(
-    mosquitto_broker, real_model, tmp_path
-):
-    # Prepare: a job no device joins; it gives up after --wait-timeout
-    port = free_port()
-    cmd = [sys.executable, "-m", "coordinator.cli", "start", "--broker", mosquitto_broker.url]
-    cmd += ["--job", "lonely", "--model-dir", str(real_model), "--run-dir", str(tmp_path / "run")]
-    cmd += ["--wait-timeout", "6", "--dashboard", f"127.0.0.1:{port}"]
-    env = {**os.environ, "EDGEFL_DASHBOARD_ADMIN_TOKEN": ADMIN}
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        # Execute
-        wait_for_port("127.0.0.1", port, timeout=30)
-        deadline = time.monotonic() + 10
-        while True:
-            status, state = http(f"http://127.0.0.1:{port}/api/state", ADMIN)
-            if state.get("model") or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    # Assert: the dashboard followed the job from inside the coordinator, then left with it
-    assert status == 200 and state["seen"] and state["control"]["state"] == "running"
-    assert state["model"]["architecture"] == "mlp"
-    assert proc.returncode == 1 and "error: only 0 of 1 devices online" in err
-    assert f"dashboard of job lonely on http://127.0.0.1:{port}" in err  # a log line
-    assert ADMIN not in out + err

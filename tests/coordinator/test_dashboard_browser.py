@@ -5,7 +5,7 @@ attached with ``run_job(dashboard=...)`` to a real job: a coordinator, three sim
 The test holds the coordinator inside its ``on_round`` callback after round 1 (to pause the
 job between rounds from the browser) and after the last round (so the finished job is still
 on screen while the browser checks charts and classifies an image). Screenshots go to the
-test's tmp dir, and the final ones (small, quantized PNGs) to docs/img/ for docs/dashboard.md.
+test's tmp dir; with EDGEFL_UPDATE_DOCS_IMAGES=1 also the final ones to docs/img/ (docs/dashboard.md).
 """
 
 from __future__ import annotations
@@ -252,9 +252,10 @@ def test_dashboard_of_a_real_job_in_chromium(
     assert not isinstance(job.result, BaseException), repr(job.result)
     assert job.result.round == 3 and job.result.finished
     assert errors == []
-    DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    for name in ("desktop", "phone-top", "phone-devices", "phone-predict", "login-phone"):
-        small_png(shots / f"dashboard-{name}.png", DOCS_IMG / f"dashboard-{name}.png")
+    if os.environ.get("EDGEFL_UPDATE_DOCS_IMAGES"):  # refresh docs/img only when asked
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        for name in ("desktop", "phone-top", "phone-devices", "phone-predict", "login-phone"):
+            small_png(shots / f"dashboard-{name}.png", DOCS_IMG / f"dashboard-{name}.png")
 
 
 def _as_viewer(driver, base: str, shots: Path, image: Path, not_image: Path) -> None:
@@ -281,6 +282,12 @@ def _as_viewer(driver, base: str, shots: Path, image: Path, not_image: Path) -> 
     driver.find_element("id", "predict-submit").click()
     wait_until(driver, lambda d: css(d, "#predict-error"), 20, "upload error")
     assert "not an image" in text_of(driver, "predict-error")
+    big = not_image.with_name("huge.png")
+    big.write_bytes(b"\x89PNG" + bytes(4_100_000))  # over the default 4 MB limit
+    driver.find_element("id", "predict-file").send_keys(str(big))
+    driver.find_element("id", "predict-submit").click()
+    wait_until(driver, lambda d: "too large" in text_of(d, "predict-result"), 20, "size error")
+    assert text_of(driver, "predict-error") == "The file is too large: the limit is 4 MB."
     shoot(driver, shots / "viewer-phone-top.png", *PHONE)
 
 

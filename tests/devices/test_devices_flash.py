@@ -9,6 +9,8 @@ The tests run in order and share one board: each leaves it installed and running
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import time
@@ -17,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from test_devices_support import Board, SshServer, fedcoord, write_inventory
+from test_devices_support import Board, SshServer, fedcoord, this_python, write_inventory
 
 from devices.security import read_password
+from devices.wheels import build_board_wheel
 from edge_client.protocol import DeviceStatus
 from tests.fixtures.brokers import MosquittoProcess, free_port, mqtt_client, start_mosquitto
 
@@ -47,8 +50,19 @@ class Lab:
         )  # type: ignore[arg-type]
 
     def flash(self, *args: str, inventory: Path | None = None) -> subprocess.CompletedProcess:
+        """``fedcoord devices flash`` with the client wheel built when the lab started.
+
+        (The same wheel every time, even if someone edits edge_client meanwhile.)
+        """
         inv = str(inventory or self.inventory)
-        return fedcoord("devices", "flash", "-i", inv, "--check-seconds", CHECK, *args)
+        wheel = str(self.client_wheel)
+        return fedcoord(
+            "devices", "flash", "-i", inv, "--check-seconds", CHECK, "--client-wheel", wheel, *args
+        )
+
+    @property
+    def client_wheel(self) -> Path:
+        return next((self.tmp / "client").glob("*.whl"))
 
     def status_of(self, device: str, timeout: float = 15) -> DeviceStatus:
         """The device's retained status, read as the coordinator user."""
@@ -77,6 +91,7 @@ def error_line(done: subprocess.CompletedProcess) -> str:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("lab")
+    build_board_wheel(tmp / "client")
     ssh = SshServer(tmp / "ssh").start()
     port = free_port()
     board = Board(tmp / "board-1")
@@ -104,9 +119,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def test_dry_run_prints_the_plan_and_touches_nothing(lab):
     # Execute
     done = lab.flash("board-1", "--dry-run")
+    from_tree = fedcoord("devices", "flash", "-i", str(lab.inventory), "--all", "--dry-run")
     # Assert: a plan, no SSH contact (no host key learnt), nothing on the board
     assert done.returncode == 0, done.stderr
     assert "board-1: plan (dry run: nothing is changed)" in done.stdout
+    assert f"client    {lab.client_wheel.name} + ai-edge-litert" in done.stdout
+    assert from_tree.returncode == 0 and "built from this tree" in from_tree.stdout
     assert f"{lab.board.install_dir}/current" in done.stdout
     assert not lab.ssh.known_hosts.exists()
     assert not lab.board.install_dir.exists() and not lab.board.unit_dir.exists()
@@ -126,6 +144,7 @@ def test_flash_installs_the_client_and_it_joins_the_job(lab):
     print(f"first flash: {took:.1f} s")
     root = lab.board.install_dir
     assert (root / "current" / "venv" / "bin" / "fedge").exists()
+    assert (root / "current" / "venv").is_symlink() and len(list((root / "venvs").iterdir())) == 1
     assert (root / "current" / "password").stat().st_mode & 0o777 == 0o600
     env = (root / "current" / "fedge.env").read_text()
     assert 'EDGEFL_MQTT_USERNAME="board-1"' in env and 'EDGEFL_JOB="lab"' in env
@@ -148,6 +167,9 @@ def test_flash_installs_the_client_and_it_joins_the_job(lab):
     assert "1 of 1 device(s) online" in shown.stdout
     row = next(ln for ln in shown.stdout.splitlines() if ln.startswith("board-1"))
     assert row.split()[1] == "online" and "ai-edge-litert" in row
+    as_json = fedcoord("devices", "status", "-i", str(lab.inventory), "--json")
+    (entry,) = [json.loads(ln) for ln in as_json.stdout.splitlines()]
+    assert (entry["device"], entry["state"], entry["samples"]) == ("board-1", "online", 64)
     logs = fedcoord("devices", "logs", "-i", str(lab.inventory), "board-1", "-n", "20")
     assert logs.returncode == 0 and "device board-1 joined job lab" in logs.stdout
 
@@ -170,9 +192,12 @@ def test_flashing_again_changes_nothing(lab):
 
 
 def test_a_damaged_wheel_fails_the_update_and_the_old_install_keeps_running(lab):
-    # Prepare: a changed setting (a new release) and a wheel truncated on the board
+    # Prepare: the board's Python moved (a new venv is needed) and a wheel is truncated
     old, pid = lab.board.current(), lab.board.client_pid()
-    lab.write(env={"EDGEFL_HEARTBEAT": "2", "EDGEFL_CONNECT_TIMEOUT": "10"})
+    python = lab.tmp / "python-bin" / "python3"
+    python.parent.mkdir()
+    python.symlink_to(this_python())
+    lab.write(device_extra=f'python = "{python}"')
     wheel = next((lab.board.install_dir / "wheelhouse").glob("numpy-*.whl"))
     wheel.write_bytes(wheel.read_bytes()[:1000])
     # Execute
@@ -190,21 +215,45 @@ def test_a_damaged_wheel_fails_the_update_and_the_old_install_keeps_running(lab)
     assert new != old and f"installed release {new} (was {old})" in done.stdout
     assert sorted(lab.board.releases()) == sorted([old, new])  # the previous one is kept
     assert lab.board.client_pid() not in (None, pid)
+    assert len(list((lab.board.install_dir / "venvs").iterdir())) == 2  # old and new
+    assert lab.status_of("board-1").state == "online"
+
+
+def test_a_settings_change_reuses_the_installed_environment(lab):
+    # Prepare
+    old, venvs = lab.board.current(), sorted((lab.board.install_dir / "venvs").iterdir())
+    python = lab.tmp / "python-bin" / "python3"
+    lab.write(
+        env={"EDGEFL_HEARTBEAT": "2", "EDGEFL_CONNECT_TIMEOUT": "10"},
+        device_extra=f'python = "{python}"',
+    )
+    # Execute
+    started = time.monotonic()
+    done = lab.flash("board-1")
+    took = time.monotonic() - started
+    # Assert: a new release, no pip install, the new setting in effect
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "reusing the installed environment" in done.stdout and "uploading" in done.stdout
+    assert lab.board.current() != old
+    in_use = Path(os.readlink(lab.board.install_dir / "current" / "venv")).name
+    assert in_use in {v.name for v in venvs}  # the same venv as before
+    assert [v.name for v in (lab.board.install_dir / "venvs").iterdir()] == [in_use]  # pruned
     assert lab.status_of("board-1").heartbeat_s == 2
+    print(f"settings-only flash: {took:.1f} s")
 
 
 def test_a_client_that_does_not_stay_up_is_rolled_back(lab):
     # Prepare: data that does not exist on the board: the client exits at once
-    old = lab.board.current()
-    lab.write(data=str(lab.board.root / "missing.npz"))
+    old, releases = lab.board.current(), lab.board.releases()
+    python = lab.tmp / "python-bin" / "python3"
+    lab.write(data=str(lab.board.root / "missing.npz"), device_extra=f'python = "{python}"')
     # Execute
     failed = lab.flash("board-1")
     # Assert: back on the previous release, running again
     line = error_line(failed)
     assert "did not stay running" in line and f"went back to {old}" in line
     assert "missing.npz" in line  # the client's own error, from its log
-    assert lab.board.current() == old and old in lab.board.releases()
-    assert len(lab.board.releases()) == 2  # the failed release is gone
+    assert lab.board.current() == old and lab.board.releases() == releases  # as it was
     assert lab.board.client_pid() is not None
     assert lab.status_of("board-1").state == "online"
 
@@ -218,6 +267,7 @@ def test_a_first_install_that_fails_leaves_nothing_enabled(lab):
     # Assert
     assert "the service was removed" in error_line(failed)
     assert board.current() is None and board.releases() == []
+    assert not list((board.install_dir / "venvs").iterdir())  # the new venv is gone too
     assert not (board.unit_dir / "fedge-board-3.service").exists()
     assert board.service("status") != 0
 

@@ -117,6 +117,11 @@ class SshServer:
             process.wait(5)
 
 
+def this_python() -> str:
+    """The real interpreter behind this venv: the test board's Python."""
+    return os.path.realpath(sys.executable)  # a venv's bin/python links to it
+
+
 def this_machine_profile() -> dict[str, str]:
     """A profile for this machine: x86-64 (or whatever it is), this Python, this glibc."""
     arch = {"arm64": "aarch64"}.get(platform.machine(), platform.machine())
@@ -208,7 +213,7 @@ def write_inventory(
         f'ssh_key = "{key or ssh.key}"',
         f'known_hosts = "{ssh.known_hosts}"',
         'profile = "test-board"',
-        f'python = "{os.path.realpath(sys._base_executable)}"',  # this machine's Python
+        f'python = "{this_python()}"',
         "",
     ]
     for board in boards:

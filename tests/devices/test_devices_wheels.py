@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import zipfile
 
+import pytest
+
+from devices.bundle import check_client_wheel
+from devices.errors import DeviceError
 from devices.profiles import get_profile
 from devices.wheels import Wheelhouse, board_requirements, build_board_wheel
 
@@ -60,3 +64,16 @@ def test_download_for_a_64_bit_pi_picks_current_aarch64_wheels_and_locks_them(tm
     assert all(house.path(w).is_file() for w in lock.wheels)
     assert again == lock and house.cached(profile) == lock
     assert any(p.startswith("ai-edge-litert==") for p in lock.pins())
+
+
+def test_a_prebuilt_client_wheel_must_hold_the_edge_client(tmp_path):
+    good = build_board_wheel(tmp_path)
+    other = tmp_path / "other-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(other, "w") as zf:
+        zf.writestr("other/__init__.py", "")
+    (tmp_path / "broken.whl").write_bytes(b"not a zip")
+    assert check_client_wheel(good) == good
+    with pytest.raises(DeviceError, match="is not a wheel of the edge client"):
+        check_client_wheel(other)
+    with pytest.raises(DeviceError, match="cannot read the client wheel"):
+        check_client_wheel(tmp_path / "broken.whl")

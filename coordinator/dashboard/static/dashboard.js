@@ -7,6 +7,7 @@ const meta = (name) => (document.querySelector(`meta[name="${name}"]`) || {}).co
 const CSRF = meta("csrf-token");
 const REFRESH_MS = Math.max(500, parseInt(meta("refresh-ms"), 10) || 2000);
 const ROLE = document.body.dataset.role;
+const MAX_UPLOAD = parseInt(meta("max-upload-bytes"), 10) || 0;
 const SVG = "http://www.w3.org/2000/svg";
 let last = null; // last state
 let chartKey = "";
@@ -279,6 +280,11 @@ async function predict(event) {
   const file = $("predict-file").files[0];
   const out = $("predict-result");
   if (!file) { out.replaceChildren(el("p", { class: "error" }, "Choose an image file first.")); return; }
+  if (MAX_UPLOAD && file.size > MAX_UPLOAD) {
+    out.replaceChildren(el("p", { class: "error", id: "predict-error" },
+      `The file is too large: the limit is ${MAX_UPLOAD / 1e6} MB.`));
+    return;
+  }
   const form = new FormData();
   form.append("image", file);
   if ($("predict-invert").checked) form.append("invert", "1");
@@ -301,5 +307,6 @@ document.addEventListener("DOMContentLoaded", () => {
     clearTimeout(timer);
     timer = setTimeout(() => { chartKey = ""; if (last) drawCharts(last.history); }, 150);
   });
+  loadConfig();  // again whenever the model changes
   poll();
 });
