@@ -202,8 +202,23 @@ class Coordinator:
             )
             self.on_round(metrics)
         state = self.run_dir.mark_finished(state)
+        self._publish_final(weights, state.round)
         self._publish_control("stopped", "finished")
         return state
+
+    def _publish_final(self, weights: Mapping[str, np.ndarray], last_round: int) -> None:
+        """The trained model stays on the broker: retained global weights of the round that
+        would come next (no announcement follows, so no device trains from them)."""
+        payload = encode_weights(
+            weights,
+            kind="global",
+            job=self.cfg.job,
+            round=last_round + 1,
+            sender=SENDER,
+            encoding=self.cfg.encoding,
+            meta={"final": True},
+        )
+        self.publisher.publish(self.topics.global_weights, payload, retain=True)
 
     def _wait_while_paused(self) -> None:
         announced = False
