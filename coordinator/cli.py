@@ -74,6 +74,9 @@ def _register() -> None:
 
     for command in (report, baseline, experiment):
         main.add_command(command)
+    from coordinator.commands.loadgen import loadgen
+
+    main.add_command(loadgen)
 
 
 _register()

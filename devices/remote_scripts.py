@@ -109,6 +109,12 @@ fi
 touch "$R/.complete"
 """
 
+# The journal needs root or the adm / systemd-journal group (Raspberry Pi OS's first user
+# is in adm); otherwise ask sudo.
+_JOURNAL = r"""J=journalctl
+if [ "$(id -u)" != 0 ] && ! id -nG | grep -qwE 'adm|systemd-journal'; then J="sudo -n journalctl"; fi
+"""
+
 # `prune releases` removes releases other than `current` and the previous one; `prune`
 # alone only the venvs and wheels that no release uses (after a failed activation).
 _PRUNE = r"""
@@ -140,6 +146,9 @@ ACTIVATE = _PRUNE + (
 set -eu
 DIR=$1 REL=$2 UNIT=$3 UNIT_DIR=$4 WANT=$5 CHECK=$6
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+"""
+    + _JOURNAL
+    + r"""
 has_systemd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
 if [ "$WANT" = auto ]; then if has_systemd; then WANT=systemd; else WANT=supervisor; fi; fi
 if [ "$WANT" = systemd ] && ! has_systemd; then
@@ -151,7 +160,7 @@ old=$(cat "$DIR/service-manager" 2>/dev/null || true)
 switch() { ln -sfn "$1" "$DIR/.current.new" && mv -Tf "$DIR/.current.new" "$DIR/current"; }
 install_unit() {
   $SUDO mkdir -p "$UNIT_DIR"
-  $SUDO cp "$DIR/current/$UNIT" "$UNIT_DIR/.$UNIT.new"
+  $SUDO cp "$DIR/$1/$UNIT" "$UNIT_DIR/.$UNIT.new"
   $SUDO chmod 644 "$UNIT_DIR/.$UNIT.new"
   $SUDO mv -f "$UNIT_DIR/.$UNIT.new" "$UNIT_DIR/$UNIT"
 }
@@ -179,21 +188,22 @@ running() {
   else "$DIR/fedge-service" client; fi
 }
 last_words() {
-  if [ "$WANT" = systemd ]; then out=$(journalctl -u "$UNIT" -n 20 --no-pager -o cat 2>/dev/null || true)
+  if [ "$WANT" = systemd ]; then out=$($J -u "$UNIT" -n 20 --no-pager -o cat 2>/dev/null || true)
   else out=$(tail -n 20 "$DIR/log/fedge.log" 2>/dev/null || true); fi
   line=$(printf '%s\n' "$out" | grep -i 'error' | tail -n 1 || true)
   [ -n "$line" ] || line=$(printf '%s\n' "$out" | tail -n 1)
   printf '%s' "$line"
 }
+install_unit "releases/$REL" || {
+  echo "ERROR: cannot write $UNIT_DIR/$UNIT: no write access and no passwordless sudo" >&2; exit 1; }
 if [ -n "$old" ] && [ "$old" != "$WANT" ]; then stop_service "$old"; fi
 switch "releases/$REL"
-install_unit
-start_service
+start_service || true  # judged by running() below
 sleep "$CHECK"
 if ! running; then
   why=$(last_words)
   if [ -n "$prev" ] && [ "$prev" != "releases/$REL" ] && [ -f "$DIR/$prev/.complete" ]; then
-    switch "$prev"; install_unit; start_service
+    switch "$prev"; install_unit "$prev" || true; start_service || true
     rm -rf "$DIR/releases/$REL"
     prune
     echo "ERROR: the new client did not stay running (${why:-no log}); went back to ${prev##*/}" >&2
@@ -201,7 +211,8 @@ if ! running; then
     stop_service "$WANT"
     [ "$WANT" = systemd ] && $SUDO systemctl disable --quiet "$UNIT" 2>/dev/null || true
     $SUDO rm -f "$UNIT_DIR/$UNIT"
-    rm -f "$DIR/current" "$DIR/service-manager"
+    [ "$WANT" != systemd ] || $SUDO systemctl daemon-reload || true
+    rm -f "$DIR/current" "$DIR/service-manager" "$DIR/fedge-service"
     [ "$prev" = "releases/$REL" ] || rm -rf "$DIR/releases/$REL"
     prune
     echo "ERROR: the client did not stay running (${why:-no log}); the service was removed" >&2
@@ -213,18 +224,23 @@ prune releases
 )
 
 # Shows the last lines of the client's log, from journald or the supervisor's file.
-LOGS = r"""
+LOGS = (
+    r"""
 DIR=$1 UNIT=$2 LINES=$3 FOLLOW=$4
+"""
+    + _JOURNAL
+    + r"""
 case "$(cat "$DIR/service-manager" 2>/dev/null)" in
   systemd)
-    if [ "$FOLLOW" = yes ]; then exec journalctl -u "$UNIT" -n "$LINES" --no-pager -f; fi
-    exec journalctl -u "$UNIT" -n "$LINES" --no-pager ;;
+    if [ "$FOLLOW" = yes ]; then exec $J -u "$UNIT" -n "$LINES" --no-pager -f; fi
+    exec $J -u "$UNIT" -n "$LINES" --no-pager ;;
   supervisor)
     if [ "$FOLLOW" = yes ]; then exec tail -n "$LINES" -F "$DIR/log/fedge.log"; fi
     exec tail -n "$LINES" "$DIR/log/fedge.log" ;;
   *) echo "ERROR: the client is not installed in $DIR" >&2; exit 1 ;;
 esac
 """
+)
 
 # The supervisor for boards without systemd: nohup + pid files, restarts on failure.
 SUPERVISOR = r"""#!/bin/sh

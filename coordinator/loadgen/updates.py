@@ -1,0 +1,147 @@
+"""The updates virtual devices send: a deterministic plan, built once per round.
+
+Device ``i`` sends the global weights plus ``(variant + 1) * STEP`` on every floating
+tensor, ``variant = i % variants``, claiming ``samples(i)`` training samples. So the FedAvg
+of any set of virtual devices is known in advance (:func:`expected_average`), and each
+round costs ``variants`` encodings, not one per device: a device's envelope is the shared
+body of its variant behind its own header (sender, samples, ``meta.base_sha256``), and
+its chunk is hashed once for its own id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_client.protocol import (
+    CHUNK_HEADER_SIZE,
+    DEFAULT_MAX_CHUNK,
+    decode,
+    encode_weights,
+    split,
+)
+from edge_client.protocol._common import dumps
+from edge_client.protocol.chunking import message_id
+
+STEP = 1e-3  # added per variant: a change far below the coordinator's norm limit
+# docs/protocol.md sections 3 and 4: the envelope prefix and the chunk header
+_ENVELOPE_PREFIX = struct.Struct("<4sB3sI")
+_CHUNK_HEADER = struct.Struct("<4sB3s16sIIQ32s32s")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Who sends what: ids, sample counts and variants of the virtual devices."""
+
+    name: str = "vd"  # device ids are f"{name}-{index:05d}"
+    samples: int = 100  # device i claims samples + 10 * (i % 5)
+    variants: int = 4
+
+    def device_id(self, index: int) -> str:
+        return f"{self.name}-{index:05d}"
+
+    def samples_of(self, index: int) -> int:
+        return self.samples + 10 * (index % 5)
+
+    def variant_of(self, index: int) -> int:
+        return index % self.variants
+
+    def index_of(self, device: str) -> int:
+        return int(device.rsplit("-", 1)[1])
+
+
+def variant_weights(
+    global_weights: Mapping[str, np.ndarray], variant: int
+) -> dict[str, np.ndarray]:
+    """Global weights + (variant + 1) * STEP on floating tensors; integer tensors unchanged."""
+    shift = np.float32((variant + 1) * STEP)
+    return {
+        k: (v + shift).astype(v.dtype) if v.dtype.kind == "f" else v.copy()
+        for k, v in global_weights.items()
+    }
+
+
+def expected_average(
+    global_weights: Mapping[str, np.ndarray], plan: Plan, devices: Iterable[str]
+) -> dict[str, np.ndarray]:
+    """The FedAvg of the updates ``devices`` send for these global weights (float64 math)."""
+    total = weighted = 0.0
+    for device in devices:
+        index = plan.index_of(device)
+        n = plan.samples_of(index)
+        variant = plan.variant_of(index)
+        total += n
+        weighted += n * float(np.float32((variant + 1) * STEP))
+    shift = weighted / total
+    return {
+        k: (v.astype(np.float64) + shift).astype(v.dtype) if v.dtype.kind == "f" else v
+        for k, v in global_weights.items()
+    }
+
+
+class UpdateFactory:
+    """Update envelopes of one round for any virtual device, from ``variants`` shared bodies."""
+
+    def __init__(
+        self,
+        global_weights: Mapping[str, np.ndarray],
+        plan: Plan,
+        *,
+        job: str,
+        round_: int,
+        base_sha256: str,
+        encoding: str = "float32",
+        max_chunk: int = DEFAULT_MAX_CHUNK,
+    ) -> None:
+        self.plan, self.base_sha256, self.max_chunk = plan, base_sha256, max_chunk
+        self._templates: list[tuple[dict[str, Any], bytes]] = []
+        for variant in range(plan.variants):
+            payload = encode_weights(
+                variant_weights(global_weights, variant),
+                kind="update",
+                job=job,
+                round=round_,
+                sender=plan.device_id(0),
+                encoding=encoding,
+            )
+            envelope = decode(payload)
+            self._templates.append((envelope.header(), envelope.body))
+
+    def envelope(self, index: int) -> bytes:
+        """Device ``index``'s update envelope, as it would encode it itself."""
+        header, body = self._templates[self.plan.variant_of(index)]
+        meta = {
+            "base_sha256": self.base_sha256,
+            "loss": 1.0,
+            "accuracy": 0.5,
+            "duration_s": 0.0,
+            "interpreter": "loadgen",
+        }
+        own = dumps(
+            {
+                **header,
+                "sender": self.plan.device_id(index),
+                "samples": self.plan.samples_of(index),
+                "meta": meta,
+            },
+            "envelope header",
+        )
+        return b"".join((_ENVELOPE_PREFIX.pack(b"EFLM", 1, b"\0\0\0", len(own)), own, body))
+
+    def chunks(self, index: int) -> list[bytes]:
+        """The chunks of device ``index``'s envelope (one sha256 when it fits in one chunk)."""
+        message = self.envelope(index)
+        size = self.max_chunk - CHUNK_HEADER_SIZE
+        if len(message) > size:
+            return split(message, self.max_chunk)
+        digest = hashlib.sha256(message).digest()
+        header = _CHUNK_HEADER.pack(
+            b"EFLC", 1, b"\0\0\0", message_id(digest, len(message), size), 0, 1, len(message),
+            digest, digest,
+        )  # fmt: skip
+        return [header + message]
