@@ -1,5 +1,9 @@
 """On-device training throughput per architecture and runtime, against Keras ``fit``.
 
+Throughput is samples per CPU-second of the measuring process (``time.process_time``),
+so other work on a shared machine does not skew the ratios; everything runs on one
+thread.
+
 Every figure comes from the same run on the same machine: samples/s of the exported
 model's ``train`` signature in each TFLite runtime, and of Keras ``fit`` on the same
 architecture, initial weights, optimizer and batch size, all on one CPU thread.
@@ -41,10 +45,10 @@ rng = np.random.default_rng(0)
 x = rng.uniform(0, 1, (b, *m.manifest.input_shape)).astype(np.float32)
 y = rng.integers(0, m.manifest.classes, b)
 m.train_batch(x, y, 0.01)
-n, t0 = 0, time.perf_counter()
-while time.perf_counter() - t0 < {seconds}:
+n, t0 = 0, time.process_time()
+while time.process_time() - t0 < {seconds}:
     m.train_batch(x, y, 0.01); n += 1
-print(json.dumps({{"samples_per_s": n * b / (time.perf_counter() - t0), "version": m.runtime.version}}))
+print(json.dumps({{"samples_per_s": n * b / (time.process_time() - t0), "version": m.runtime.version}}))
 """
 
 
@@ -57,11 +61,11 @@ def time_tflite(model_dir: Path, runtime: str, seconds: float) -> float:
     x = rng.uniform(0, 1, (b, *m.manifest.input_shape)).astype(np.float32)
     y = rng.integers(0, m.manifest.classes, b)
     m.train_batch(x, y, 0.01)  # warm-up: allocation
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    n, t0 = 0, time.process_time()
+    while time.process_time() - t0 < seconds:
         m.train_batch(x, y, 0.01)
         n += 1
-    return n * b / (time.perf_counter() - t0)
+    return n * b / (time.process_time() - t0)
 
 
 def time_board(python: str, model_dir: Path, seconds: float) -> float:
@@ -85,12 +89,12 @@ def time_keras(result, seconds: float) -> float:
     x = rng.uniform(0, 1, (n, *m.input_shape)).astype(np.float32)
     y = rng.integers(0, m.classes, n)
     model.fit(x[: m.batch_size * 4], y[: m.batch_size * 4], batch_size=m.batch_size, verbose=0)
-    done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    done, t0 = 0, time.process_time()
+    while time.process_time() - t0 < seconds:
         model.fit(x, y, batch_size=m.batch_size, epochs=1, verbose=0, shuffle=False)
         done += n
     del tf, architectures, build_module
-    return done / (time.perf_counter() - t0)
+    return done / (time.process_time() - t0)
 
 
 def main() -> int:
