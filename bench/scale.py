@@ -94,7 +94,7 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def run_size(n: int, args: argparse.Namespace, model: Path, tmp: Path) -> dict:
-    from coordinator.loadgen import Plan, expected_average
+    from coordinator.loadgen import Plan
     from coordinator.run_dir import RunDir
     from tests.fixtures.brokers import start_mosquitto
 
@@ -107,23 +107,34 @@ def run_size(n: int, args: argparse.Namespace, model: Path, tmp: Path) -> dict:
     }  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.time()
-    coord = subprocess.Popen(
-        [PYTHON, "-c", _COORDINATOR, json.dumps({"cfg": cfg, "port": broker.port})],
-        stdout=subprocess.PIPE, stderr=open(tmp / f"coordinator-{n}.log", "w"), text=True, env=env,
-    )  # fmt: skip
-    load = subprocess.Popen(
-        [PYTHON, "-m", "coordinator.cli", "loadgen", "--broker", broker.url, "--job", job,
-         "--devices", str(n), "--processes", str(args.processes), "--delay", str(args.delay)],
-        stdout=subprocess.PIPE, stderr=open(tmp / f"loadgen-{n}.log", "w"), text=True, env=env,
-    )  # fmt: skip
-    broker_peak = 0.0
-    while coord.poll() is None:
-        broker_peak = max(broker_peak, peak_rss_mb(broker._process.pid))  # noqa: SLF001
-        time.sleep(0.5)
-    out = coord.stdout.read()
-    load_out = load.communicate(timeout=120)[0]
+    with (
+        open(tmp / f"coordinator-{n}.log", "w") as coord_log,
+        open(tmp / f"loadgen-{n}.log", "w") as load_log,
+    ):
+        profile = []  # py-spy: flame data of the coordinator, every thread
+        if args.py_spy:
+            out_file = tmp / f"coordinator-{n}.pyspy.txt"
+            profile = [args.py_spy, "record", "-r", "100", "--threads", "-f", "raw", "-o",
+                       str(out_file), "--"]  # fmt: skip
+        coord = subprocess.Popen(
+            [*profile, PYTHON, "-c", _COORDINATOR, json.dumps({"cfg": cfg, "port": broker.port})],
+            stdout=subprocess.PIPE, stderr=coord_log, text=True, env=env,
+        )  # fmt: skip
+        load = subprocess.Popen(
+            [PYTHON, "-m", "coordinator.cli", "loadgen", "--broker", broker.url, "--job", job,
+             "--devices", str(n), "--processes", str(args.processes), "--delay", str(args.delay)],
+            stdout=subprocess.PIPE, stderr=load_log, text=True, env=env,
+        )  # fmt: skip
+        broker_peak = 0.0
+        while coord.poll() is None:
+            broker_peak = max(broker_peak, peak_rss_mb(broker._process.pid))  # noqa: SLF001
+            time.sleep(0.5)
+        out = coord.stdout.read()
+        load_out = load.communicate(timeout=120)[0]
     broker.stop()
-    report = json.loads(out.split("SCALE-REPORT ", 1)[1])
+    if "SCALE-REPORT " not in out:
+        raise SystemExit(f"the coordinator failed: see {tmp / f'coordinator-{n}.log'}")
+    report = json.loads(out.split("SCALE-REPORT ", 1)[1].splitlines()[0])
     rounds = _rounds(report["events"])
     state = RunDir(run_dir).load_state(job)
     plan, history = Plan(), state.history
@@ -172,7 +183,7 @@ def _check_last_round(run_dir: Path, job: str, plan, history: list, final: dict)
     if len(checkpoints) < 2 or not history:
         return False
     with np.load(checkpoints[-2]) as previous:
-        base = {k: previous[k] for k in final if k in previous.files}
+        base = {k[2:]: previous[k] for k in previous.files if k.startswith("w/")}
     if set(base) != set(final):
         return False
     expected = expected_average(base, plan, history[-1]["participants"])
@@ -192,16 +203,17 @@ def main() -> None:
     parser.add_argument("--encoding", default="float32", choices=["float32", "float16", "int8"])
     parser.add_argument("--delay", type=float, default=0.0, help="simulated training spread (s)")
     parser.add_argument("--timeout", type=float, default=900.0, help="round deadline (s)")
+    parser.add_argument("--py-spy", default=None, help="profile the coordinator with this py-spy")
     parser.add_argument("--out", default=str(ROOT / "bench/results/scale.json"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="edgefl-scale-") as tmp_name:
-        tmp = Path(tmp_name)
-        model = export_mlp(Path(tempfile.gettempdir()) / "edgefl-bench-models")
-        rows = []
-        for n in (int(x) for x in args.sizes.split(",")):
-            row = run_size(n, args, model, tmp)
-            print(json.dumps({k: v for k, v in row.items() if k != "rounds"}), flush=True)
-            rows.append(row)
+    tmp = Path(tempfile.mkdtemp(prefix="edgefl-scale-"))  # logs and run dirs stay for a look
+    print(f"logs and run directories in {tmp}", flush=True)
+    model = export_mlp(Path(tempfile.gettempdir()) / "edgefl-bench-models")
+    rows = []
+    for n in (int(x) for x in args.sizes.split(",")):
+        row = run_size(n, args, model, tmp)
+        print(json.dumps({k: v for k, v in row.items() if k != "rounds"}), flush=True)
+        rows.append(row)
     record = {
         "command": "python bench/scale.py " + " ".join(sys.argv[1:]),
         "what": "one coordinator (model mlp, 199,210 float32 parameters, FedAvg) against N "

@@ -24,6 +24,12 @@ from edge_client.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# Received payload bytes waiting for the worker. Beyond this, paho's network thread waits
+# before queueing more, so a burst (thousands of updates at once) stays in the broker and in
+# TCP buffers instead of this process's memory: the receiver stays O(bound + model).
+DEFAULT_MAX_QUEUED_BYTES = 64 * 1024 * 1024
+MAX_BLOCK_S = 10.0  # a worker that takes nothing for this long is stalled: stop waiting for it
+
 
 @dataclass(frozen=True)
 class Message:
@@ -132,6 +138,7 @@ class MqttTransport:
         *,
         will: Will | None = None,
         clean_session: bool = True,
+        max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
         import paho.mqtt.client as mqtt
 
@@ -139,6 +146,10 @@ class MqttTransport:
         self.broker = broker
         self.client_id = client_id
         self._queue: queue.Queue[Message] = queue.Queue()
+        self.max_queued_bytes = max_queued_bytes  # None or 0: unbounded
+        self._queued_bytes = 0
+        self._room = threading.Condition()
+        self._stalled = False  # the worker took nothing for MAX_BLOCK_S: queue without waiting
         self._subs: dict[str, int] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -190,7 +201,32 @@ class MqttTransport:
         self._connected.clear()
 
     def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
-        self._queue.put(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
+        payload = bytes(msg.payload)
+        self._wait_for_room(len(payload))
+        self._queue.put(Message(msg.topic, payload, bool(msg.retain)))
+
+    def _wait_for_room(self, size: int) -> None:
+        """Backpressure: block the network thread while the queue holds max_queued_bytes.
+
+        Not reading the socket makes the broker hold the next messages (QoS 1: they are
+        acknowledged only once queued here, so nothing is lost)."""
+        with self._room:
+            limit = self.max_queued_bytes
+            deadline = time.monotonic() + MAX_BLOCK_S
+            while limit and self._queued_bytes and self._queued_bytes + size > limit:
+                if self._stalled or not self._connected.is_set():
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning(
+                        "receive queue full (%d bytes) and not drained for %.0f s: queueing anyway",
+                        self._queued_bytes,
+                        MAX_BLOCK_S,
+                    )
+                    self._stalled = True
+                    break
+                self._room.wait(remaining)
+            self._queued_bytes += size
 
     # Transport -----------------------------------------------------------------------
     def connect(self, timeout: float = 10.0) -> None:
@@ -244,6 +280,8 @@ class MqttTransport:
 
     def close(self) -> None:
         self._connected.clear()  # first: a deliberate disconnect is not an outage to log
+        with self._room:
+            self._room.notify_all()  # the network thread stops waiting for queue room
         try:
             self._client.disconnect()
         finally:
@@ -272,13 +310,24 @@ class MqttTransport:
 
     def get(self, timeout: float | None = None) -> Message | None:
         try:
-            return self._queue.get(timeout=timeout)
+            message = self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
+        with self._room:
+            self._queued_bytes -= len(message.payload)
+            if self._stalled and self._queued_bytes <= (self.max_queued_bytes or 0) // 2:
+                self._stalled = False
+            self._room.notify()
+        return message
 
     def pending(self) -> int:
         """Messages received and not yet taken with ``get``."""
         return self._queue.qsize()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Payload bytes received and not yet taken with ``get``."""
+        return self._queued_bytes
 
     @property
     def connected(self) -> bool:

@@ -62,6 +62,7 @@ class Chunk:
     total: int
     message_sha256: bytes
     data: bytes = field(repr=False)
+    data_sha256: bytes = field(default=b"", repr=False)  # verified sha256 of ``data``
 
 
 def parse_chunk(payload: bytes | bytearray | memoryview) -> Chunk:
@@ -93,7 +94,7 @@ def parse_chunk(payload: bytes | bytearray | memoryview) -> Chunk:
         raise ProtocolError(f"single chunk carries {len(data)} bytes, header says {total}")
     if hashlib.sha256(data).digest() != digest:
         raise ProtocolError(f"chunk {index} of {count} is corrupted (data sha256 mismatch)")
-    return Chunk(mid, index, count, total, whole, data)
+    return Chunk(mid, index, count, total, whole, data, digest)
 
 
 def message_id(message_sha256: bytes, total: int, slice_size: int) -> bytes:
@@ -229,8 +230,12 @@ class Reassembler:
             )
         now = self._clock()
         self._expire(now)
-        if part.count == 1:
-            return _verified(part.data, part.message_sha256, base_topic)
+        if part.count == 1:  # the data is the whole message, its sha256 already verified
+            if part.data_sha256 != part.message_sha256:
+                raise ProtocolError(
+                    f"message on {base_topic!r} failed its whole-message sha256 check"
+                )
+            return part.data
         key = (base_topic, part.message_id)
         pending = self._pending.get(key)
         if pending is None:

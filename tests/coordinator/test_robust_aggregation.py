@@ -201,3 +201,31 @@ def test_build_strategy_from_the_job_options():
 def test_invalid_robustness_options_are_config_errors(changes, message):
     with pytest.raises(ConfigError, match=message):
         JobConfig(**changes)
+
+
+def test_robustness_options_follow_flag_env_file_precedence(tmp_path):
+    from coordinator.config import resolve
+
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(
+        '[aggregation]\nstrategy = "trimmed_mean"\ntrim_ratio = 0.3\nclip_norm = 5.0\n'
+    )
+    env = {"EDGEFL_TRIM_RATIO": "0.2", "EDGEFL_MAX_UPDATE_NORM": "50"}
+    cfg = resolve({"clip_norm": 1.5}, str(job_file), env)
+    assert (cfg.strategy, cfg.trim_ratio, cfg.clip_norm, cfg.max_update_norm) == (
+        "trimmed_mean",
+        0.2,
+        1.5,
+        50.0,
+    )
+
+
+def test_fedcoord_start_documents_the_robustness_options():
+    from click.testing import CliRunner
+
+    from coordinator.cli import main
+
+    text = CliRunner().invoke(main, ["start", "--help"]).output
+    for flag in ("--max-update-norm", "--clip-norm", "--trim-ratio", "--krum-byzantine",
+                 "--dp-clip", "--dp-noise-multiplier", "--signing-key", "multi_krum"):  # fmt: skip
+        assert flag in text

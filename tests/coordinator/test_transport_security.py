@@ -178,3 +178,81 @@ def test_the_acl_binds_each_device_to_its_own_update_and_status_topics(secure):
         got = sorted((m.topic, m.payload) for m in watcher.collector.matching("fl/v1/acl/#"))
         assert got == [(f"fl/v1/acl/status/{me}", b"mine"), (f"fl/v1/acl/update/{me}/0", b"mine")]
         assert device.collector.matching("#") == []
+
+
+def test_simulate_gives_the_devices_the_trusted_key_and_the_ca(tmp_path, monkeypatch):
+    import contextlib
+
+    from coordinator import simulation
+    from coordinator.pki import generate_signing_key
+
+    keys = generate_signing_key(tmp_path / "keys")
+    seen = {}
+
+    @contextlib.contextmanager
+    def fake_fleet(fleet, job, broker, run_path):  # noqa: ANN001
+        seen["cmd"] = device_command(fleet, job, broker, 0, tmp_path / "d0")
+        yield []
+
+    monkeypatch.setattr(simulation, "fleet_processes", fake_fleet)
+    monkeypatch.setattr(simulation, "run_job", lambda *a, **kw: "done")
+    job = JobConfig(
+        job="j", signing_key=str(keys.private), ca_file="/etc/ca.crt", listen="127.0.0.1:0"
+    )
+    assert simulation.simulate(job, FleetConfig(devices=1)) == "done"
+    cmd = " ".join(seen["cmd"])
+    assert f"--trust-key {keys.public_b64}" in cmd and "--ca-file /etc/ca.crt" in cmd
+
+
+def test_certs_generate_reuses_the_ca_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "pki"
+    first = CliRunner().invoke(
+        fedcoord, ["certs", "generate", "--out", str(out), "--host", "localhost"]
+    )
+    assert first.exit_code == 0 and "(new)" in first.output
+    ca = (out / "ca.crt").read_bytes()
+    again = CliRunner().invoke(
+        fedcoord, ["certs", "generate", "--out", str(out), "--host", "localhost"]
+    )
+    assert again.exit_code == 1 and "already exists" in again.output
+    client = CliRunner().invoke(
+        fedcoord, ["certs", "generate", "--out", str(out), "--client", "pi-01"]
+    )
+    assert client.exit_code == 0 and "(existing)" in client.output
+    assert (out / "ca.crt").read_bytes() == ca and (
+        out / "client-pi-01.key"
+    ).stat().st_mode & 0o777 == 0o600
+    ctx = ssl.create_default_context(cafile=str(out / "ca.crt"))
+    ctx.load_cert_chain(
+        str(out / "client-pi-01.crt"), str(out / "client-pi-01.key")
+    )  # a valid pair
+
+
+def test_mutual_tls_with_a_client_certificate_from_certs_generate(tmp_path):
+    pki = tmp_path / "pki"
+    made = CliRunner().invoke(
+        fedcoord,
+        ["certs", "generate", "--out", str(pki), "--host", "127.0.0.1", "--client", "pi-01"],
+    )
+    assert made.exit_code == 0, made.output
+    broker = start_mosquitto(
+        tmp_path / "broker",
+        f"cafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\nkeyfile {pki / 'server.key'}\n"
+        "require_certificate true\n",
+    )
+    try:
+        url = f"mqtts://127.0.0.1:{broker.port}"
+        with_cert = BrokerConfig.from_url(
+            url,
+            ca_file=str(pki / "ca.crt"),
+            cert_file=str(pki / "client-pi-01.crt"),
+            key_file=str(pki / "client-pi-01.key"),
+        )
+        transport = MqttTransport(with_cert, "pi-01")
+        transport.connect(timeout=5)
+        transport.close()
+        without = BrokerConfig.from_url(url, ca_file=str(pki / "ca.crt"))
+        with pytest.raises(EdgeFLError):
+            MqttTransport(without, "no-cert").connect(timeout=2)
+    finally:
+        broker.stop()
