@@ -9,27 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-from typing import Any
 
 import click
 
 from edge_client import __version__
-from edge_client.errors import EdgeFLError
-
-
-class _Group(click.Group):
-    """Turns toolkit errors into one-line messages instead of tracebacks."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except EdgeFLError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+from edge_client.cli_support import ErrorHandlingGroup
 
 
 def configure_logging(verbose: int) -> None:
@@ -44,7 +28,8 @@ def configure_logging(verbose: int) -> None:
 
 
 @click.group(
-    cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+    cls=ErrorHandlingGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, prog_name="fedcoord")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")

@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from edge_client import __version__
+from edge_client.cli_support import ErrorHandlingGroup
 from edge_client.config import DEFAULT_HEARTBEAT_S, ClientConfig
 from edge_client.errors import EdgeFLError, ProtocolError
 from edge_client.protocol import DEFAULT_MAX_CHUNK, DEFAULT_PREFIX
@@ -29,20 +30,6 @@ log = logging.getLogger("edge_client.cli")
 
 DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10")  # edge_client.data.DATASETS
 option = functools.partial(click.option, show_envvar=True)  # --help names each variable
-
-
-class _Group(click.Group):
-    """Turns toolkit errors into one-line messages instead of tracebacks."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except EdgeFLError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
 
 
 def configure_logging(verbose: int) -> None:
@@ -74,7 +61,8 @@ def _partition(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 @click.group(
-    cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+    cls=ErrorHandlingGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, prog_name="fedge")
 def main() -> None:
