@@ -41,12 +41,13 @@ set_tcp_nodelay true
 # The coordinator process: run_job without the final TensorFlow export, counting what its
 # transport takes in and timing the round announcements it publishes.
 _COORDINATOR = r"""
-import json, sys, time
+import json, logging, sys, time
 from coordinator.config import JobConfig
 from coordinator import job as job_module
 from edge_client import transport as tr
 
 args = json.loads(sys.argv[1])
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 events, counts = [], {"messages": 0, "bytes": 0}
 
 class Counting(tr.MqttTransport):
@@ -150,7 +151,7 @@ def run_size(n: int, args: argparse.Namespace, model: Path, tmp: Path) -> dict:
         "coordinator_rss_after_each_round_mb": report.get("rss_after_round_mb"),
         "mosquitto_peak_rss_mb": round(broker_peak, 1),
         "all_devices_in_every_round": ok,
-        "fedavg_matches_plan": _check_last_round(run_dir, job, plan, history, weights[0]),
+        "fedavg_matches_plan": _check_last_round(run_dir, plan, history, weights[0], args.encoding),
         "wall_s": round(time.time() - t0, 1),
         "loadgen": load_out.strip().splitlines()[-1] if load_out.strip() else "",
     }
@@ -173,7 +174,7 @@ def _rounds(events: list) -> list[dict]:
     return rounds
 
 
-def _check_last_round(run_dir: Path, job: str, plan, history: list, final: dict) -> bool:  # noqa: ANN001
+def _check_last_round(run_dir: Path, plan, history: list, final: dict, encoding: str) -> bool:  # noqa: ANN001
     """The last round's aggregate = the planned FedAvg of the previous round's global."""
     import numpy as np
 
@@ -186,7 +187,7 @@ def _check_last_round(run_dir: Path, job: str, plan, history: list, final: dict)
         base = {k[2:]: previous[k] for k in previous.files if k.startswith("w/")}
     if set(base) != set(final):
         return False
-    expected = expected_average(base, plan, history[-1]["participants"])
+    expected = expected_average(base, plan, history[-1]["participants"], encoding)
     return all(np.allclose(final[k], expected[k], atol=1e-5) for k in final)
 
 

@@ -60,8 +60,10 @@ def _register() -> None:
     for command in (report, baseline, experiment):
         main.add_command(command)
     from coordinator.commands.loadgen import loadgen
+    from coordinator.commands.site import site
 
     main.add_command(loadgen)
+    main.add_command(site)
 
 
 _register()

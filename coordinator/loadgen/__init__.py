@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import queue
 from typing import Any
 
 from coordinator.loadgen.fleet import Fleet, LoadConfig, LoadStats, run_fleet
 from coordinator.loadgen.updates import STEP, Plan, UpdateFactory, expected_average
+from edge_client.errors import EdgeFLError
 
 __all__ = [
     "STEP",
@@ -51,7 +53,7 @@ def run_load(cfg: LoadConfig, processes: int = 1) -> LoadStats:
     total = LoadStats()
     try:
         for _ in children:
-            stats = results.get()
+            stats = _next_result(results, children)
             total.connected += stats["connected"]
             total.updates += stats["updates"]
             total.bytes_up += stats["bytes_up"]
@@ -61,3 +63,13 @@ def run_load(cfg: LoadConfig, processes: int = 1) -> LoadStats:
         for child in children:
             child.join(10)
     return total
+
+
+def _next_result(results: Any, children: list[Any]) -> dict[str, Any]:
+    """The next child's stats; EdgeFLError if every child ended without reporting."""
+    while True:
+        try:
+            return results.get(timeout=1.0)
+        except queue.Empty:
+            if not any(child.is_alive() for child in children):
+                raise EdgeFLError("the load generator processes failed (see their log)") from None

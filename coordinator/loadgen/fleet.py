@@ -73,7 +73,7 @@ class Fleet:
         self.stats = LoadStats()
         self.started = time.time()
         self._conns: dict[int, Connection] = {}
-        self._answered: set[tuple[int, tuple]] = set()  # (device, announcement key)
+        self._answered: dict[int, tuple] = {}  # device -> key of the last announcement answered
         self._announcement: tuple[bytes, RoundAnnouncement, frozenset[str]] | None = None
         self._globals: dict[str, dict[str, np.ndarray]] = {}  # weights_sha256 -> weights
         self._factories: dict[tuple, UpdateFactory] = {}
@@ -89,7 +89,10 @@ class Fleet:
         self._global_arrived = asyncio.Event()
         self._sending = asyncio.Semaphore(cfg.send_concurrency)
         controller = Connection(f"loadgen-{cfg.job}-{cfg.first}", self._on_controller)
-        await controller.open(cfg.host, cfg.port, keepalive=cfg.keepalive)
+        try:
+            await controller.open(cfg.host, cfg.port, keepalive=cfg.keepalive)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise MqttError(f"cannot reach the broker at {cfg.host}:{cfg.port}: {exc}") from exc
         await controller.subscribe(
             [(f"{self.topics.global_weights}/#", 1), (self.topics.control, 1)]
         )
@@ -188,9 +191,9 @@ class Fleet:
         device = self.cfg.plan.device_id(index)
         if announcement.state != "open" or device not in selected:
             return
-        if (index, key) in self._answered or time.time() > announcement.deadline:
+        if self._answered.get(index) == key or time.time() > announcement.deadline:
             return
-        self._answered.add((index, key))
+        self._answered[index] = key
         task = asyncio.create_task(self._answer(index, announcement))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

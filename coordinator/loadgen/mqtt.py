@@ -28,6 +28,7 @@ from coordinator.broker.packets import (
     encode_control,
     encode_publish_header,
 )
+from edge_client.errors import EdgeFLError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ _PINGREQ = encode_control(PacketType.PINGREQ)
 _DISCONNECT = encode_control(PacketType.DISCONNECT)
 
 
-class MqttError(ConnectionError):
+class MqttError(EdgeFLError):
     """The broker refused or dropped a virtual device's connection."""
 
 

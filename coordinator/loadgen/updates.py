@@ -67,21 +67,34 @@ def variant_weights(
 
 
 def expected_average(
-    global_weights: Mapping[str, np.ndarray], plan: Plan, devices: Iterable[str]
+    global_weights: Mapping[str, np.ndarray],
+    plan: Plan,
+    devices: Iterable[str],
+    encoding: str = "float32",
 ) -> dict[str, np.ndarray]:
-    """The FedAvg of the updates ``devices`` send for these global weights (float64 math)."""
-    total = weighted = 0.0
+    """The FedAvg of what ``devices`` send for these global weights (float64 math).
+
+    With a lossy ``encoding`` devices start from the decoded global weights and their
+    updates are decoded too, exactly as on the wire."""
+    base = _wire(global_weights, encoding)
+    variants = [_wire(variant_weights(base, v), encoding) for v in range(plan.variants)]
+    sums = {k: np.zeros(np.shape(v), np.float64) for k, v in base.items()}
+    total = 0
     for device in devices:
         index = plan.index_of(device)
         n = plan.samples_of(index)
-        variant = plan.variant_of(index)
         total += n
-        weighted += n * float(np.float32((variant + 1) * STEP))
-    shift = weighted / total
-    return {
-        k: (v.astype(np.float64) + shift).astype(v.dtype) if v.dtype.kind == "f" else v
-        for k, v in global_weights.items()
-    }
+        for k, v in variants[plan.variant_of(index)].items():
+            sums[k] += n * v.astype(np.float64)
+    return {k: (v / total).astype(np.asarray(base[k]).dtype) for k, v in sums.items()}
+
+
+def _wire(weights: Mapping[str, np.ndarray], encoding: str) -> dict[str, np.ndarray]:
+    """``weights`` as a receiver decodes them after encoding them with ``encoding``."""
+    payload = encode_weights(
+        weights, kind="global", job="loadgen", round=1, sender="loadgen", encoding=encoding
+    )
+    return decode(payload).weights()
 
 
 class UpdateFactory:

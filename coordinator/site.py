@@ -1,0 +1,399 @@
+"""A site aggregator: one site's devices on their own broker, one weighted partial sum upstream.
+
+FedAvg is associative: over devices i of sites s, ``sum_i n_i w_i / sum_i n_i`` equals
+``sum_s N_s m_s / sum_s N_s`` with ``N_s = sum_{i in s} n_i`` and ``m_s`` the site's own
+FedAvg. So a site aggregator looks like one device to the central coordinator: it sends
+an ordinary ``update`` envelope with ``sender`` = its site id, ``samples`` = N_s and the
+weights m_s, and the central coordinator needs no change for FedAvg (robust strategies
+would see sites, not devices).
+
+Two connections: *upstream* reaches the central job's topics (directly on the central broker,
+or on the site broker under another prefix that a Mosquitto bridge maps to the central
+broker, :func:`bridge_config`); *downstream* is the site broker under the devices' usual
+topics, where the aggregator plays the coordinator. Per central round that selects the site,
+it relays the model and global weights down (as received), selects its own devices, announces
+the round with a deadline ``margin_s`` before the central one, validates and folds their
+updates with the coordinator's own :class:`RoundCollector` and streaming FedAvg (O(model)),
+and sends the partial sum up (or a failure when too few devices answered).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.aggregation import FedAvg
+from coordinator.rounds import RoundCollector
+from coordinator.selection import select_devices
+from edge_client import __version__
+from edge_client.errors import ConfigError, EdgeFLError, ProtocolError
+from edge_client.manifest import Manifest
+from edge_client.messaging import BinaryPublisher, Inbox, Incoming
+from edge_client.protocol import (
+    DEFAULT_MAX_CHUNK,
+    DEFAULT_PREFIX,
+    DeviceStatus,
+    Envelope,
+    JobControl,
+    RoundAnnouncement,
+    Topics,
+    UpdateDeduper,
+    encode_failure,
+    encode_weights,
+)
+from edge_client.transport import Transport
+
+log = logging.getLogger(__name__)
+
+INTERPRETER = "site-aggregator"  # what a site's update and status name as their interpreter
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    site_id: str  # the site's id upstream: its "device id" for the central coordinator
+    job: str
+    prefix: str = DEFAULT_PREFIX  # topics of the site's devices on the site broker
+    upstream_prefix: str = DEFAULT_PREFIX  # the central job's topics as upstream sees them
+    fraction: float = 1.0  # share of the site's online devices selected per round
+    clients_per_round: int = 0  # K random devices per round; 0: use fraction
+    min_results: int = 1  # device updates needed to send a partial sum; fewer: a failure
+    # The site's deadline comes this long before the central one (at most a quarter of the
+    # time left), leaving room to aggregate and send the partial sum up.
+    margin_s: float = 5.0
+    max_update_norm: float = 10.0  # the coordinator's check, applied to the site's devices
+    seed: int = 0  # device selection
+    max_chunk: int = DEFAULT_MAX_CHUNK
+
+    def __post_init__(self) -> None:
+        try:
+            Topics(self.job, self.prefix).status(self.site_id)
+            Topics(self.job, self.upstream_prefix)
+        except ProtocolError as exc:
+            raise ConfigError(str(exc)) from exc
+        if not 0 < self.fraction <= 1 or self.clients_per_round < 0 or self.min_results < 1:
+            raise ConfigError(
+                "fraction must be in (0, 1], clients_per_round >= 0, min_results >= 1"
+            )
+        if self.margin_s < 0:
+            raise ConfigError("margin_s must be >= 0")
+
+
+@dataclass
+class _LocalRound:
+    central: RoundAnnouncement
+    local: RoundAnnouncement
+    collector: RoundCollector
+    strategy: FedAvg
+    started: float
+
+
+@dataclass
+class SiteRound:
+    """What the site sent upstream for one central round (for logs, tests and reports)."""
+
+    round: int
+    selected: int
+    devices: list[str] = field(default_factory=list)  # whose updates were folded in
+    samples: int = 0
+    failed: str = ""  # reason, when a failure went up instead of a partial sum
+
+
+class SiteAggregator:
+    """Relays rounds down to one site's devices and their weighted partial sum up."""
+
+    def __init__(
+        self,
+        cfg: SiteConfig,
+        upstream: Transport,
+        downstream: Transport,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg, self.upstream, self.downstream, self.clock = cfg, upstream, downstream, clock
+        self.up = Topics(cfg.job, cfg.upstream_prefix)
+        self.down = Topics(cfg.job, cfg.prefix)
+        self.up_inbox, self.down_inbox = Inbox(upstream, self.up), Inbox(downstream, self.down)
+        self.up_pub = BinaryPublisher(upstream, cfg.max_chunk)
+        self.down_pub = BinaryPublisher(downstream, cfg.max_chunk)
+        self.devices: dict[str, DeviceStatus] = {}
+        self.manifest: Manifest | None = None
+        self.model_sha256: str | None = None
+        self.global_weights: dict[str, Any] | None = None
+        self.global_sha256: str | None = None
+        self.pending: RoundAnnouncement | None = None  # selected us, waiting for inputs
+        self.current: _LocalRound | None = None
+        self.sent: list[SiteRound] = []
+        self.stopped = False  # the central job stopped
+        self._handled: set[tuple] = set()  # central announcements already answered
+        self._relayed: dict[str, str] = {}  # base topic -> sha256 of the envelope relayed
+        self._stop = threading.Event()
+        self._started_at = clock()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        for topic, qos in self.up.device_subscriptions():
+            self.upstream.subscribe(topic, qos)
+        for topic, qos in self.down.coordinator_subscriptions():
+            self.downstream.subscribe(topic, qos)
+        for transport in (self.upstream, self.downstream):
+            if not transport.connected:
+                transport.connect()
+        self._status("online", detail=f"site aggregator of job {self.cfg.job}")
+        log.info("site %s aggregates job %s", self.cfg.site_id, self.cfg.job)
+
+    def run(self) -> None:
+        """Relay and aggregate until the central job stops (or :meth:`stop`), then close."""
+        self.start()
+        try:
+            while not self._stop.is_set() and not self.stopped:
+                self.step(0.05)
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        """Publish ``offline`` upstream and disconnect both sides."""
+        self._status("offline", detail="site aggregator stopped")
+        for transport in (self.upstream, self.downstream):
+            wait = getattr(transport, "wait_published", None)
+            if wait is not None:
+                wait(10.0)
+            transport.close()
+
+    def step(self, timeout: float = 0.0) -> None:
+        """Handle what arrived on either side, then open or close the local round."""
+        try:
+            item = self.up_inbox.get(0)
+            if item is not None:
+                self._from_upstream(item)
+            wait = 0 if self.up_inbox.pending() else timeout
+            item = self.down_inbox.get(wait)
+            if item is not None:
+                self._from_downstream(item)
+            self._maybe_open()
+            self._maybe_close()
+        except EdgeFLError as exc:
+            log.warning("site %s dropped a message: %s", self.cfg.site_id, exc)
+
+    # -- upstream: the central job ------------------------------------------------------
+    def _from_upstream(self, item: Incoming) -> None:
+        if item.kind == "model":
+            self.manifest = Manifest.from_dict(item.value.meta)
+            self.model_sha256 = item.value.sha256
+            self._relay(self.down.model, item)
+        elif item.kind == "global":
+            env: Envelope = item.value
+            self.global_weights, self.global_sha256 = env.weights(), env.weights_sha256()
+            self._relay(self.down.global_weights, item)
+        elif item.kind == "round":
+            self._on_central_round(item.value)
+        elif item.kind == "control":
+            control: JobControl = item.value
+            self.downstream.publish(self.down.control, item.raw, retain=True)
+            if control.state == "stopped" and control.time > self._started_at:
+                log.info("job %s stopped: site %s leaves", self.cfg.job, self.cfg.site_id)
+                self.stopped = True
+
+    def _relay(self, base: str, item: Incoming) -> None:
+        """Republish a retained envelope down exactly as received (signatures included)."""
+        if self._relayed.get(base) != item.value.sha256:
+            self.down_pub.publish(base, item.raw, retain=True)
+            self._relayed[base] = item.value.sha256
+
+    def _on_central_round(self, ann: RoundAnnouncement) -> None:
+        key = (ann.round, ann.global_sha256, ann.deadline)
+        now = self.current
+        if now is not None and ann.round == now.central.round and ann.state != "open":
+            log.warning("central round %d %s before the site finished", ann.round, ann.state)
+            self._publish_local(now.local, "closed")
+            self.current = None
+        if ann.state == "open" and ann.is_selected(self.cfg.site_id) and key not in self._handled:
+            self.pending = ann
+
+    def _maybe_open(self) -> None:
+        ann = self.pending
+        if ann is None:
+            return
+        if self.clock() >= ann.deadline:
+            log.warning("round %d: its deadline passed before the site had its inputs", ann.round)
+            self.pending = None
+            return
+        ready = self.model_sha256 == ann.model_sha256 and self.global_sha256 == ann.global_sha256
+        if not ready or self.manifest is None or self.global_weights is None:
+            return
+        self.pending = None
+        self._handled.add((ann.round, ann.global_sha256, ann.deadline))
+        if self.current is not None:  # superseded by a new attempt of the central round
+            self._publish_local(self.current.local, "closed")
+            self.current = None
+        self._open(ann, self.manifest, self.global_weights)
+
+    def _open(self, ann: RoundAnnouncement, manifest: Manifest, weights: dict[str, Any]) -> None:
+        cfg, now = self.cfg, self.clock()
+        online = {d for d, s in self.devices.items() if s.state != "offline"}
+        selected = select_devices(
+            online, ann.round, fraction=cfg.fraction, k=cfg.clients_per_round, seed=cfg.seed
+        )
+        if not selected:
+            self._send_failure(ann, f"site {cfg.site_id} has no device online", 0)
+            return
+        deadline = ann.deadline - min(cfg.margin_s, (ann.deadline - now) / 4)
+        local = RoundAnnouncement(
+            job=cfg.job,
+            round=ann.round,
+            deadline=deadline,
+            selected=selected,
+            hyperparams=ann.hyperparams,
+            model_sha256=ann.model_sha256,
+            global_sha256=ann.global_sha256,
+            encoding=ann.encoding,
+        )
+        strategy = FedAvg()
+        strategy.begin(weights)
+        collector = RoundCollector(
+            cfg.job,
+            ann.round,
+            frozenset(selected),
+            ann.global_sha256,
+            {w.name: w.shape for w in manifest.weights},
+            strategy,
+            UpdateDeduper(),
+            global_weights=weights,
+            max_update_norm=cfg.max_update_norm,
+            dtypes={w.name: w.dtype for w in manifest.weights},
+        )
+        self.current = _LocalRound(ann, local, collector, strategy, now)
+        self._publish_local(local, "open")
+        self._status("training", round_=ann.round, detail=f"{len(selected)} devices selected")
+        log.info(
+            "round %d: %d site devices selected, site deadline in %.0f s",
+            ann.round,
+            len(selected),
+            deadline - now,
+        )
+
+    # -- downstream: the site's devices -------------------------------------------------
+    def _from_downstream(self, item: Incoming) -> None:
+        if item.kind == "status" and item.device:
+            self.devices[item.device] = item.value
+        elif item.kind == "update" and item.device and self.current is not None:
+            self.current.collector.offer(item.value, item.device, item.size)
+
+    def _maybe_close(self) -> None:
+        current = self.current
+        if current is None:
+            return
+        if not current.collector.complete() and self.clock() < current.local.deadline:
+            return
+        self.current = None
+        self._publish_local(current.local, "closed")
+        c, ann = current.collector, current.central
+        if c.aggregated < self.cfg.min_results:
+            reason = (
+                f"site {self.cfg.site_id}: {c.aggregated} device update(s) by the site deadline, "
+                f"{self.cfg.min_results} needed"
+            )
+            self._send_failure(ann, reason, len(c.selected))
+            return
+        accepted = c.accepted
+        samples = sum(r.samples for r in accepted)
+        payload = encode_weights(
+            current.strategy.finish(),
+            kind="update",
+            job=self.cfg.job,
+            round=ann.round,
+            sender=self.cfg.site_id,
+            samples=samples,
+            meta={
+                "base_sha256": ann.global_sha256,
+                "loss": _weighted(accepted, "loss"),
+                "accuracy": _weighted(accepted, "accuracy"),
+                "duration_s": round(self.clock() - current.started, 3),
+                "interpreter": INTERPRETER,
+                "interpreter_version": __version__,
+                "site_devices": len(accepted),
+                "site_selected": len(c.selected),
+            },
+            encoding=ann.encoding,
+        )
+        self.up_pub.publish(self.up.update(self.cfg.site_id), payload)
+        devices = sorted(r.device for r in accepted)
+        self.sent.append(SiteRound(ann.round, len(c.selected), devices, samples))
+        self._status("idle", round_=ann.round, detail=f"{len(devices)} device updates sent up")
+        log.info(
+            "round %d: partial sum of %d of %d site devices (%d samples) sent up",
+            ann.round,
+            len(devices),
+            len(c.selected),
+            samples,
+        )
+
+    # -- publishing -----------------------------------------------------------------------
+    def _publish_local(self, ann: RoundAnnouncement, state: str) -> None:
+        data = dataclasses.replace(ann, state=state).to_json()
+        self.downstream.publish(self.down.round, data, retain=True)
+
+    def _send_failure(self, ann: RoundAnnouncement, reason: str, selected: int) -> None:
+        log.warning("round %d: %s", ann.round, reason)
+        payload = encode_failure(
+            self.cfg.job, ann.round, self.cfg.site_id, reason, meta={"interpreter": INTERPRETER}
+        )
+        self.up_pub.publish(self.up.update(self.cfg.site_id), payload)
+        self.sent.append(SiteRound(ann.round, selected, failed=reason))
+        self._status("failed", round_=ann.round, detail=reason)
+
+    def _status(self, state: str, *, round_: int | None = None, detail: str = "") -> None:
+        samples = sum(s.samples for s in self.devices.values() if s.state != "offline")
+        status = DeviceStatus(
+            self.cfg.site_id,
+            state,
+            self.clock(),
+            round=round_,
+            detail=detail,
+            interpreter=INTERPRETER,
+            samples=samples,
+            version=__version__,
+        )
+        self.upstream.publish(self.up.status(self.cfg.site_id), status.to_json(), retain=True)
+
+
+def _weighted(results: list, attribute: str) -> float | None:
+    """Sample-weighted mean of a per-device figure, None unless every device reported it."""
+    values = [(getattr(r, attribute), r.samples) for r in results]
+    if not values or any(v is None for v, _ in values):
+        return None
+    return sum(v * n for v, n in values) / sum(n for _, n in values)
+
+
+def bridge_config(
+    site_id: str,
+    job: str,
+    central: str,
+    *,
+    local_prefix: str = "central/fl/v1",
+    remote_prefix: str = DEFAULT_PREFIX,
+) -> str:
+    """A Mosquitto ``conf.d`` snippet for the site broker: the central job's model, global
+    weights, round and control come down under ``local_prefix``; the site's update and
+    status go up. ``central`` is ``HOST:PORT`` of the central broker."""
+    local, remote = f"{local_prefix}/{job}/", f"{remote_prefix}/{job}/"
+    lines = [
+        f"connection {site_id}-uplink",
+        f"address {central}",
+        f"clientid bridge-{job}-{site_id}",
+        "cleansession true",
+        "notifications false",
+        "bridge_protocol_version mqttv311",
+        "try_private true",  # Mosquitto to Mosquitto: retained flags survive the bridge
+        *(f"topic {t} in 1 {local} {remote}" for t in ("model/#", "global/#", "round", "control")),
+        f"topic update/{site_id}/# out 1 {local} {remote}",
+        f"topic status/{site_id} out 1 {local} {remote}",
+    ]
+    return "\n".join(lines) + "\n"
