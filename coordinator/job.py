@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from coordinator.config import JobConfig
@@ -81,34 +81,19 @@ def run_job(
     topics = Topics(cfg.job, cfg.prefix)
     will = Will(topics.status(SENDER), DeviceStatus(SENDER, "offline", 0.0).to_json())
 
-    @contextmanager
-    def connection() -> Iterator[MqttTransport]:
-        with (
-            broker_ctx() if broker is None else _given(broker) as broker_cfg,
-            attach_dashboard(dashboard, broker_cfg, cfg),
-        ):
-            transport = MqttTransport(broker_cfg, f"{SENDER}-{cfg.job}", will=will)
-            transport.connect()
-            try:
-                yield transport
-            finally:
-                transport.wait_published(10)
-                transport.close()
-
-    def broker_ctx():  # noqa: ANN202
-        return broker_for(cfg)
-
-    with connection() as transport:
-        coordinator = Coordinator(cfg, transport, model, run_dir, evaluator, on_round=on_round)
-        state = coordinator.run(resume=resume)
+    broker_ctx = broker_for(cfg) if broker is None else nullcontext(broker)
+    with broker_ctx as broker_cfg, attach_dashboard(dashboard, broker_cfg, cfg):
+        transport = MqttTransport(broker_cfg, f"{SENDER}-{cfg.job}", will=will)
+        transport.connect()
+        try:
+            coordinator = Coordinator(cfg, transport, model, run_dir, evaluator, on_round=on_round)
+            state = coordinator.run(resume=resume)
+        finally:
+            transport.wait_published(10)
+            transport.close()
         if final_models:
             _final_models(run_dir, model.manifest, state)
     return state
-
-
-@contextmanager
-def _given(broker: BrokerConfig) -> Iterator[BrokerConfig]:
-    yield broker
 
 
 def _final_models(run_dir: RunDir, manifest, state: RunState) -> None:  # noqa: ANN001

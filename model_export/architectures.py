@@ -10,7 +10,7 @@ A spec is a tuple of layers. The same spec gives
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,11 +177,3 @@ def keras_model(spec: tuple[Layer, ...], input_shape: tuple[int, ...]) -> tf.ker
         else:
             layers.append(tf.keras.layers.Dense(layer.units, None if i == last else "relu"))
     return tf.keras.Sequential(layers)
-
-
-def keras_weights_in_order(params: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """Parameters in the order ``keras_model(...).set_weights`` expects (kernel, bias, ...)."""
-    return list(params.values())
-
-
-ForwardFn = Callable[[Mapping[str, tf.Tensor], tf.Tensor], tf.Tensor]

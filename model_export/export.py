@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_client import __version__
 from edge_client.errors import ConfigError
 from edge_client.manifest import Manifest, WeightSpec
@@ -166,9 +164,3 @@ def write_export(result: ExportResult, out_dir: Path) -> ExportResult:
         tmp.write_bytes(data)
         os.replace(tmp, path)
     return ExportResult(result.tflite, result.manifest, model_path, manifest_path)
-
-
-def initial_weights(result: ExportResult) -> dict[str, np.ndarray]:
-    from edge_client.trainable_model import TrainableModel
-
-    return TrainableModel(result.tflite, result.manifest).get_weights()
