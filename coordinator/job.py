@@ -83,7 +83,9 @@ def run_job(
 
     broker_ctx = broker_for(cfg) if broker is None else nullcontext(broker)
     with broker_ctx as broker_cfg, attach_dashboard(dashboard, broker_cfg, cfg):
-        transport = MqttTransport(broker_cfg, f"{SENDER}-{cfg.job}", will=will)
+        # A persistent session: if the broker starves the coordinator past its keepalive, or
+        # the coordinator restarts, QoS 1 updates wait in the broker instead of being lost.
+        transport = MqttTransport(broker_cfg, f"{SENDER}-{cfg.job}", will=will, clean_session=False)
         transport.connect()
         try:
             coordinator = Coordinator(cfg, transport, model, run_dir, evaluator, on_round=on_round)
