@@ -15,14 +15,13 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.fixtures.brokers import free_port, wait_for_port
+from tests.fixtures.brokers import free_port, wait_until_listening
 
 SSHD = "/usr/sbin/sshd"
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,17 +97,10 @@ class SshServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        deadline = time.monotonic() + 10
-        while True:
-            if self._process.poll() is not None:
-                pytest.fail(f"sshd exited with {self._process.returncode}:\n{self.log.read_text()}")
-            try:
-                wait_for_port(self.host, self.port, timeout=0.2)
-                return self
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    pytest.fail(f"sshd did not listen on {self.port}:\n{self.log.read_text()}")
+        wait_until_listening(
+            "sshd", self._process, self.host, self.port, self.log.read_text, self.stop
+        )
+        return self
 
     def stop(self) -> None:
         process, self._process = self._process, None
