@@ -18,6 +18,16 @@ from edge_client.transport import BrokerConfig
 from tests.fixtures.brokers import mqtt_client
 
 FAST = {"model": "mlp", "optimizer": "sgd", "lr": 0.05, "epochs": 1, "test_data": "fashion-mnist"}
+FAST_FLAGS = [
+    "--model",
+    "mlp",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.05",
+    "--epochs",
+    "1",
+]  # FAST as flags
 
 
 def rounds_in(run_dir: Path) -> list[int]:
@@ -42,14 +52,7 @@ def test_simulated_job_against_a_real_mosquitto(mosquitto_broker, tmp_path):
             mosquitto_broker.url,
             "--run-dir",
             str(run_dir),
-            "--model",
-            "mlp",
-            "--optimizer",
-            "sgd",
-            "--lr",
-            "0.05",
-            "--epochs",
-            "1",
+            *FAST_FLAGS,
             "--partition",
             "dirichlet:1.0",
         ],
@@ -92,14 +95,7 @@ def test_killed_coordinator_resumes_without_counting_a_round_twice(mosquitto_bro
         "3",
         "--run-dir",
         str(run_dir),
-        "--model",
-        "mlp",
-        "--optimizer",
-        "sgd",
-        "--lr",
-        "0.05",
-        "--epochs",
-        "1",
+        *FAST_FLAGS,
         "--test-data",
         "fashion-mnist",
     ]
