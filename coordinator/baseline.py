@@ -18,8 +18,14 @@ import numpy as np
 from coordinator.evaluation import load_test_set
 from coordinator.report.build import load_metrics
 from coordinator.run_dir import RunDir
-from edge_client.data import Dataset, Normalization, load_dataset, load_path, train_batches
-from edge_client.data.registry import DATASETS
+from edge_client.data import (
+    DATASETS,
+    Dataset,
+    Normalization,
+    load_dataset,
+    load_path,
+    train_batches,
+)
 from edge_client.errors import ConfigError
 from edge_client.trainable_model import TrainableModel
 

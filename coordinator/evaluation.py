@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_client.data import Dataset, Normalization, check_labels, load_dataset, load_path
-from edge_client.data.registry import DATASETS
+from edge_client.data import DATASETS, Dataset, Normalization, check_labels, load_dataset, load_path
 from edge_client.trainable_model import EvalResult, TrainableModel
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from pathlib import Path
 from coordinator.config import JobConfig
 from coordinator.run_dir import RunDir
 from coordinator.server import ModelBundle
-from edge_client.data.registry import DATASETS
+from edge_client.data import DATASETS
 from edge_client.errors import ConfigError
 from edge_client.manifest import Manifest
 from edge_client.trainable_model import TrainableModel

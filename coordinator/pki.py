@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_client.errors import ConfigError, ProtocolError
-from edge_client.protocol._common import check_id
+from edge_client.protocol import check_id
 from edge_client.signing import Signer
 
 SIGNING_KEY = "signing.key"

@@ -35,8 +35,7 @@ from typing import Any
 from devices.errors import InventoryError
 from devices.profiles import BoardProfile, custom_profile, get_profile
 from edge_client.errors import EdgeFLError, ProtocolError
-from edge_client.protocol import DEFAULT_PREFIX
-from edge_client.protocol._common import check_id
+from edge_client.protocol import DEFAULT_PREFIX, check_id
 from edge_client.transport import BrokerConfig
 
 try:

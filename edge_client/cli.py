@@ -23,7 +23,7 @@ from edge_client.cli_support import ErrorHandlingGroup
 from edge_client.config import DEFAULT_HEARTBEAT_S, ClientConfig
 from edge_client.errors import EdgeFLError, ProtocolError
 from edge_client.protocol import DEFAULT_MAX_CHUNK, DEFAULT_PREFIX
-from edge_client.protocol._common import check_id
+from edge_client.protocol.validation import check_id
 from edge_client.runtime import RUNTIME_NAMES
 
 log = logging.getLogger("edge_client.cli")

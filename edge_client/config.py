@@ -14,8 +14,8 @@ from pathlib import Path
 
 from edge_client.errors import ConfigError, DataError, ProtocolError
 from edge_client.protocol import CHUNK_HEADER_SIZE, DEFAULT_MAX_CHUNK, DEFAULT_PREFIX
-from edge_client.protocol._common import check_id
 from edge_client.protocol.topics import check_prefix
+from edge_client.protocol.validation import check_id
 from edge_client.transport import BrokerConfig
 
 DEFAULT_HEARTBEAT_S = 15.0

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from coordinator.monitoring.view import JobView
-from edge_client.data.normalize import Normalization
+from edge_client.data import Normalization
 from edge_client.errors import DataError, EdgeFLError, ModelError
 from edge_client.manifest import Manifest
 from edge_client.trainable_model import TrainableModel

@@ -22,11 +22,11 @@ from edge_client.protocol import (
     CHUNK_HEADER_SIZE,
     DEFAULT_MAX_CHUNK,
     decode,
+    dumps,
     encode_weights,
+    message_id,
     split,
 )
-from edge_client.protocol._common import dumps
-from edge_client.protocol.chunking import message_id
 
 STEP = 1e-3  # added per variant: a change far below the coordinator's norm limit
 # docs/protocol.md sections 3 and 4: the envelope prefix and the chunk header

@@ -20,7 +20,6 @@ Receiving one (on a worker thread, never in the paho callback)::
 
 from __future__ import annotations
 
-from edge_client.protocol._common import PROTOCOL_VERSION
 from edge_client.protocol.chunking import (
     CHUNK_HEADER_SIZE,
     DEFAULT_MAX_CHUNK,
@@ -28,6 +27,7 @@ from edge_client.protocol.chunking import (
     Reassembler,
     chunk_topics,
     chunked,
+    message_id,
     parse_chunk,
     split,
 )
@@ -49,12 +49,14 @@ from edge_client.protocol.messages import (
     RoundMetrics,
 )
 from edge_client.protocol.topics import DEFAULT_PREFIX, QOS, ParsedTopic, Topics
+from edge_client.protocol.validation import ID_PATTERN, PROTOCOL_VERSION, check_id, dumps, loads
 
 __all__ = [
     "CHUNK_HEADER_SIZE",
     "DEFAULT_MAX_CHUNK",
     "DEFAULT_MAX_HEADER",
     "DEFAULT_PREFIX",
+    "ID_PATTERN",
     "PROTOCOL_VERSION",
     "QOS",
     "Chunk",
@@ -69,12 +71,16 @@ __all__ = [
     "Topics",
     "UpdateDeduper",
     "UpdateKey",
+    "check_id",
     "chunk_topics",
     "chunked",
     "decode",
+    "dumps",
     "encode_failure",
     "encode_model",
     "encode_weights",
+    "loads",
+    "message_id",
     "parse_chunk",
     "split",
     "weights_sha256",

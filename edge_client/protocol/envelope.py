@@ -26,7 +26,15 @@ from typing import Any
 import numpy as np
 
 from edge_client.errors import ProtocolError
-from edge_client.protocol._common import (
+from edge_client.protocol.tensors import (
+    WEIGHT_ENCODINGS,
+    TensorSpec,
+    check_layout,
+    tensor_from_json,
+    to_wire,
+    weights_sha256,
+)
+from edge_client.protocol.validation import (
     PROTOCOL_VERSION,
     check_choice,
     check_id,
@@ -36,14 +44,6 @@ from edge_client.protocol._common import (
     check_str,
     dumps,
     loads,
-)
-from edge_client.protocol.tensors import (
-    WEIGHT_ENCODINGS,
-    TensorSpec,
-    check_layout,
-    tensor_from_json,
-    to_wire,
-    weights_sha256,
 )
 
 MAGIC = b"EFLM"

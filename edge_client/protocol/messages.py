@@ -12,7 +12,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 from edge_client.errors import ProtocolError
-from edge_client.protocol._common import (
+from edge_client.protocol.tensors import WEIGHT_ENCODINGS
+from edge_client.protocol.validation import (
     PROTOCOL_VERSION,
     check_choice,
     check_float,
@@ -24,7 +25,6 @@ from edge_client.protocol._common import (
     dumps,
     loads,
 )
-from edge_client.protocol.tensors import WEIGHT_ENCODINGS
 
 ROUND_STATES = ("open", "closed", "aborted")
 DEVICE_STATES = ("online", "offline", "training", "idle", "failed")

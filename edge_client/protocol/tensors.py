@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge_client.errors import ProtocolError
-from edge_client.protocol._common import check_choice, check_float, check_int
+from edge_client.protocol.validation import check_choice, check_float, check_int
 
 WEIGHT_ENCODINGS = ("float32", "float16", "int8")
 """How floating tensors travel. Integer tensors always keep their own dtype."""

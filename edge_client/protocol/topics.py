@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 
 from edge_client.errors import ProtocolError
-from edge_client.protocol._common import check_id
+from edge_client.protocol.validation import check_id
 
 DEFAULT_PREFIX = "fl/v1"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import subprocess
 import sys
@@ -213,43 +212,3 @@ def test_info_runs_in_the_board_environment():
     assert "runtime      tflite-runtime 2.14.0 (used by default)" in r.stdout
     assert "numpy        1." in r.stdout
     assert "tensorflow" not in r.stdout
-
-
-# -- what edge_client imports -----------------------------------------------------------------
-
-FORBIDDEN = ("tensorflow", "keras", "coordinator", "model_export", "tests")
-
-
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), str(path))
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names
-
-
-def test_edge_client_source_imports_no_tensorflow_coordinator_or_model_export():
-    offenders = {
-        str(path.relative_to(ROOT)): sorted(_imports(path) & set(FORBIDDEN))
-        for path in (ROOT / "edge_client").rglob("*.py")
-    }
-    assert {p: bad for p, bad in offenders.items() if bad} == {}
-
-
-def test_importing_every_edge_client_module_loads_no_tensorflow():
-    code = """
-import importlib, pkgutil, sys
-import edge_client
-for m in pkgutil.walk_packages(edge_client.__path__, "edge_client."):
-    importlib.import_module(m.name)
-bad = sorted(n for n in sys.modules if n.split(".")[0] in {"tensorflow", "keras", "coordinator", "model_export"})
-print(bad)
-"""
-    r = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
-    )
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]"
