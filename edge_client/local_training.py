@@ -29,6 +29,7 @@ from edge_client.data import (
 )
 from edge_client.errors import DataError, EdgeFLError, ModelError
 from edge_client.manifest import Manifest
+from edge_client.pacing import Pacer
 from edge_client.runtime import Runtime
 from edge_client.trainable_model import TrainableModel
 
@@ -127,6 +128,7 @@ def train_local(
 ) -> TrainingResult:
     """Train ``settings.epochs`` epochs from the model's current weights; read them back."""
     start = time.monotonic()
+    pacer = Pacer()  # a simulated slower board waits after each step (edge_client/pacing.py)
     gen = np.random.default_rng(rng)
     b = model.manifest.batch_size
     n = len(data)
@@ -143,6 +145,7 @@ def train_local(
                     f"(lr {settings.lr:g} may be too high)"
                 )
             total += batch_loss
+            pacer.tick()
             if between_batches is not None:
                 between_batches(epoch, i, per_epoch)
         loss = total / per_epoch
@@ -160,6 +163,7 @@ def train_local(
     if bad:
         raise TrainingAborted(f"training diverged: weights {bad[:3]} hold NaN or infinity")
     accuracy = evaluate_local(model, data, normalization) if evaluate else None
+    pacer.tick(flush=True)
     return TrainingResult(
         weights, loss, accuracy, n, settings.epochs, per_epoch, time.monotonic() - start
     )

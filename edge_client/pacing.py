@@ -1,0 +1,58 @@
+"""Simulated board speed: a slowed board waits after its real compute, in proportion to it.
+
+``fedcoord simulate --fleet`` runs boards slower than this machine (a Raspberry Pi Zero 2 W
+trains an order of magnitude slower than a desktop core) without burning CPU: a board with
+slow-down factor ``f`` trains for real through its interpreter, then sleeps ``(f - 1)`` times
+the wall time that training step took. Only simulations set ``EDGEFL_SIM_SLOWDOWN``; on a real
+board it is unset and :class:`Pacer` does nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+from edge_client.errors import ConfigError
+
+ENV = "EDGEFL_SIM_SLOWDOWN"  # the slow-down factor (>= 1); set by the fleet simulator only
+
+
+def slowdown_from_env() -> float:
+    """The factor in ``$EDGEFL_SIM_SLOWDOWN``, 1.0 when unset; a bad value is an error."""
+    raw = os.environ.get(ENV, "").strip()
+    if not raw:
+        return 1.0
+    try:
+        factor = float(raw)
+    except ValueError:
+        factor = math.nan
+    if not math.isfinite(factor) or factor < 1:
+        raise ConfigError(f"{ENV}={raw!r}: expected a number >= 1 (the board's slow-down factor)")
+    return factor
+
+
+class Pacer:
+    """``tick()`` after each piece of compute: waits ``(factor - 1)`` x its wall time.
+
+    Waits are batched (at least ``MIN_WAIT_S``, the last one on ``tick(flush=True)``) and
+    measured, so sleep overshoot on a loaded machine does not add up over many small steps.
+    """
+
+    MIN_WAIT_S = 0.02
+
+    def __init__(self, factor: float | None = None) -> None:
+        self.factor = slowdown_from_env() if factor is None else factor
+        self.compute_s = 0.0  # measured compute wall time since construction
+        self.waited_s = 0.0  # time slept to simulate the slower board
+        self._mark = time.monotonic()
+
+    def tick(self, *, flush: bool = False) -> None:
+        now = time.monotonic()
+        self.compute_s += now - self._mark
+        self._mark = now
+        owed = self.compute_s * (self.factor - 1) - self.waited_s
+        if owed > 0 and (flush or owed >= self.MIN_WAIT_S):
+            time.sleep(owed)
+            self._mark = time.monotonic()
+            self.waited_s += self._mark - now

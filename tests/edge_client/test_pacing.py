@@ -1,0 +1,64 @@
+"""The fleet simulator's board-side hook: a slowed board trains for real, then waits
+``(factor - 1)`` x the compute it measured (edge_client/pacing.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from test_client_support import ModelFiles, random_dataset
+
+from edge_client.errors import ConfigError
+from edge_client.local_training import RoundSettings, check_data_fits, train_local
+from edge_client.pacing import ENV, Pacer, slowdown_from_env
+from edge_client.trainable_model import TrainableModel
+
+
+@pytest.fixture(scope="module")
+def files(export_dir) -> ModelFiles:
+    return ModelFiles.load(export_dir("mlp"))
+
+
+def timed_training(files: ModelFiles) -> tuple[float, float]:
+    """(wall time of train_local, process CPU time it used)."""
+    ds = random_dataset(files.manifest, n=3200)
+    model = TrainableModel(files.tflite, files.manifest)
+    model.set_weights(files.initial)
+    cpu0, t0 = time.process_time(), time.monotonic()
+    train_local(model, ds, RoundSettings(3, 0.05), check_data_fits(ds, files.manifest), rng=1)
+    return time.monotonic() - t0, time.process_time() - cpu0
+
+
+def test_a_slowed_board_takes_its_factor_in_wall_time_but_not_in_cpu(files, monkeypatch):
+    # Prepare: the same training at full speed, then at a slow-down factor of 4
+    monkeypatch.delenv(ENV, raising=False)
+    timed_training(files)  # warm up the interpreter
+    fast_wall, fast_cpu = timed_training(files)
+    monkeypatch.setenv(ENV, "4")
+    # Execute
+    slow_wall, slow_cpu = timed_training(files)
+    # Assert: ~4x the wall time, about the same CPU time
+    assert 3.0 * fast_wall < slow_wall < 6.0 * fast_wall, (fast_wall, slow_wall)
+    assert slow_cpu < 2.0 * fast_cpu + 0.05, (fast_cpu, slow_cpu)
+
+
+def test_the_factor_comes_from_the_environment_and_is_checked(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    assert slowdown_from_env() == 1.0 and Pacer().factor == 1.0
+    monkeypatch.setenv(ENV, "2.5")
+    assert Pacer().factor == 2.5
+    for bad in ("fast", "0.5", "nan"):
+        monkeypatch.setenv(ENV, bad)
+        with pytest.raises(ConfigError, match=ENV):
+            slowdown_from_env()
+
+
+def test_pacer_sleeps_in_proportion_to_the_compute_since_its_last_tick():
+    pacer = Pacer(3.0)
+    end = time.monotonic() + 0.05
+    while time.monotonic() < end:  # 50 ms of "compute"
+        pass
+    t0 = time.monotonic()
+    pacer.tick(flush=True)
+    assert 0.09 < time.monotonic() - t0 < 0.3 and 0.09 < pacer.waited_s < 0.3
+    assert 0.04 < pacer.compute_s < 0.1
