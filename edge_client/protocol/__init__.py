@@ -35,12 +35,10 @@ from edge_client.protocol.dedupe import UpdateDeduper, UpdateKey
 from edge_client.protocol.envelope import (
     DEFAULT_MAX_HEADER,
     Envelope,
-    TensorSpec,
     decode,
     encode_failure,
     encode_model,
     encode_weights,
-    weights_sha256,
 )
 from edge_client.protocol.messages import (
     DeviceStatus,
@@ -48,6 +46,7 @@ from edge_client.protocol.messages import (
     RoundAnnouncement,
     RoundMetrics,
 )
+from edge_client.protocol.tensors import TensorSpec, weights_sha256
 from edge_client.protocol.topics import DEFAULT_PREFIX, QOS, ParsedTopic, Topics
 from edge_client.protocol.validation import ID_PATTERN, PROTOCOL_VERSION, check_id, dumps, loads
 

@@ -92,7 +92,8 @@ class TensorSpec:
             array = np.frombuffer(body, dtype=wire, count=self.count, offset=self.offset)
             array = array.reshape(self.shape)
         if self.scale is not None:
-            return array.astype(np.float32) * np.float32(self.scale)
+            scaled: np.ndarray = array.astype(np.float32) * np.float32(self.scale)
+            return scaled
         if wire.kind == "f":
             return array.astype(np.float32)
         return array.astype(wire.newbyteorder("="))
