@@ -62,6 +62,9 @@ MANAGED_ENV = frozenset(
     }
 )
 _ENV_NAME = re.compile(r"EDGEFL_[A-Z0-9_]+")
+# Device ids that would be the coordinator on the broker: its user name (and password file),
+# its status topic and the sender of everything it publishes.
+RESERVED_IDS = frozenset({"coordinator"})
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,12 @@ def parse_inventory(data: dict[str, Any], path: Path) -> Inventory:
             if own in table and other not in table:
                 merged.pop(other, None)  # a device's own data source replaces the default one
         devices.append(_device(path, device_id, merged, base, profiles))
+    for d in devices:
+        if d.id in RESERVED_IDS | {fleet.coordinator_user}:
+            raise InventoryError(
+                f"{path}: devices.{d.id}: the name {d.id!r} is reserved for the coordinator "
+                "(its broker user, password and status topic); give the device another id"
+            )
     return Inventory(path, fleet, tuple(devices), profiles)
 
 

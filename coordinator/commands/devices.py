@@ -248,27 +248,54 @@ def logs(inventory_path: str, device_id: str, lines: int, follow: bool) -> None:
     "--install-dir",
     default="/etc/mosquitto/edgefl",
     show_default=True,
-    help="Where the passwd and acl files will live on the broker (named in edgefl.conf).",
+    help="Where the passwd, acl and clientids.json files will live on the broker (named in "
+    "edgefl.conf).",
 )
-def broker_files(inventory_path: str, out: Path | None, install_dir: str) -> None:
-    """Per-device MQTT passwords, a Mosquitto password file, ACL and conf snippet.
+@click.option(
+    "--conf-dir",
+    default="/etc/mosquitto/conf.d",
+    show_default=True,
+    help="The directory the broker's mosquitto.conf includes (include_dir), for edgefl.conf.",
+)
+@click.option(
+    "--plugin",
+    metavar="PATH",
+    help="Mosquitto's dynamic security plugin on the broker [default: where Debian puts it "
+    "on this machine, e.g. /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so].",
+)
+def broker_files(
+    inventory_path: str, out: Path | None, install_dir: str, conf_dir: str, plugin: str | None
+) -> None:
+    """Per-device MQTT passwords, a Mosquitto password file, ACL, client ids and conf snippet.
 
-    Each device may write only its own update and status topics and read the model,
-    global weights, round, control and metrics topics; the coordinator user may do
-    everything. Safe to repeat: existing passwords and matching hashes are kept.
+    Each device may write only its own update and status topics, read the model, global
+    weights, round, control and metrics topics, and connect only with its own client id;
+    the coordinator user may do everything. Safe to repeat: existing passwords and matching
+    hashes are kept. Needs Mosquitto 2.0 or newer.
     """
     from devices.inventory import load_inventory
     from devices.security import write_broker_files
 
     inv = load_inventory(inventory_path)
-    written = write_broker_files(inv, out, install_dir=install_dir)
+    written = write_broker_files(inv, out, install_dir=install_dir, plugin=plugin)
     for f in written:
         click.echo(f"{'wrote    ' if f.changed else 'unchanged'} {f.path}")
-    click.echo(f"passwords in {inv.fleet.secrets_dir} (mode 600); install on the broker with:")
-    d = written[0].path.parent
+    click.echo(f"passwords in {inv.fleet.secrets_dir} (mode 600)")
+    d, i = written[0].path.parent, install_dir
+    files = f"{d}/passwd {d}/acl {d}/clientids.json"
+    click.echo("install on a broker that runs under systemd (Debian, Raspberry Pi OS):")
     click.echo(
-        f"  sudo install -d -m 750 -g mosquitto {install_dir} && "
-        f"sudo install -m 640 -g mosquitto {d}/passwd {d}/acl {install_dir}/ && "
-        f"sudo install -m 644 {d}/edgefl.conf /etc/mosquitto/conf.d/ && "
+        f"  sudo install -d -m 750 -g mosquitto {i} && "
+        f"sudo install -m 640 -g mosquitto {files} {i}/ && "
+        f"sudo install -m 644 {d}/edgefl.conf {conf_dir}/ && "
         "sudo systemctl restart mosquitto"
     )
+    click.echo(
+        "or on a Mosquitto you start yourself, as the user it runs as (its config needs "
+        f"include_dir {conf_dir}):"
+    )
+    click.echo(
+        f"  install -d -m 700 {i} && install -m 600 {files} {i}/ && "
+        f"install -d {conf_dir} && install -m 644 {d}/edgefl.conf {conf_dir}/"
+    )
+    click.echo("  then restart it: kill $(pidof mosquitto); mosquitto -d -c YOUR-mosquitto.conf")

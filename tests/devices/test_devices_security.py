@@ -9,15 +9,20 @@ from pathlib import Path
 import pytest
 from test_devices_support import fedcoord
 
+from devices.errors import InventoryError
 from devices.inventory import load_inventory
 from devices.security import (
     check_mosquitto_hash,
+    device_client_id,
     mosquitto_hash,
     password_file_text,
     read_password,
     write_broker_files,
 )
+from edge_client.transport import Will
 from tests.fixtures.brokers import MQTTConnectError, mqtt_client, start_mosquitto
+
+PI1, PI2 = device_client_id("demo", "pi-01"), device_client_id("demo", "pi-02")
 
 INVENTORY = """
 [fleet]
@@ -75,7 +80,7 @@ def test_broker_files_are_generated_once_and_then_unchanged(fleet, tmp_path):
     second = fedcoord("devices", "broker-files", "-i", str(fleet.path))
     # Assert
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
-    assert first.stdout.count("wrote") == 3 and second.stdout.count("unchanged") == 3
+    assert first.stdout.count("wrote") == 4 and second.stdout.count("unchanged") == 4
     secrets = tmp_path / "secrets"
     assert sorted(p.name for p in secrets.iterdir()) == [
         "coordinator.password", "pi-01.password", "pi-02.password",
@@ -110,7 +115,7 @@ def test_mosquitto_binds_each_device_to_its_own_topics(secured):
     broker, pw = secured
     with (
         mqtt_client(broker, "coord", username="coordinator", password=pw["coordinator"]) as coord,
-        mqtt_client(broker, "pi-01", username="pi-01", password=pw["pi-01"]) as pi1,
+        mqtt_client(broker, PI1, username="pi-01", password=pw["pi-01"]) as pi1,
     ):
         coord.subscribe_wait("fl/v1/demo/#", qos=1)
         coord.publish_wait("fl/v1/demo/round", b'{"r":1}', qos=1, retain=True)
@@ -138,7 +143,9 @@ def test_mosquitto_refuses_wrong_password_unknown_user_and_anonymous(secured):
     for user, password in (("pi-01", pw["pi-02"]), ("pi-09", "guess"), (None, None)):
         with (
             pytest.raises(MQTTConnectError) as info,
-            mqtt_client(broker, f"x-{user}", username=user, password=password),
+            mqtt_client(
+                broker, device_client_id("demo", str(user)), username=user, password=password
+            ),
         ):
             pass
         assert info.value.reason is not None and info.value.reason.is_failure
@@ -147,8 +154,8 @@ def test_mosquitto_refuses_wrong_password_unknown_user_and_anonymous(secured):
 def test_a_device_cannot_read_other_devices_updates(secured):
     broker, pw = secured
     with (
-        mqtt_client(broker, "pi-01", username="pi-01", password=pw["pi-01"]) as pi1,
-        mqtt_client(broker, "pi-02", username="pi-02", password=pw["pi-02"]) as pi2,
+        mqtt_client(broker, PI1, username="pi-01", password=pw["pi-01"]) as pi1,
+        mqtt_client(broker, PI2, username="pi-02", password=pw["pi-02"]) as pi2,
     ):
         pi1.subscribe_wait("fl/v1/demo/update/#", qos=1)
         pi2.publish_wait("fl/v1/demo/update/pi-02/0", b"weights", qos=1)
@@ -160,3 +167,99 @@ def test_regenerated_files_keep_working(fleet, tmp_path: Path):
     first = write_broker_files(fleet, out)
     second = write_broker_files(fleet, out)
     assert all(f.changed for f in first) and not any(f.changed for f in second)
+
+
+def test_a_device_cannot_take_over_the_coordinators_session(secured):
+    # Prepare: the coordinator's persistent session, as `fedcoord start` opens it
+    broker, pw = secured
+    with (
+        mqtt_client(
+            broker, "coordinator-demo", clean_session=False,
+            username="coordinator", password=pw["coordinator"],
+        ) as coord,
+        mqtt_client(broker, PI2, username="pi-02", password=pw["pi-02"]) as pi2,
+    ):  # fmt: skip
+        coord.subscribe_wait("fl/v1/demo/update/#", qos=1)
+        # Execute: pi-01's valid credentials with the coordinator's client id
+        with (
+            pytest.raises(MQTTConnectError) as refused,
+            mqtt_client(
+                broker, "coordinator-demo", clean_session=False,
+                username="pi-01", password=pw["pi-01"],
+            ),
+        ):  # fmt: skip
+            pass
+        pi2.publish_wait("fl/v1/demo/update/pi-02/0", b"weights", qos=1)
+        # Assert: refused; the coordinator was never kicked and still gets the update
+        assert refused.value.reason.is_failure
+        assert not coord.disconnected.wait(0.5) and coord.is_connected()
+        assert coord.collector.wait_for("fl/v1/demo/update/pi-02/0")[0].payload == b"weights"
+
+
+def test_a_device_cannot_kick_another_device_and_fire_its_will(secured):
+    # Prepare: pi-02 online, with its Last Will; the coordinator watches the statuses
+    broker, pw = secured
+    will = Will("fl/v1/demo/status/pi-02", b"offline", qos=1, retain=True)
+    with (
+        mqtt_client(broker, "t-coord", username="coordinator", password=pw["coordinator"]) as c,
+        mqtt_client(broker, PI2, username="pi-02", password=pw["pi-02"], will=will) as pi2,
+    ):
+        c.subscribe_wait("fl/v1/demo/status/#", qos=1)
+        # Execute: pi-01 connects with pi-02's client id
+        with (
+            pytest.raises(MQTTConnectError),
+            mqtt_client(broker, PI2, username="pi-01", password=pw["pi-01"]),
+        ):
+            pass
+        # Assert: pi-02 stays connected and its Will never fires
+        assert not pi2.disconnected.wait(0.5) and pi2.is_connected()
+        c.collector.expect_none("fl/v1/demo/status/pi-02", duration=0.5)
+
+
+def test_a_device_named_like_the_coordinator_is_refused(tmp_path):
+    # Prepare: a device that would share the coordinator's broker user and password
+    for name, extra in (("coordinator", ""), ("boss", 'coordinator_user = "boss"\n')):
+        path = tmp_path / f"{name}.toml"
+        text = INVENTORY.replace("[devices.pi-02]", f"[devices.{name}]")
+        path.write_text(text.replace("[defaults]", extra + "\n[defaults]"))
+        # Execute
+        with pytest.raises(InventoryError) as info:
+            load_inventory(path)
+        done = fedcoord("devices", "broker-files", "-i", str(path))
+        # Assert: one clear line, and no broker files or passwords written
+        assert f"devices.{name}: the name {name!r} is reserved for the coordinator" in str(
+            info.value
+        )
+        assert done.returncode == 1 and "is reserved for the coordinator" in done.stderr
+        assert not (tmp_path / "secrets").exists() and not (tmp_path / "broker").exists()
+
+
+def test_the_manual_install_commands_give_a_working_broker(fleet, tmp_path):
+    # Prepare: where a Mosquitto started by hand would keep the files
+    install, conf_dir = tmp_path / "etc-edgefl", tmp_path / "conf.d"
+    done = fedcoord(
+        "devices", "broker-files", "-i", str(fleet.path), "--install-dir", str(install),
+        "--conf-dir", str(conf_dir),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    systemd = lines[lines.index(next(ln for ln in lines if "under systemd" in ln)) + 1]
+    manual = lines[lines.index(next(ln for ln in lines if "start yourself" in ln)) + 1]
+    assert systemd.strip().endswith("sudo systemctl restart mosquitto")
+    assert "sudo" not in manual and "systemctl" not in manual
+    # Execute: the printed commands, then a Mosquitto whose config includes the conf dir
+    subprocess.run(manual, shell=True, check=True, cwd=tmp_path, timeout=30)
+    broker = start_mosquitto(tmp_path / "mosquitto", f"include_dir {conf_dir}\n")
+    try:
+        pw = read_password(fleet.fleet.secrets_dir, "pi-01")
+        with mqtt_client(broker, PI1, username="pi-01", password=pw) as pi1:
+            pi1.publish_wait("fl/v1/demo/status/pi-01", b"online", qos=1)
+        # Assert: secured (anonymous refused, client id bound)
+        for client_id, user in (("anon", None), (PI2, "pi-01")):
+            with (
+                pytest.raises(MQTTConnectError),
+                mqtt_client(broker, client_id, username=user, password=pw),
+            ):
+                pass
+    finally:
+        broker.stop()
