@@ -259,13 +259,17 @@ def test_half_the_devices_cut_off_for_two_rounds_rejoin_and_the_job_finishes(
     coord = coordinator(
         mosquitto_broker.url, kit, tmp_path, job="cut", rounds=5, min_devices=2, min_results=2
     )
-    first = coordinator_wait_all(coord, 4)
+    online_at_start = coordinator_wait_all(coord, 4)
+    offline_during_cut: set[str] = set()
 
     def on_round(metrics: dict) -> None:
         if metrics["round"] == 1:
             proxy.cut()  # the broker sees e2, e3 vanish and publishes their Last Wills
             time.sleep(0.5)
         elif metrics["round"] == 3:
+            # what the coordinator learnt from the Wills (without them it would still select
+            # e2, e3 and close rounds 2 and 3 at their deadlines with the same participants)
+            offline_during_cut.update(d for d, s in coord.devices.items() if s.state == "offline")
             proxy.restore()
             deadline = time.monotonic() + 40
             while not all(c.transport.connected for c in clients[2:]):
@@ -280,19 +284,20 @@ def test_half_the_devices_cut_off_for_two_rounds_rejoin_and_the_job_finishes(
     proxy.stop()
     # Assert
     participants = [h["participants"] for h in state.history]
-    assert first
+    assert online_at_start == {"e0", "e1", "e2", "e3"}
+    assert offline_during_cut == {"e2", "e3"}
     assert participants[0] == ["e0", "e1", "e2", "e3"]
     assert participants[1] == participants[2] == ["e0", "e1"]
     assert participants[3] == participants[4] == ["e0", "e1", "e2", "e3"]
     assert state.finished
 
 
-def coordinator_wait_all(coord: Coordinator, n: int, timeout: float = 30) -> bool:
-    """Pump the coordinator's inbox until ``n`` devices are online (before round 1)."""
+def coordinator_wait_all(coord: Coordinator, n: int, timeout: float = 30) -> set[str]:
+    """Pump the coordinator's inbox until ``n`` devices are online (before round 1); who is."""
     deadline = time.monotonic() + timeout
     for topic, qos in coord.topics.coordinator_subscriptions():
         coord.transport.subscribe(topic, qos)
     while len(coord.online()) < n:
         assert time.monotonic() < deadline, f"only {sorted(coord.online())} online"
         coord._pump(0.1)
-    return True
+    return coord.online()

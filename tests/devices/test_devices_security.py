@@ -152,13 +152,21 @@ def test_mosquitto_refuses_wrong_password_unknown_user_and_anonymous(secured):
 
 
 def test_a_device_cannot_read_other_devices_updates(secured):
+    # Prepare: pi-01 and the coordinator both subscribe to every update
     broker, pw = secured
     with (
+        mqtt_client(broker, "coord", username="coordinator", password=pw["coordinator"]) as coord,
         mqtt_client(broker, PI1, username="pi-01", password=pw["pi-01"]) as pi1,
         mqtt_client(broker, PI2, username="pi-02", password=pw["pi-02"]) as pi2,
     ):
+        coord.subscribe_wait("fl/v1/demo/update/#", qos=1)
         pi1.subscribe_wait("fl/v1/demo/update/#", qos=1)
+        # Execute
         pi2.publish_wait("fl/v1/demo/update/pi-02/0", b"weights", qos=1)
+        # Assert: the update was accepted and routed (the coordinator gets it), so pi-01
+        # seeing nothing is the read ACL at work, not a dropped publish
+        [delivered] = coord.collector.wait_for("fl/v1/demo/update/pi-02/0")
+        assert delivered.payload == b"weights"
         pi1.collector.expect_none("fl/v1/demo/update/#", duration=0.5)
 
 
