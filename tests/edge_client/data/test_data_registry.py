@@ -15,10 +15,7 @@ import pytest
 from edge_client.data import dataset_names, load_dataset, load_path, registry, save_npz
 from edge_client.data.dataset import Dataset
 from edge_client.errors import DataError
-
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-MNIST = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "mnist"
-CIFAR_TAR = MNIST.parent / "cifar10-jpg.tar.gz"
+from tests.fixtures.data import cifar10_tar, fashion_mnist_dir, mnist_dir
 
 
 @pytest.fixture(autouse=True)
@@ -42,8 +39,8 @@ def _small_idx_dir(root: Path, n: int = 4, label: int = 1) -> Path:
     return root
 
 
-@pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_real_files():
+    fashion_mnist_dir()  # skipped without it, failed when CI=true
     train = load_dataset("fashion-mnist", "train")
     test = load_dataset("fashion_mnist", "test")
 
@@ -56,8 +53,8 @@ def test_fashion_mnist_real_files():
     assert train.class_counts().tolist() == [6000] * 10
 
 
-@pytest.mark.skipif(not MNIST.is_dir(), reason="needs ../shared/data/mnist")
 def test_mnist_real_files():
+    mnist_dir()  # skipped without it, failed when CI=true
     train = load_dataset("mnist", "train")
     test = load_dataset("mnist", "test", num_classes=10)
 
@@ -148,8 +145,8 @@ def _must_not_decode(*args, **kwargs):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CIFAR_TAR.is_file(), reason="needs ../shared/data/cifar10-jpg.tar.gz")
 def test_cifar10_real_archive():
+    cifar10_tar()  # skipped without it, failed when CI=true
     pytest.importorskip("PIL")
 
     train = load_dataset("cifar10", "train")
