@@ -87,6 +87,8 @@ def device_command(
         str(fleet.threads),
         "--prefix",
         job.prefix,
+        "--max-chunk",  # the job's chunk size for the devices' updates too
+        str(job.max_chunk),
         "--exit-on-stop",
     ]
     if fleet.runtime:

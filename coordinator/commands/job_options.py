@@ -221,7 +221,7 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         "--max-chunk",
         "max_chunk",
         int,
-        f"Largest MQTT payload in bytes; bigger messages are chunked. [default: {D.max_chunk}]",
+        f"Largest MQTT payload in bytes; bigger messages are chunked (`simulate` gives it to its devices too). [default: {D.max_chunk}]",
     ),
 ]
 

@@ -36,33 +36,42 @@ def rounds_in(run_dir: Path) -> list[int]:
 
 
 def test_simulated_job_against_a_real_mosquitto(mosquitto_broker, tmp_path):
-    # Execute: the README's job, smaller: 3 boards, 3 rounds, through `fedcoord simulate`
+    # Execute: the README's job, smaller: 3 boards, 3 rounds, through `fedcoord simulate`,
+    # with a recorder on the broker and chunks of at most 100,000 bytes
     run_dir = tmp_path / "run"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "coordinator.cli",
-            "simulate",
-            "--devices",
-            "3",
-            "--rounds",
-            "3",
-            "--broker",
-            mosquitto_broker.url,
-            "--run-dir",
-            str(run_dir),
-            *FAST_FLAGS,
-            "--partition",
-            "dirichlet:1.0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    with mqtt_client(mosquitto_broker, "recorder") as recorder:
+        recorder.subscribe_wait("fl/v1/+/update/#", qos=1)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "coordinator.cli",
+                "simulate",
+                "--devices",
+                "3",
+                "--rounds",
+                "3",
+                "--broker",
+                mosquitto_broker.url,
+                "--run-dir",
+                str(run_dir),
+                *FAST_FLAGS,
+                "--partition",
+                "dirichlet:1.0",
+                "--max-chunk",
+                "100000",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=ROOT,
+        )
+        updates = recorder.collector.matching("fl/v1/+/update/#")
     # Assert
     assert r.returncode == 0, r.stderr[-3000:]
+    # the devices chunked their ~800 kB updates as the job said (--max-chunk reached them)
+    assert max(len(m.payload) for m in updates) <= 100_000
+    assert {m.topic.rsplit("/", 1)[1] for m in updates} >= {"0", "1", "2", "3"}
     assert "round   3/3  devices 3/3" in r.stdout
     metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in metrics] == [1, 2, 3]
