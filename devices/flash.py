@@ -9,7 +9,8 @@
    or reuse the one already there when only settings changed.
 4. Switch ``current`` to it with a rename, install the unit, (re)start the client with
    systemd (or, where systemd does not run, the ``fedge-service`` supervisor) and check
-   that it keeps running; otherwise go back to the previous release.
+   that it keeps running and connects to its broker (it writes ``state/connected`` with its
+   pid once connected); otherwise go back to the previous release.
 
 Any failure before the switch removes the staging directory; the previous install keeps
 running untouched. See ``devices.remote_scripts`` for the board side.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import tarfile
 import tempfile
 import time
@@ -46,6 +48,7 @@ class FlashOptions:
     cache_dir: Path  # the wheelhouse cache on this machine (downloaded wheels and locks)
     refresh: bool = False  # resolve the dependencies again instead of using the lock
     check_s: float = 3.0  # the client must still run this long after a (re)start
+    connect_s: float = 30.0  # ... and have connected to its broker within this (fedge's timeout)
     client_wheel: Path | None = None  # a prebuilt client wheel; None: build it from this tree
 
 
@@ -59,7 +62,7 @@ class FlashResult:
     password_created: bool = False
 
     def line(self) -> str:
-        where = f"running under {self.manager}" if self.manager else ""
+        where = f"running under {self.manager}, connected" if self.manager else ""
         if self.action == "installed":
             was = f" (was {self.previous})" if self.previous else " (first install)"
             return f"{self.device}: installed release {self.release}{was}, {where}"
@@ -80,7 +83,9 @@ class BoardState:
     complete: bool
     manager: str
     unit_sha256: str
-    running: bool
+    running: bool  # the service (systemd unit or supervisor) is up
+    client: bool  # the client process itself is alive
+    connected: bool  # the running client itself reached its broker (not just its supervisor)
     wheels: frozenset[str]
     venvs: frozenset[str]  # complete virtual environments on the board
 
@@ -99,6 +104,8 @@ class BoardState:
             manager=kv.get("manager", ""),
             unit_sha256=kv.get("unit", ""),
             running=kv.get("running") == "yes",
+            client=kv.get("client") == "yes",
+            connected=kv.get("connected") == "yes",
             wheels=frozenset(kv.get("wheels", "").split()),
             venvs=frozenset(kv.get("venvs", "").split()),
         )
@@ -187,15 +194,20 @@ def flash_device(
         manager, bundle.password_created,
     )  # fmt: skip
     if state.current == bundle.release and state.complete:
-        if state.running and state.manager == manager and state.unit_sha256 == unit_sha:
+        same = state.manager == manager and state.unit_sha256 == unit_sha
+        if state.running and state.connected and same:
             return FlashResult(device.id, bundle.release, "up to date", state.current, manager)
-        progress(f"{device.id}: release {bundle.release} is installed; (re)starting the client")
-        _activate(target, device, bundle, options)
+        why = "not connected to its broker" if state.client and same else "not running"
+        progress(
+            f"{device.id}: release {bundle.release} is installed but its client is {why}; "
+            "restarting it"
+        )
+        _activate(target, device, bundle, options, inventory.fleet.broker)
         return FlashResult(device.id, bundle.release, "restarted", state.current, manager)
     _install(target, device, bundle, state, progress)
     progress(f"{device.id}: switching to release {bundle.release} and starting the client")
     try:
-        _activate(target, device, bundle, options)
+        _activate(target, device, bundle, options, inventory.fleet.broker)
     except BaseException:
         _discard(target, device, bundle)  # unless it became current: nothing to undo
         raise
@@ -253,10 +265,13 @@ def _discard(target: SshTarget, device: Device, bundle: Bundle) -> None:
         )
 
 
-def _activate(target: SshTarget, device: Device, bundle: Bundle, options: FlashOptions) -> None:
+def _activate(
+    target: SshTarget, device: Device, bundle: Bundle, options: FlashOptions, broker: str
+) -> None:
     done = target.run(
         ACTIVATE, device.install_dir, bundle.release, device.unit_name, device.unit_dir,
-        device.service, f"{options.check_s:g}",
+        device.service, f"{options.check_s:g}", str(math.ceil(options.connect_s)),
+        broker, timeout=max(900, options.check_s + options.connect_s + 120),
     )  # fmt: skip
     if done.returncode != 0:
         raise FlashError(f"{device.id}: {_last(done.stderr)}")
@@ -300,6 +315,6 @@ def plan_lines(inventory: Inventory, device: Device, options: FlashOptions) -> l
         f"--find-links {root}/wheelhouse (reused when only settings changed)",
         f"  4. switch {root}/current to the new release",
         f"  5. write {device.unit_dir}/{device.unit_name} and (re)start the client with {service}",
-        f"  6. check that the client still runs after {options.check_s:g} s, else go back "
-        "to the previous release",
+        f"  6. check that the client still runs after {options.check_s:g} s and connected to "
+        f"{fleet.broker} within {options.connect_s:g} s, else go back to the previous release",
     ]

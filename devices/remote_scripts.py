@@ -45,6 +45,19 @@ case "$manager" in
   supervisor) [ -x "$DIR/fedge-service" ] && "$DIR/fedge-service" status && running=yes ;;
 esac
 echo "running=$running"
+# healthy: the running client (not just its supervisor) wrote state/connected, i.e. it
+# reached its broker; a client that loops failing to connect never does
+pid=""
+case "$manager" in
+  systemd) pid=$(systemctl show -p MainPID --value "$UNIT" 2>/dev/null || true) ;;
+  supervisor) pid=$(cat "$DIR/run/fedge.child.pid" 2>/dev/null || true) ;;
+esac
+if [ -x "$DIR/state" ]; then said=$(cat "$DIR/state/connected" 2>/dev/null || true)
+else said=$(sudo -n cat "$DIR/state/connected" 2>/dev/null || true); fi  # another service user
+client=no
+if [ "$running" = yes ] && [ -n "$pid" ] && [ "$pid" != 0 ] && [ -d "/proc/$pid" ]; then client=yes; fi
+echo "client=$client"
+if [ "$client" = yes ] && [ "${said%% *}" = "$pid" ]; then echo "connected=yes"; else echo "connected=no"; fi
 echo "wheels=$(ls "$DIR/wheelhouse" 2>/dev/null | tr '\n' ' ')"
 echo "venvs=$(for v in "$DIR"/venvs/*; do [ -f "$v/.complete" ] && printf '%s ' "${v##*/}"; done)"
 """
@@ -144,8 +157,11 @@ prune() {
 ACTIVATE = _PRUNE + (
     r"""
 set -eu
-DIR=$1 REL=$2 UNIT=$3 UNIT_DIR=$4 WANT=$5 CHECK=$6
+DIR=$1 REL=$2 UNIT=$3 UNIT_DIR=$4 WANT=$5 CHECK=$6 CONNECT=$7 BROKER=$8
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+# the unit directory needs sudo only when this user cannot write it
+USUDO=$SUDO
+if [ -n "$SUDO" ] && mkdir -p "$UNIT_DIR" 2>/dev/null && [ -w "$UNIT_DIR" ]; then USUDO=""; fi
 """
     + _JOURNAL
     + r"""
@@ -155,14 +171,18 @@ if [ "$WANT" = systemd ] && ! has_systemd; then
   echo "ERROR: systemd is not running on this board (set service = \"auto\" or \"supervisor\")" >&2
   exit 1
 fi
+if [ "$WANT" = systemd ] && [ -n "$SUDO" ] && ! sudo -n true 2>/dev/null; then
+  echo "ERROR: starting a systemd service needs root: give $(id -un) passwordless sudo, or set service = \"supervisor\"" >&2
+  exit 1
+fi
 prev=$(readlink "$DIR/current" 2>/dev/null || true)
 old=$(cat "$DIR/service-manager" 2>/dev/null || true)
 switch() { ln -sfn "$1" "$DIR/.current.new" && mv -Tf "$DIR/.current.new" "$DIR/current"; }
 install_unit() {
-  $SUDO mkdir -p "$UNIT_DIR"
-  $SUDO cp "$DIR/$1/$UNIT" "$UNIT_DIR/.$UNIT.new"
-  $SUDO chmod 644 "$UNIT_DIR/.$UNIT.new"
-  $SUDO mv -f "$UNIT_DIR/.$UNIT.new" "$UNIT_DIR/$UNIT"
+  $USUDO mkdir -p "$UNIT_DIR"
+  $USUDO cp "$DIR/$1/$UNIT" "$UNIT_DIR/.$UNIT.new"
+  $USUDO chmod 644 "$UNIT_DIR/.$UNIT.new"
+  $USUDO mv -f "$UNIT_DIR/.$UNIT.new" "$UNIT_DIR/$UNIT"
 }
 stop_service() {
   case "$1" in
@@ -187,6 +207,14 @@ running() {
   if [ "$WANT" = systemd ]; then systemctl is-active --quiet "$UNIT"
   else "$DIR/fedge-service" client; fi
 }
+# the running client wrote state/connected (PID TIME URL) once it reached its broker
+connected() {
+  if [ "$WANT" = systemd ]; then p=$(systemctl show -p MainPID --value "$UNIT" 2>/dev/null || true)
+  else p=$(cat "$DIR/run/fedge.child.pid" 2>/dev/null || true); fi
+  if [ -x "$DIR/state" ]; then said=$(cat "$DIR/state/connected" 2>/dev/null || true)
+  else said=$($SUDO cat "$DIR/state/connected" 2>/dev/null || true); fi  # another service user
+  [ -n "$p" ] && [ "$p" != 0 ] && [ "${said%% *}" = "$p" ]
+}
 last_words() {
   if [ "$WANT" = systemd ]; then out=$($J -u "$UNIT" -n 20 --no-pager -o cat 2>/dev/null || true)
   else out=$(tail -n 20 "$DIR/log/fedge.log" 2>/dev/null || true); fi
@@ -198,24 +226,37 @@ install_unit "releases/$REL" || {
   echo "ERROR: cannot write $UNIT_DIR/$UNIT: no write access and no passwordless sudo" >&2; exit 1; }
 if [ -n "$old" ] && [ "$old" != "$WANT" ]; then stop_service "$old"; fi
 switch "releases/$REL"
-start_service || true  # judged by running() below
+start_service || true  # judged below
+# healthy: still running after CHECK seconds, and connected to its broker within CONNECT
 sleep "$CHECK"
-if ! running; then
-  why=$(last_words)
-  if [ -n "$prev" ] && [ "$prev" != "releases/$REL" ] && [ -f "$DIR/$prev/.complete" ]; then
+problem="" i=0
+while :; do
+  if ! running; then why=$(last_words); problem="did not stay running (${why:-no log})"; break; fi
+  if connected; then break; fi
+  if [ "$i" -ge $((CONNECT * 2)) ]; then
+    why=$(last_words)
+    problem="did not connect to its broker $BROKER within $CONNECT s (${why:-no log})"; break
+  fi
+  sleep 0.5; i=$((i + 1))
+done
+if [ -n "$problem" ]; then
+  if [ "$prev" = "releases/$REL" ]; then
+    # a restart of the installed release: nothing to go back to; it stays and keeps trying
+    echo "ERROR: the client $problem; release $REL stays installed and keeps retrying" >&2
+  elif [ -n "$prev" ] && [ -f "$DIR/$prev/.complete" ]; then
     switch "$prev"; install_unit "$prev" || true; start_service || true
     rm -rf "$DIR/releases/$REL"
     prune
-    echo "ERROR: the new client did not stay running (${why:-no log}); went back to ${prev##*/}" >&2
+    echo "ERROR: the new client $problem; went back to ${prev##*/}" >&2
   else
     stop_service "$WANT"
     [ "$WANT" = systemd ] && $SUDO systemctl disable --quiet "$UNIT" 2>/dev/null || true
-    $SUDO rm -f "$UNIT_DIR/$UNIT"
+    $USUDO rm -f "$UNIT_DIR/$UNIT"
     [ "$WANT" != systemd ] || $SUDO systemctl daemon-reload || true
     rm -f "$DIR/current" "$DIR/service-manager" "$DIR/fedge-service"
-    [ "$prev" = "releases/$REL" ] || rm -rf "$DIR/releases/$REL"
+    rm -rf "$DIR/releases/$REL"
     prune
-    echo "ERROR: the client did not stay running (${why:-no log}); the service was removed" >&2
+    echo "ERROR: the client $problem; the service was removed" >&2
   fi
   exit 1
 fi

@@ -262,7 +262,9 @@ def run(**opts: Any) -> None:
     config = _config(opts)
     from edge_client.client import EdgeClient, mqtt_transport
 
-    client = EdgeClient(config, mqtt_transport(config))
+    transport = mqtt_transport(config)
+    transport.connected_file = config.resolved_state_dir / "connected"  # see devices/flash.py
+    client = EdgeClient(config, transport)
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)

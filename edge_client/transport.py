@@ -131,6 +131,10 @@ class Transport(Protocol):
 class MqttTransport:
     """paho-mqtt client: queue-based delivery, resubscribe on reconnect, backoff."""
 
+    # If set, "PID TIME URL" is written here on every successful connect: `fedcoord devices
+    # flash` reads it to tell a client that reached its broker from one that loops failing.
+    connected_file: Path | None = None
+
     def __init__(
         self,
         broker: BrokerConfig,
@@ -194,6 +198,16 @@ class MqttTransport:
         self.connections += 1
         self._connected.set()
         log.info("connected to %s as %s", self.broker.url, self.client_id)
+        if self.connected_file is not None:
+            self._write_connected_file(self.connected_file)
+
+    def _write_connected_file(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(f"{os.getpid()} {time.time():.3f} {self.broker.url}\n")
+            os.replace(tmp, path)
+        except OSError as exc:  # only the flash's health check needs it
+            log.warning("cannot write %s: %s", path, exc)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         if self._connected.is_set():

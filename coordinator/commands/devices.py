@@ -106,6 +106,13 @@ def list_devices(inventory_path: str) -> None:
     show_default=True,
     help="The client must still run this long after starting, else the flash rolls back.",
 )
+@click.option(
+    "--connect-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="The new client must connect to its broker within this, else the flash rolls back.",
+)
 def flash(
     inventory_path: str,
     device_ids: tuple[str, ...],
@@ -115,14 +122,16 @@ def flash(
     refresh: bool,
     client_wheel: Path | None,
     check_seconds: float,
+    connect_seconds: float,
 ) -> None:
     """Install or update the client on boards over SSH, and start it.
 
     Builds each device's bundle (the edge client wheel, its dependencies downloaded for the
     board's architecture and Python, the job's broker settings, the device's MQTT password,
     a systemd unit), uploads what the board lacks, installs it into a new virtual
-    environment, switches to it and (re)starts the service. Safe to repeat: a board that
-    already runs the same release is reported "up to date" and left alone.
+    environment, switches to it and (re)starts the service, and goes back to the previous
+    release unless the new client stays up and connects to its broker. Safe to repeat: a
+    board whose client runs this release and is connected is "up to date" and left alone.
     """
     from devices.errors import DeviceError
     from devices.flash import FlashOptions, flash_device, plan_lines
@@ -132,7 +141,9 @@ def flash(
         raise click.UsageError("name the devices to flash, or give --all (not both)")
     inv = load_inventory(inventory_path)
     targets = inv.select(device_ids, all_devices)
-    options = FlashOptions(cache_dir or default_cache_dir(), refresh, check_seconds, client_wheel)
+    options = FlashOptions(
+        cache_dir or default_cache_dir(), refresh, check_seconds, connect_seconds, client_wheel
+    )
     if dry_run:
         for d in targets:
             click.echo("\n".join(plan_lines(inv, d, options)))

@@ -185,7 +185,9 @@ def test_flashing_again_changes_nothing(lab):
     took = time.monotonic() - started
     # Assert
     assert done.returncode == 0, done.stderr
-    assert f"board-1: up to date (release {releases[0]}, running under supervisor)" in done.stdout
+    assert f"board-1: up to date (release {releases[0]}, running under supervisor, connected)" in (
+        done.stdout
+    )
     assert lab.board.client_pid() == pid and lab.board.releases() == releases
     assert unit.stat().st_mtime_ns == mtime
     assert took < 15, f"an up-to-date flash took {took:.1f} s"

@@ -10,11 +10,14 @@ temporary directory standing in for the board's file system (``opt/edgefl``,
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import platform
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,21 +53,25 @@ def keygen(path: Path) -> Path:
 
 
 class SshServer:
-    """Debian's sshd on 127.0.0.1, accepting ``key`` for the current user only."""
+    """Debian's sshd on 127.0.0.1, accepting ``key`` for one user (default: the current one).
+
+    sshd reads ``authorized_keys`` as that user: for another user, ``directory`` must be
+    readable by it (:class:`BoardUser` makes such a directory).
+    """
 
     host = "127.0.0.1"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, user: str | None = None) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.user = getpass.getuser()
+        self.user = user or getpass.getuser()
         self.port = free_port()
         self.key = keygen(self.dir / "id_ed25519")
         self.other_key = keygen(self.dir / "other_ed25519")  # never authorised
         self.known_hosts = self.dir / "known_hosts"
         host_key = keygen(self.dir / "host_ed25519")
         (self.dir / "authorized_keys").write_text((self.dir / "id_ed25519.pub").read_text())
-        (self.dir / "authorized_keys").chmod(0o600)
+        (self.dir / "authorized_keys").chmod(0o600 if user is None else 0o644)
         self.log = self.dir / "sshd.log"
         self.config = self.dir / "sshd_config"
         self.config.write_text(
@@ -222,3 +229,53 @@ def write_inventory(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
+
+
+class BoardUser:
+    """A throwaway unprivileged user (no sudo) owning a board directory; root only.
+
+    ``root`` (world-readable, so sshd and the user reach their files) holds the sshd
+    directory and the board, whose install and unit directories belong to the user.
+    """
+
+    def __init__(self, root: Path) -> None:
+        if os.geteuid() != 0:
+            pytest.skip("creating a board user needs root (CI and the lab machine run as root)")
+        self.name = f"edgefl-t{os.getpid()}"[:32]
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o755)
+        home = root / "home"
+        subprocess.run(
+            ["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", self.name],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        # "*": no password, but not locked (sshd without PAM refuses locked accounts)
+        subprocess.run(["usermod", "-p", "*", self.name], check=True, timeout=60)
+        self.uid = int(subprocess.check_output(["id", "-u", self.name], text=True))
+
+    def board(self, device: str = "board-1") -> Board:
+        """A board whose install and unit directories (and data) belong to this user."""
+        board = Board(self.root / device, device)
+        board.make_data()
+        for d in (board.install_dir, board.unit_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for path in (board.root, *board.root.rglob("*")):
+            os.chown(path, self.uid, -1)
+            if path.is_dir():
+                path.chmod(0o755)
+        return board
+
+    def remove(self) -> None:
+        """Delete the user once the processes the tests started as it are gone."""
+        deadline = time.monotonic() + 15
+        while True:
+            left = subprocess.run(["pgrep", "-u", self.name], capture_output=True, text=True)
+            pids = [int(p) for p in left.stdout.split()]
+            if not pids or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        for pid in pids:  # still there after 15 s: the test's own leftovers, by pid
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        subprocess.run(["userdel", "--remove", self.name], capture_output=True, timeout=60)
