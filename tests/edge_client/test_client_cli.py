@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -138,7 +139,7 @@ def test_flag_beats_environment_beats_default(monkeypatch, tmp_path):
         def stop(self) -> None: ...
 
     monkeypatch.setattr(client_module, "EdgeClient", FakeClient)
-    monkeypatch.setattr(client_module, "mqtt_transport", lambda config: None)
+    monkeypatch.setattr(client_module, "mqtt_transport", lambda config: SimpleNamespace())
     secret = tmp_path / "password"
     secret.write_text(SECRET + "\n")
     env = {
