@@ -11,8 +11,6 @@ from typing import Protocol
 
 import numpy as np
 
-from edge_client.errors import ConfigError
-
 Weights = dict[str, np.ndarray]
 
 
@@ -84,7 +82,17 @@ class Strategy(Protocol):
     def load_state(self, state: Mapping[str, np.ndarray]) -> None: ...
 
 
-class FedAvg:
+class Stateless:
+    """For strategies that keep nothing across rounds (their checkpoints add no arrays)."""
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        pass
+
+
+class FedAvg(Stateless):
     """Sample-weighted average of the client weights (McMahan et al.)."""
 
     name = "fedavg"
@@ -102,12 +110,6 @@ class FedAvg:
 
     def finish(self) -> Weights:
         return self._sum.mean()
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
-        pass
 
 
 class FedProx(FedAvg):
@@ -140,16 +142,3 @@ class FedAvgM(FedAvg):
             k.split("/", 1)[1]: np.asarray(v) for k, v in state.items() if k.startswith("velocity/")
         }
         self._velocity = velocity or None
-
-
-STRATEGIES = ("fedavg", "fedavgm", "fedprox")
-
-
-def make_strategy(name: str, *, server_lr: float = 1.0, server_momentum: float = 0.9) -> Strategy:
-    if name == "fedavg":
-        return FedAvg()
-    if name == "fedprox":
-        return FedProx()
-    if name == "fedavgm":
-        return FedAvgM(server_lr, server_momentum)
-    raise ConfigError(f"unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}")

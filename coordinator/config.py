@@ -10,8 +10,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from coordinator.strategies import STRATEGIES, STRATEGY_NAMES
 from edge_client.errors import ConfigError
 from edge_client.protocol import DEFAULT_MAX_CHUNK, DEFAULT_PREFIX
+from model_export.registry import JOB_ARCHITECTURES, OPTIMIZERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -19,7 +21,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "EDGEFL_"
-STRATEGIES = ("fedavg", "fedavgm", "fedprox", "median", "trimmed_mean", "krum", "multi_krum")
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,8 @@ class JobConfig:
     run_dir: str | None = None  # None: runs/<job>
     # -- model --------------------------------------------------------------------------
     model_dir: str | None = None  # an exported model; None: export `model` into the run dir
-    model: str = "cnn"  # architecture exported when model_dir is None
-    optimizer: str = "adam"  # on-device optimizer of that export
+    model: str = "cnn"  # architecture exported when model_dir is None (JOB_ARCHITECTURES)
+    optimizer: str = "adam"  # on-device optimizer of that export (OPTIMIZERS)
     lr: float = 0.001  # device learning rate, announced every round
     batch_size: int = 32  # static train batch of that export
     prox_mu: float = 0.0  # FedProx mu baked into that export (strategy fedprox needs > 0)
@@ -46,7 +47,7 @@ class JobConfig:
     max_retries: int = 2  # re-runs of a round that got fewer than min_results updates
     seed: int = 0  # participant selection (and the initial weights of an export)
     # -- aggregation ----------------------------------------------------------------------
-    strategy: str = "fedavg"  # one of STRATEGIES
+    strategy: str = "fedavg"  # one of coordinator.strategies.STRATEGIES
     server_lr: float = 1.0  # fedavgm
     server_momentum: float = 0.9  # fedavgm
     # -- hostile devices (docs/security.md) ------------------------------------------------
@@ -91,7 +92,16 @@ class JobConfig:
             (self.eval_every >= 1, "eval_every must be at least 1"),
             (
                 self.strategy in STRATEGIES,
-                f"unknown strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}",
+                f"unknown strategy {self.strategy!r}: use one of {', '.join(STRATEGY_NAMES)}",
+            ),
+            (
+                self.model in JOB_ARCHITECTURES,
+                f"unknown model {self.model!r}: use one of {', '.join(JOB_ARCHITECTURES)} "
+                "(or --model-dir with an export of any architecture)",
+            ),
+            (
+                self.optimizer in OPTIMIZERS,
+                f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}",
             ),
             *_robustness_checks(self),
         ]
@@ -122,8 +132,9 @@ def _robustness_checks(c: JobConfig) -> list[tuple[bool, str]]:
             "dp_noise_multiplier needs dp_clip > 0 (the noise is scaled to the clipping norm)",
         ),
         (
-            c.dp_clip == 0 or c.strategy in ("fedavg", "fedprox"),
-            f"DP-FedAvg (dp_clip > 0) replaces the server average: use strategy fedavg, not {c.strategy}",
+            c.dp_clip == 0 or c.strategy not in STRATEGIES or STRATEGIES[c.strategy].allows_dp,
+            "DP-FedAvg (dp_clip > 0) replaces the server average: use strategy "
+            f"{' or '.join(n for n, e in STRATEGIES.items() if e.allows_dp)}, not {c.strategy}",
         ),
         (
             c.dp_clip == 0 or c.clip_norm == 0,
@@ -137,20 +148,7 @@ _FIELDS = {f.name: f for f in fields(JobConfig)}
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     default = _FIELDS[name].default
-    kind = type(default) if default is not None else str
-    if name in (
-        "model_dir",
-        "run_dir",
-        "test_data",
-        "broker",
-        "username",
-        "password_file",
-        "ca_file",
-        "cert_file",
-        "key_file",
-        "signing_key",
-    ):
-        kind = str
+    kind = type(default) if default is not None else str  # every None default is a str | None
     try:
         if kind is bool and isinstance(value, str):
             if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
@@ -163,24 +161,37 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {name} = {value!r} is not a valid {kind.__name__}") from exc
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
+def read_toml(path: str | Path, what: str = "job file") -> dict[str, Any]:
+    """The TOML file ``path`` as a dict; a missing or malformed file is a ConfigError that
+    names ``what`` it should have been (a job file, an experiment file)."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text())
     except FileNotFoundError as exc:
-        raise ConfigError(f"job file not found: {p}") from exc
+        raise ConfigError(f"{what} not found: {p}") from exc
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read job file {p}: {exc}") from exc
+        raise ConfigError(f"cannot read {what} {p}: {exc}") from exc
+
+
+def job_settings(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Job fields from a file's mapping (``a-b`` or ``a_b`` keys), coerced to their types;
+    an unknown key is a ConfigError naming ``source``."""
+    settings = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(k for k in settings if k not in _FIELDS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown settings {', '.join(unknown)}")
+    return {k: _coerce(k, v, source) for k, v in settings.items()}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    data = read_toml(path)
     flat: dict[str, Any] = {}
     for key, value in data.items():  # accept [sections] for readability: keys are unique
         if isinstance(value, dict):
             flat.update(value)
         else:
             flat[key] = value
-    unknown = sorted(k.replace("-", "_") for k in flat if k.replace("-", "_") not in _FIELDS)
-    if unknown:
-        raise ConfigError(f"job file {p}: unknown settings {', '.join(unknown)}")
-    return {k.replace("-", "_"): _coerce(k.replace("-", "_"), v, str(p)) for k, v in flat.items()}
+    return job_settings(flat, f"job file {path}")
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

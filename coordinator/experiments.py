@@ -24,33 +24,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from coordinator.config import JobConfig
+from coordinator.config import JobConfig, job_settings, read_toml
 from edge_client.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 log = logging.getLogger(__name__)
 FLEET_FIELDS = ("devices", "dataset", "partition", "partition_seed", "runtime", "threads")
 
 
 def load_experiment(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        spec = tomllib.loads(p.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"experiment file not found: {p}") from exc
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read experiment {p}: {exc}") from exc
+    spec = read_toml(path, "experiment file")
     if "experiment" not in spec or "name" not in spec["experiment"]:
-        raise ConfigError(f"{p}: needs an [experiment] table with a name")
+        raise ConfigError(f"{path}: needs an [experiment] table with a name")
     return spec
 
 
@@ -80,10 +68,13 @@ def run_experiment(
             **spec.get("fleet", {}),
             **{k: v for k, v in overrides.items() if k in FLEET_FIELDS},
         }
-        job_kw = {
-            **spec.get("job", {}),
-            **{k: v for k, v in overrides.items() if k not in FLEET_FIELDS},
-        }
+        job_kw = job_settings(
+            {
+                **spec.get("job", {}),
+                **{k: v for k, v in overrides.items() if k not in FLEET_FIELDS},
+            },
+            f"experiment {path}, variant {name}",
+        )
         run_dir = root / name
         job = JobConfig(
             **{

@@ -14,20 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from coordinator import robust
-from coordinator.aggregation import Strategy, Weights, make_strategy
+from coordinator.aggregation import Stateless, Strategy, Weights
 from edge_client.errors import ConfigError
 
-if TYPE_CHECKING:
-    from coordinator.config import JobConfig
-
 log = logging.getLogger(__name__)
-
-ROBUST_STRATEGIES = ("median", "trimmed_mean", "krum", "multi_krum")
 
 
 def flatten(weights: Mapping[str, np.ndarray], names: list[str]) -> np.ndarray:
@@ -80,7 +74,7 @@ class DeltaBuffer:
         return out
 
 
-class RobustAggregator:
+class RobustAggregator(Stateless):
     """Keeps every delta of the round; ``finish`` reduces them with ``reduce``.
 
     Sample counts are ignored: one vote per device.
@@ -107,12 +101,6 @@ class RobustAggregator:
         new = self.buffer.apply(self._reduce(rows))
         self.buffer.rows = []  # free O(devices x model) as soon as possible
         return new
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
-        pass
 
 
 class Median(RobustAggregator):
@@ -199,7 +187,7 @@ class NormClipping:
         self.inner.load_state(state)
 
 
-class DPFedAvg:
+class DPFedAvg(Stateless):
     """DP-FedAvg (McMahan et al. 2018, fixed clipping): clip every update's change to L2
     norm ``clip``, average the clipped changes with equal weights, then add Gaussian noise
     of standard deviation ``noise_multiplier * clip / n`` to each coordinate of the average
@@ -244,29 +232,3 @@ class DPFedAvg:
             )
         log.info("dp-fedavg: %d clipped updates, noise sigma %.3g", self.count, self.last_sigma)
         return out
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {}
-
-    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
-        pass
-
-
-def build_strategy(cfg: JobConfig) -> Strategy:
-    """The strategy a job configuration asks for (clipping wraps the chosen one)."""
-    strategy: Strategy
-    if cfg.dp_clip > 0:
-        strategy = DPFedAvg(cfg.dp_clip, cfg.dp_noise_multiplier)
-    elif cfg.strategy == "median":
-        strategy = Median()
-    elif cfg.strategy == "trimmed_mean":
-        strategy = TrimmedMean(cfg.trim_ratio)
-    elif cfg.strategy in ("krum", "multi_krum"):
-        strategy = Krum(cfg.krum_byzantine, multi=cfg.strategy == "multi_krum")
-    else:
-        strategy = make_strategy(
-            cfg.strategy, server_lr=cfg.server_lr, server_momentum=cfg.server_momentum
-        )
-    if cfg.clip_norm > 0:
-        strategy = NormClipping(strategy, cfg.clip_norm)
-    return strategy

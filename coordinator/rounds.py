@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from coordinator.aggregation import Strategy
 from coordinator.robust_strategies import delta_norm
 from edge_client.errors import ProtocolError
+from edge_client.manifest import Manifest
 from edge_client.protocol import Envelope, UpdateDeduper, UpdateKey
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,34 @@ class RoundCollector:
     bytes_up: int = 0
     started: float = field(default_factory=time.time)
     _global_norm: float | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(
+        cls,
+        job: str,
+        round_: int,
+        selected: Iterable[str],
+        base_sha256: str,
+        manifest: Manifest,
+        strategy: Strategy,
+        global_weights: Mapping[str, np.ndarray],
+        max_update_norm: float,
+    ) -> RoundCollector:
+        """A round's collector for the manifest's tensors; ``strategy`` begins from
+        ``global_weights`` (the coordinator's rounds and a site's local rounds alike)."""
+        strategy.begin(global_weights)
+        return cls(
+            job,
+            round_,
+            frozenset(selected),
+            base_sha256,
+            {w.name: w.shape for w in manifest.weights},
+            strategy,
+            UpdateDeduper(),
+            global_weights=global_weights,
+            max_update_norm=max_update_norm,
+            dtypes={w.name: w.dtype for w in manifest.weights},
+        )
 
     @property
     def accepted(self) -> list[DeviceResult]:

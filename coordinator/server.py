@@ -20,10 +20,10 @@ import numpy as np
 from coordinator.aggregation import Strategy
 from coordinator.config import JobConfig
 from coordinator.evaluation import Evaluator
-from coordinator.robust_strategies import build_strategy
 from coordinator.rounds import RoundCollector
 from coordinator.run_dir import RunDir, RunState
 from coordinator.selection import select_devices
+from coordinator.strategies import STRATEGIES, build_strategy
 from edge_client.errors import EdgeFLError
 from edge_client.manifest import Manifest
 from edge_client.messaging import BinaryPublisher, Inbox, Incoming
@@ -33,7 +33,6 @@ from edge_client.protocol import (
     RoundAnnouncement,
     RoundMetrics,
     Topics,
-    UpdateDeduper,
     decode,
     encode_model,
     encode_weights,
@@ -84,14 +83,14 @@ class Coordinator:
         self.devices: dict[str, DeviceStatus] = {}
         self.started = time.time()
         self.control_state = "running"
-        self._shapes = {w.name: w.shape for w in model.manifest.weights}
-        self._dtypes = {w.name: w.dtype for w in model.manifest.weights}
         # What a broker restart loses and the coordinator republishes (retained): the model
         # envelope, the current global weights and the last announcement, as published.
         self._retained: dict[str, bytes] = {}
         self._connections = getattr(transport, "connections", 0)
-        if config.strategy == "fedprox" and not model.manifest.hyperparameters.get("prox_mu"):
-            raise JobError("strategy fedprox needs a model exported with --prox-mu > 0")
+        if STRATEGIES[config.strategy].needs_prox_mu and not model.manifest.hyperparameters.get(
+            "prox_mu"
+        ):
+            raise JobError(f"strategy {config.strategy} needs a model exported with --prox-mu > 0")
 
     # -- presence and control ---------------------------------------------------------------
     def online(self) -> set[str]:
@@ -320,18 +319,15 @@ class Coordinator:
             len(selected),
             self.cfg.round_timeout,
         )
-        self.strategy.begin(weights)
-        collector = RoundCollector(
+        collector = RoundCollector.open(
             self.cfg.job,
             round_,
-            frozenset(selected),
+            selected,
             global_sha,
-            self._shapes,
+            self.model.manifest,
             self.strategy,
-            UpdateDeduper(),
-            global_weights=weights,
-            max_update_norm=self.cfg.max_update_norm,
-            dtypes=self._dtypes,
+            weights,
+            self.cfg.max_update_norm,
         )
         while not collector.complete() and time.time() < deadline:
             self._pump(POLL_S, collector)

@@ -22,6 +22,7 @@ from typing import Any
 from coordinator.config import JobConfig
 from coordinator.job import broker_for, run_job
 from coordinator.run_dir import RunState
+from edge_client.data import DATASETS, dataset_names
 from edge_client.errors import ConfigError
 from edge_client.transport import BrokerConfig
 
@@ -49,6 +50,10 @@ class FleetConfig:
     def __post_init__(self) -> None:
         if self.devices < 1:
             raise ConfigError("--devices must be at least 1")
+        if self.dataset not in DATASETS:
+            raise ConfigError(
+                f"unknown data set {self.dataset!r}: use one of {', '.join(dataset_names())}"
+            )
         if not Path(self.client_python).exists():
             raise ConfigError(f"--client-python {self.client_python} does not exist")
 

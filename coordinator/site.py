@@ -42,7 +42,6 @@ from edge_client.protocol import (
     JobControl,
     RoundAnnouncement,
     Topics,
-    UpdateDeduper,
     encode_failure,
     encode_weights,
 )
@@ -79,8 +78,8 @@ class SiteConfig:
             raise ConfigError(
                 "fraction must be in (0, 1], clients_per_round >= 0, min_results >= 1"
             )
-        if self.margin_s < 0:
-            raise ConfigError("margin_s must be >= 0")
+        if self.margin_s < 0 or self.max_update_norm < 0:
+            raise ConfigError("margin_s and max_update_norm must be >= 0")
 
 
 @dataclass
@@ -256,18 +255,15 @@ class SiteAggregator:
             encoding=ann.encoding,
         )
         strategy = FedAvg()
-        strategy.begin(weights)
-        collector = RoundCollector(
+        collector = RoundCollector.open(
             cfg.job,
             ann.round,
-            frozenset(selected),
+            selected,
             ann.global_sha256,
-            {w.name: w.shape for w in manifest.weights},
+            manifest,
             strategy,
-            UpdateDeduper(),
-            global_weights=weights,
-            max_update_norm=cfg.max_update_norm,
-            dtypes={w.name: w.dtype for w in manifest.weights},
+            weights,
+            cfg.max_update_norm,
         )
         self.current = _LocalRound(ann, local, collector, strategy, now)
         self._publish_local(local, "open")

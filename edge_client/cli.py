@@ -14,21 +14,25 @@ import logging
 import platform
 import signal
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from edge_client import __version__
-from edge_client.cli_support import ErrorHandlingGroup
+from edge_client.cli_support import CONNECTION_OPTIONS, ErrorHandlingGroup
 from edge_client.config import DEFAULT_HEARTBEAT_S, ClientConfig
+from edge_client.data.registry import dataset_names
 from edge_client.errors import EdgeFLError, ProtocolError
 from edge_client.protocol import DEFAULT_MAX_CHUNK, DEFAULT_PREFIX
 from edge_client.protocol.validation import check_id
 from edge_client.runtime import RUNTIME_NAMES
 
+if TYPE_CHECKING:
+    from edge_client.transport import BrokerConfig
+
 log = logging.getLogger("edge_client.cli")
 
-DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10")  # edge_client.data.DATASETS
 option = functools.partial(click.option, show_envvar=True)  # --help names each variable
 
 
@@ -69,6 +73,30 @@ def main() -> None:
     """Edge client of the federated-learning toolkit: trains on local data, shares weights only."""
 
 
+def connection_options() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The broker credential and TLS options (``CONNECTION_OPTIONS``), in that order."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for o in reversed(CONNECTION_OPTIONS):
+            if o.kind == "flag":
+                fn = option(o.flag, envvar=o.envvar, is_flag=True, help=o.help)(fn)
+            else:
+                kind = click.Path(dir_okay=False) if o.kind == "file" else None
+                fn = option(o.flag, envvar=o.envvar, type=kind, help=o.help)(fn)
+        return fn
+
+    return decorate
+
+
+def broker_config(opts: dict[str, Any]) -> BrokerConfig:
+    """``--broker`` with the connection options."""
+    from edge_client.transport import BrokerConfig
+
+    return BrokerConfig.from_url(
+        opts["broker"], **{o.field: opts[o.field] for o in CONNECTION_OPTIONS}
+    )
+
+
 @main.command()
 @option(
     "--broker",
@@ -96,7 +124,7 @@ def main() -> None:
 @option(
     "--dataset",
     envvar="EDGEFL_DATASET",
-    type=click.Choice(DATASET_NAMES, case_sensitive=False),
+    type=click.Choice(dataset_names(), case_sensitive=False),
     help="A named data set instead of --data (found in $EDGEFL_DATA_DIR or system paths).",
 )
 @option(
@@ -164,47 +192,13 @@ def main() -> None:
     metavar="SECONDS",
     help="Republish the status this often (also during training); 0 disables.",
 )
-@option(
-    "--username",
-    envvar="EDGEFL_MQTT_USERNAME",
-    help="Broker user name.",
-)
-@option(
-    "--password-file",
-    envvar="EDGEFL_MQTT_PASSWORD_FILE",
-    type=click.Path(dir_okay=False),
-    help="File holding the broker password (or set EDGEFL_MQTT_PASSWORD). Never given as a flag.",
-)
-@option(
-    "--ca-file",
-    envvar="EDGEFL_CA_FILE",
-    type=click.Path(dir_okay=False),
-    help="CA bundle for mqtts:// [default: system CAs].",
-)
-@option(
-    "--cert-file",
-    envvar="EDGEFL_CERT_FILE",
-    type=click.Path(dir_okay=False),
-    help="Client certificate for mutual TLS.",
-)
-@option(
-    "--key-file",
-    envvar="EDGEFL_KEY_FILE",
-    type=click.Path(dir_okay=False),
-    help="Private key of --cert-file.",
-)
+@connection_options()
 @option(
     "--trust-key",
     envvar="EDGEFL_TRUST_KEY",
     metavar="PUBKEY",
     help="Ed25519 public key of the coordinator (a signing.pub file from fedcoord keys "
     "generate, or its base64): refuse models and round announcements not signed with it.",
-)
-@option(
-    "--insecure",
-    envvar="EDGEFL_INSECURE",
-    is_flag=True,
-    help="Do not check the broker's host name against its certificate (test setups only).",
 )
 @option(
     "--exit-on-stop",
@@ -276,8 +270,6 @@ def run(**opts: Any) -> None:
 
 
 def _config(opts: dict[str, Any]) -> ClientConfig:
-    from edge_client.transport import BrokerConfig
-
     if (opts["data_path"] is None) == (opts["dataset"] is None):
         raise click.UsageError("give exactly one of --data PATH or --dataset NAME")
     if opts["partition"] is not None and opts["num_partitions"] is None:
@@ -289,17 +281,8 @@ def _config(opts: dict[str, Any]) -> ClientConfig:
             f"--partition-index {opts['partition_index']} must be below "
             f"--num-partitions {opts['num_partitions']}"
         )
-    broker = BrokerConfig.from_url(
-        opts["broker"],
-        username=opts["username"],
-        password_file=opts["password_file"],
-        ca_file=opts["ca_file"],
-        cert_file=opts["cert_file"],
-        key_file=opts["key_file"],
-        insecure=opts["insecure"],
-    )
     return ClientConfig(
-        broker=broker,
+        broker=broker_config(opts),
         job=opts["job"],
         device_id=opts["device_id"],
         data_path=opts["data_path"],

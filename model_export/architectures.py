@@ -1,6 +1,6 @@
 """Network architectures as small layer lists, built three ways from one spec.
 
-A spec is a tuple of layers. The same spec gives
+A spec is a tuple of layers (``model_export.registry`` lists them by name). The same spec gives
 - initial parameters (seeded Glorot-uniform kernels, zero biases) as numpy arrays,
 - the forward pass with builtin-gradient primitives (``model_export.ops``), which is
   what gets converted to TFLite,
@@ -11,68 +11,23 @@ A spec is a tuple of layers. The same spec gives
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 
 from edge_client.errors import ConfigError
-from model_export import ops
+from model_export import ops, registry
+from model_export._tf import tf
+from model_export.registry import Conv, Dense, Flatten, Layer
 
-
-@dataclass(frozen=True)
-class Conv:
-    """Convolution + ReLU. Strided convolutions replace pooling (no MaxPoolGrad)."""
-
-    filters: int
-    kernel: int = 3
-    stride: int = 1
-    padding: str = "same"  # "same" or "valid", as in Keras
-
-
-@dataclass(frozen=True)
-class Dense:
-    """Fully connected layer; ReLU unless it is the last layer (logits)."""
-
-    units: int
-
-
-@dataclass(frozen=True)
-class Flatten:
-    pass
-
-
-Layer = Conv | Dense | Flatten
-
-ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
-    # Two hidden layers of 200 units: the "2NN" of the MNIST FedAvg experiments.
-    "mlp": (Flatten(), Dense(200), Dense(200)),
-    # Small conv net for 28x28x1; two stride-2 convs halve the image twice.
-    "cnn": (Conv(16, 5, 2), Conv(32, 5, 2), Flatten(), Dense(128)),
-    # Lightweight conv net for 32x32x3 (CIFAR-10) that trains in minutes on a CPU.
-    "cifar_cnn": (
-        Conv(32, 3, 1),
-        Conv(32, 3, 2),
-        Conv(64, 3, 1),
-        Conv(64, 3, 2),
-        Conv(128, 3, 2),
-        Flatten(),
-        Dense(128),
-    ),
-}
-DEFAULT_INPUT_SHAPES: dict[str, tuple[int, ...]] = {
-    "mlp": (28, 28, 1),
-    "cnn": (28, 28, 1),
-    "cifar_cnn": (32, 32, 3),
-    "transfer": (96, 96, 3),
-}
+__all__ = ["Conv", "Dense", "Flatten", "Layer"]  # re-exported: the layer kinds of a spec
 
 
 def get_spec(name: str) -> tuple[Layer, ...]:
-    if name not in ARCHITECTURES:
-        known = ", ".join([*ARCHITECTURES, "transfer"])
-        raise ConfigError(f"unknown architecture {name!r}: choose one of {known}")
-    return ARCHITECTURES[name]
+    """The hidden layers of a registered architecture (not transfer: it has a base model)."""
+    layers = registry.get_architecture(name).layers
+    if layers is None:
+        raise ConfigError(f"architecture {name!r} is built around a base model, not a layer list")
+    return layers
 
 
 def full_spec(hidden: tuple[Layer, ...], classes: int) -> tuple[Layer, ...]:

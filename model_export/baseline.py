@@ -6,10 +6,9 @@ throughput benchmark. Coordinator-side only (needs TensorFlow).
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 from edge_client.trainable_model import TrainableModel
 from model_export import architectures
+from model_export._tf import tf
 from model_export.export import ExportResult
 
 

@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 
 from edge_client.errors import ModelError
 from edge_client.manifest import Manifest
 from edge_client.trainable_model import TrainableModel
 from model_export import architectures, ops
+from model_export._tf import tf
 from model_export.module import TrainableModule
 
 TRAIN_CHECK_STEPS = 5

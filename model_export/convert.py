@@ -7,9 +7,8 @@ import re
 import tempfile
 from pathlib import Path
 
-import tensorflow as tf
-
 from edge_client.errors import ModelError
+from model_export._tf import tf
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 from edge_client import __version__
 from edge_client.errors import ConfigError
 from edge_client.manifest import Manifest, WeightSpec
-from model_export import architectures, checks
+from model_export import architectures, checks, registry
 from model_export.convert import convert, list_ops
 from model_export.module import TrainableModule
 from model_export.optimizers import OptimizerConfig
@@ -93,7 +93,9 @@ def build_module(cfg: ExportConfig) -> tuple[TrainableModule, tuple[int, ...], s
             hidden += (architectures.Dense(cfg.head_units),)
         shapes = architectures.param_shapes(architectures.full_spec(hidden, cfg.classes), features)
     else:
-        input_shape = tuple(cfg.input_shape or architectures.DEFAULT_INPUT_SHAPES[cfg.architecture])
+        input_shape = tuple(
+            cfg.input_shape or registry.get_architecture(cfg.architecture).input_shape
+        )
         hidden = architectures.get_spec(cfg.architecture)
         shapes = architectures.param_shapes(
             architectures.full_spec(hidden, cfg.classes), input_shape

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from edge_client.manifest import Manifest
 from model_export import architectures
+from model_export._tf import tf
 from model_export.convert import convert, list_ops
 from model_export.export import ExportConfig, ExportResult, write_export
 from model_export.module import TrainableModule

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import tensorflow as tf
 
 from model_export import architectures, ops
+from model_export._tf import tf
 from model_export.optimizers import Optimizer, OptimizerConfig
 
 

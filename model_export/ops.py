@@ -24,7 +24,8 @@ matrix product here is a 2-D ``BATCH_MATMUL`` and every convolution an explicit 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+
+from model_export._tf import tf
 
 
 def _matmul(a: tf.Tensor, b: tf.Tensor, adj_a: bool = False, adj_b: bool = False) -> tf.Tensor:

@@ -12,11 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 
 from edge_client.errors import ConfigError
-
-OPTIMIZERS = ("sgd", "adam")
+from model_export._tf import tf
+from model_export.registry import OPTIMIZERS
 
 
 @dataclass(frozen=True)

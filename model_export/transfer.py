@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from edge_client.errors import ConfigError
+from model_export._tf import tf
 
 MOBILENET_DEFAULT_SHAPE = (96, 96, 3)
 

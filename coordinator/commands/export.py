@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edge_client.errors import ConfigError
+from model_export.registry import ARCHITECTURE_NAMES, ARCHITECTURES, OPTIMIZERS, architecture_help
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -34,16 +35,16 @@ def parse_floats(text: str, option: str) -> list[float]:
     "architecture",
     default="cnn",
     show_default=True,
-    type=click.Choice(["mlp", "cnn", "cifar_cnn", "transfer"]),
-    help="Architecture: mlp (2x200 dense), cnn (small conv net, 28x28x1), cifar_cnn "
-    "(lightweight conv net, 32x32x3), transfer (frozen --base-model + trainable head).",
+    type=click.Choice(ARCHITECTURE_NAMES),
+    help=f"Architecture: {architecture_help()}.",
 )
 @click.option(
     "--input-shape",
     default=None,
     metavar="H,W,C",
-    help="Input shape of one sample. Default: the architecture's (28,28,1 for mlp and cnn, "
-    "32,32,3 for cifar_cnn, 96,96,3 or the base model's for transfer).",
+    help="Input shape of one sample. Default: the architecture's ("
+    + ", ".join(f"{','.join(map(str, a.input_shape))} for {a.name}" for a in ARCHITECTURES.values())
+    + "; a transfer base model's own shape wins).",
 )
 @click.option("--classes", default=10, show_default=True, type=int, help="Number of classes.")
 @click.option(
@@ -63,7 +64,7 @@ def parse_floats(text: str, option: str) -> list[float]:
     "--optimizer",
     default="sgd",
     show_default=True,
-    type=click.Choice(["sgd", "adam"]),
+    type=click.Choice(OPTIMIZERS),
     help="On-device optimizer.",
 )
 @click.option(

@@ -1,8 +1,11 @@
-"""The job options shared by ``fedcoord start`` and ``fedcoord simulate``.
+"""The job options: every command that takes a job or broker setting declares it here.
 
-Every option defaults to None here so that precedence works: a flag given on the
-command line wins over EDGEFL_<NAME> in the environment, which wins over the TOML
-job file (--config), which wins over the defaults shown in --help.
+``fedcoord start`` and ``fedcoord simulate`` take all of them (:func:`job_options`), with
+None as the default so that precedence works: a flag given on the command line wins over
+EDGEFL_<NAME> in the environment, which wins over the TOML job file (--config), which wins
+over the defaults shown in --help. Other commands (``site``, ``loadgen``, ``monitor``,
+``dashboard``) pick single options by job field with :func:`option` and give them their
+own defaults; :func:`connection_options` is the broker address and credentials.
 """
 
 from __future__ import annotations
@@ -12,9 +15,15 @@ from typing import Any
 
 import click
 
-from coordinator.config import STRATEGIES, JobConfig
+from coordinator.config import JobConfig
+from coordinator.strategies import STRATEGY_NAMES, strategy_help
+from edge_client.cli_support import CONNECTION_OPTIONS
+from edge_client.data import dataset_names
+from edge_client.transport import BrokerConfig
+from model_export.registry import JOB_ARCHITECTURES, OPTIMIZERS, architecture_help
 
 D = JobConfig()
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 # (flag, field, type, help) in the order --help shows them.
 JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
@@ -35,13 +44,14 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
     (
         "--model",
         "model",
-        click.Choice(["mlp", "cnn", "cifar_cnn"]),
-        f"Architecture to export when --model-dir is not given. [default: {D.model}]",
+        click.Choice(JOB_ARCHITECTURES),
+        f"Architecture to export when --model-dir is not given: {architecture_help(JOB_ARCHITECTURES)}. "
+        f"[default: {D.model}]",
     ),
     (
         "--optimizer",
         "optimizer",
-        click.Choice(["sgd", "adam"]),
+        click.Choice(OPTIMIZERS),
         f"On-device optimizer of that export. [default: {D.optimizer}]",
     ),
     ("--lr", "lr", float, f"Device learning rate, announced every round. [default: {D.lr}]"),
@@ -110,10 +120,8 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
     (
         "--strategy",
         "strategy",
-        click.Choice(list(STRATEGIES)),
-        "Aggregation: FedAvg (sample-weighted), FedAvgM (server momentum), FedProx; robust to "
-        "hostile devices: median, trimmed_mean, krum, multi_krum (one vote per device, "
-        f"docs/security.md). [default: {D.strategy}]",
+        click.Choice(STRATEGY_NAMES),
+        f"{strategy_help()} [default: {D.strategy}]",
     ),
     ("--server-lr", "server_lr", float, f"FedAvgM server learning rate. [default: {D.server_lr}]"),
     (
@@ -173,7 +181,8 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         "--test-data",
         "test_data",
         str,
-        "Held-out test set for evaluating the global model: fashion-mnist, mnist, cifar10 or a path.",
+        "Held-out test set for evaluating the global model: "
+        f"{', '.join(dataset_names())} or a path.",
     ),
     (
         "--eval-every",
@@ -199,17 +208,7 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         str,
         f"Address of the embedded broker; 0.0.0.0:1883 lets boards on the LAN connect. [default: {D.listen}]",
     ),
-    ("--username", "username", str, "MQTT user name (or EDGEFL_MQTT_USERNAME)."),
-    (
-        "--password-file",
-        "password_file",
-        str,
-        "File holding the MQTT password (or EDGEFL_MQTT_PASSWORD). Never pass it as a flag.",
-    ),
-    ("--ca-file", "ca_file", str, "CA certificate for mqtts:// brokers."),
-    ("--cert-file", "cert_file", str, "Client certificate for brokers that require one."),
-    ("--key-file", "key_file", str, "Private key of --cert-file."),
-    ("--insecure", "insecure", bool, "Skip TLS host name verification (test set-ups only)."),
+    *((o.flag, o.field, bool if o.kind == "flag" else str, o.help) for o in CONNECTION_OPTIONS),
     ("--prefix", "prefix", str, f"Topic prefix. [default: {D.prefix}]"),
     (
         "--encoding",
@@ -226,27 +225,73 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
 ]
 
 
-def job_options(skip: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+_BY_FIELD = {field: (flag, kind, text) for flag, field, kind, text in JOB_OPTIONS}
+# The broker address and credentials (passwords from a file or the environment, never a flag).
+CONNECTION_FIELDS = ("broker", *(o.field for o in CONNECTION_OPTIONS))
+
+
+def option(field: str, *, default: Any = None, **attrs: Any) -> Decorator:
+    """The option of job field ``field`` as ``fedcoord start`` declares it: same flag, type
+    and help. Commands outside the job-file layering give it a ``default``, and may
+    override click attributes (``help``, ``envvar``, ``required``, ``show_default``...)."""
+    flag, kind, text = _BY_FIELD[field]
+    attrs.setdefault("help", text)
+    if kind is bool:
+        return click.option(flag, field, is_flag=True, default=default, **attrs)
+    return click.option(flag, field, type=kind, default=default, **attrs)
+
+
+def at_least(flag: str, default: float, minimum: float, text: str) -> Decorator:
+    """A number option with a lower bound (an int option when ``default`` is an int)."""
+    bound = click.IntRange(int(minimum)) if isinstance(default, int) else click.FloatRange(minimum)
+    return click.option(flag, default=default, show_default=True, type=bound, help=text)
+
+
+def apply(*decorators: Decorator) -> Decorator:
+    """The decorators applied so that --help lists them in the given order."""
+
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for flag, field, kind, text in reversed(JOB_OPTIONS):
-            if field in skip:
-                continue
-            if kind is bool:
-                fn = click.option(flag, field, is_flag=True, default=None, help=text)(fn)
-            else:
-                fn = click.option(flag, field, type=kind, default=None, help=text)(fn)
-        return click.option(
-            "--config",
-            "job_file",
-            type=click.Path(dir_okay=False),
-            default=None,
-            help="TOML job file; flags and EDGEFL_* environment variables override it.",
-        )(fn)
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
 
     return decorate
 
 
+def connection_options(
+    *, broker_help: str, broker_default: str | None, **broker_attrs: Any
+) -> Decorator:
+    """``--broker`` (with this command's help and default) and the credential options."""
+    broker = option(
+        "broker",
+        default=broker_default,
+        help=broker_help,
+        show_default=broker_default is not None,
+        **broker_attrs,
+    )
+    return apply(broker, *(option(f) for f in CONNECTION_FIELDS[1:]))
+
+
+def broker_config(opts: dict[str, Any], url: str | None = None) -> BrokerConfig:
+    """The broker at ``url`` (default: ``--broker``) with the connection options' credentials."""
+    credentials = {o.field: opts.get(o.field) for o in CONNECTION_OPTIONS}
+    return BrokerConfig.from_url(
+        url or opts["broker"], **{**credentials, "insecure": bool(opts.get("insecure"))}
+    )
+
+
+def job_options(skip: tuple[str, ...] = ()) -> Decorator:
+    """Every job option (default None: flag > environment > --config > default) and --config."""
+    config = click.option(
+        "--config",
+        "job_file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="TOML job file; flags and EDGEFL_* environment variables override it.",
+    )
+    return apply(config, *(option(f) for _, f, _, _ in JOB_OPTIONS if f not in skip))
+
+
 def job_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The job fields among a command's parameters."""
-    fields = {f for _, f, _, _ in JOB_OPTIONS}
-    return {k: v for k, v in kwargs.items() if k in fields}
+    return {k: v for k, v in kwargs.items() if k in _BY_FIELD}

@@ -4,51 +4,28 @@ from __future__ import annotations
 
 import click
 
+from coordinator.commands.job_options import D, at_least, option
+
 
 @click.command()
-@click.option("--broker", required=True, help="mqtt://HOST:PORT of the job's broker.")
-@click.option("--job", default="demo", show_default=True, help="Job name.")
-@click.option(
-    "--devices", default=100, show_default=True, type=click.IntRange(1), help="Virtual devices."
+@option(
+    "broker",
+    required=True,
+    help="mqtt://HOST:PORT of the job's broker (plain MQTT: the virtual devices use no TLS "
+    "or credentials).",
 )
-@click.option(
-    "--processes",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Processes to spread the devices over (one asyncio loop each).",
-)
-@click.option("--prefix", default="fl/v1", show_default=True, help="Topic prefix.")
+@option("job", default=D.job)
+@at_least("--devices", 100, 1, "Virtual devices.")
+@at_least("--processes", 1, 1, "Processes to spread the devices over (one asyncio loop each).")
+@option("prefix", default=D.prefix)
 @click.option(
     "--name", default="vd", show_default=True, help="Device ids are NAME-00000, NAME-00001, ..."
 )
-@click.option(
-    "--first",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Index of the first device.",
-)
-@click.option(
-    "--samples",
-    default=100,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Base sample count (device i claims SAMPLES + 10 * (i % 5)).",
-)
-@click.option(
-    "--variants",
-    default=4,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Distinct update bodies per round.",
-)
-@click.option(
-    "--delay",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="Each device waits uniform(0, DELAY) s before sending (simulated training).",
+@at_least("--first", 0, 0, "Index of the first device.")
+@at_least("--samples", 100, 1, "Base sample count (device i claims SAMPLES + 10 * (i % 5)).")
+@at_least("--variants", 4, 1, "Distinct update bodies per round.")
+@at_least(
+    "--delay", 0.0, 0, "Each device waits uniform(0, DELAY) s before sending (simulated training)."
 )
 @click.option(
     "--no-status", is_flag=True, help="Do not publish training/idle statuses around rounds."

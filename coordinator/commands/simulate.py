@@ -10,6 +10,7 @@ import click
 from coordinator import config as job_config
 from coordinator.commands.job_options import job_flags, job_options
 from coordinator.commands.start import format_round
+from edge_client.data import dataset_names
 
 
 @click.command()
@@ -24,7 +25,7 @@ from coordinator.commands.start import format_round
     "--dataset",
     default="fashion-mnist",
     show_default=True,
-    type=click.Choice(["fashion-mnist", "mnist", "cifar10"]),
+    type=click.Choice(dataset_names()),
     help="Data set: each device trains on its partition of the training split; the "
     "coordinator evaluates on the test split.",
 )

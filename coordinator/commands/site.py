@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import Any
 
 import click
+
+from coordinator.commands.job_options import (
+    D,
+    at_least,
+    broker_config,
+    connection_options,
+    option,
+)
 
 
 @click.command()
 @click.option(
     "--site-id", required=True, help="The site's id: its device id for the central coordinator."
 )
-@click.option("--job", default="demo", show_default=True, help="Job name (the same on both sides).")
-@click.option(
-    "--broker",
-    default="mqtt://127.0.0.1:1883",
-    show_default=True,
-    help="The site broker, where the site's devices connect.",
+@option("job", default=D.job, show_default=True, help="Job name (the same on both sides).")
+@connection_options(
+    broker_help="The site broker, where the site's devices connect (and, with the same "
+    "credentials, the central broker given by --upstream).",
+    broker_default="mqtt://127.0.0.1:1883",
 )
 @click.option(
     "--upstream",
@@ -29,44 +37,32 @@ import click
     default=None,
     help="Topic prefix of the central job's topics as seen upstream. [default: central/fl/v1 through a bridge, fl/v1 with --upstream]",
 )
-@click.option(
-    "--prefix", default="fl/v1", show_default=True, help="Topic prefix of the site's devices."
+@option(
+    "prefix", default=D.prefix, help=f"Topic prefix of the site's devices. [default: {D.prefix}]"
 )
-@click.option(
-    "--fraction",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(0, 1, min_open=True),
-    help="Share of the site's online devices selected per round.",
+@option(
+    "fraction",
+    default=D.fraction,
+    help=f"Share of the site's online devices selected per round. [default: {D.fraction}]",
 )
-@click.option(
-    "--clients-per-round",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0),
-    help="K random site devices per round (0: use --fraction).",
+@option(
+    "clients_per_round",
+    default=D.clients_per_round,
+    help="K random site devices per round (0: use --fraction). [default: 0]",
 )
-@click.option(
-    "--min-results",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1),
-    help="Device updates needed to send a partial sum; fewer: the site reports a failed round.",
+@option(
+    "min_results",
+    default=D.min_results,
+    help="Device updates needed to send a partial sum; fewer: the site reports a failed round. "
+    f"[default: {D.min_results}]",
 )
-@click.option(
+@at_least(
     "--margin",
-    default=5.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="Seconds between the site's deadline and the central one (at most a quarter of the round).",
+    5.0,
+    0,
+    "Seconds between the site's deadline and the central one (at most a quarter of the round).",
 )
-@click.option(
-    "--max-update-norm",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="Reject a device update that changes the weights by more than this x the global norm (0: off).",
-)
+@option("max_update_norm", default=D.max_update_norm)
 @click.option(
     "--bridge-config",
     "bridge_to",
@@ -77,7 +73,6 @@ import click
 def site(
     site_id: str,
     job: str,
-    broker: str,
     upstream: str | None,
     upstream_prefix: str | None,
     prefix: str,
@@ -87,6 +82,7 @@ def site(
     margin: float,
     max_update_norm: float,
     bridge_to: str | None,
+    **connection: Any,
 ) -> None:
     """Aggregate one site's devices: relay each central round that selects this site to
     the site's devices (own selection, a deadline --margin seconds earlier), fold their
@@ -102,7 +98,7 @@ def site(
     """
     from coordinator.site import SiteAggregator, SiteConfig, bridge_config
     from edge_client.protocol import DeviceStatus, Topics
-    from edge_client.transport import BrokerConfig, MqttTransport, Will
+    from edge_client.transport import MqttTransport, Will
 
     if bridge_to:
         click.echo(bridge_config(site_id, job, bridge_to), nl=False)
@@ -118,8 +114,8 @@ def site(
         margin_s=margin,
         max_update_norm=max_update_norm,
     )
-    local = BrokerConfig.from_url(broker)
-    central = BrokerConfig.from_url(upstream) if upstream else local
+    local = broker_config(connection)
+    central = broker_config(connection, upstream) if upstream else local
     status_topic = Topics(job, cfg.upstream_prefix).status(site_id)
     will = Will(status_topic, DeviceStatus.last_will(site_id, time.time()).to_json())
     aggregator = SiteAggregator(

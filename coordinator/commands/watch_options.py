@@ -1,7 +1,7 @@
 """Options shared by the commands that watch a job: ``monitor``, ``dashboard``, ``start``.
 
-Broker options mirror ``fedcoord start``'s (credentials from a file or the environment,
-never a flag). Dashboard tokens: ``--admin-token-file`` / ``--viewer-token-file`` or the
+Broker options are ``fedcoord start``'s (``job_options``; credentials from a file or the
+environment, never a flag). Dashboard tokens: ``--admin-token-file`` / ``--viewer-token-file`` or the
 ``EDGEFL_DASHBOARD_ADMIN_TOKEN`` / ``EDGEFL_DASHBOARD_VIEWER_TOKEN`` environment variables;
 ``--admin-token`` / ``--viewer-token`` exist for quick tests (other users can read command
 lines with ``ps``).
@@ -9,40 +9,30 @@ lines with ``ps``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import click
 
+from coordinator.commands.job_options import (
+    Decorator,
+    apply,
+    broker_config,
+    connection_options,
+    option,
+)
 from edge_client.errors import ConfigError
 from edge_client.protocol import DEFAULT_PREFIX
-from edge_client.transport import BrokerConfig
 
-Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+__all__ = ["auth_options", "broker_config", "broker_options", "dashboard_options"]
 
 BROKER_OPTIONS = [
-    click.option(
-        "--broker",
+    connection_options(
+        broker_help="mqtt://HOST:PORT or mqtts://HOST:PORT of the job's broker (or EDGEFL_BROKER).",
+        broker_default="mqtt://127.0.0.1:1883",
         envvar="EDGEFL_BROKER",
-        default="mqtt://127.0.0.1:1883",
-        show_default=True,
-        help="mqtt://HOST:PORT or mqtts://HOST:PORT of the job's broker (or EDGEFL_BROKER).",
     ),
-    click.option(
-        "--job", envvar="EDGEFL_JOB", required=True, help="Job name to watch (or EDGEFL_JOB)."
-    ),
-    click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Topic prefix."),
-    click.option("--username", default=None, help="MQTT user name (or EDGEFL_MQTT_USERNAME)."),
-    click.option(
-        "--password-file",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="File holding the MQTT password (or EDGEFL_MQTT_PASSWORD).",
-    ),
-    click.option("--ca-file", default=None, help="CA certificate for mqtts:// brokers."),
-    click.option("--cert-file", default=None, help="Client certificate (mutual TLS)."),
-    click.option("--key-file", default=None, help="Key of the client certificate."),
-    click.option("--insecure", is_flag=True, help="Skip TLS host name verification (tests only)."),
+    option("job", envvar="EDGEFL_JOB", required=True, help="Job name to watch (or EDGEFL_JOB)."),
+    option("prefix", default=DEFAULT_PREFIX),
 ]
 
 AUTH_OPTIONS = [
@@ -73,21 +63,12 @@ AUTH_OPTIONS = [
 _AUTH_KEYS = ("admin_token_file", "viewer_token_file", "admin_token", "viewer_token")
 
 
-def _apply(options: list[Decorator]) -> Decorator:
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return decorate
-
-
 def broker_options() -> Decorator:
-    return _apply(BROKER_OPTIONS)
+    return apply(*BROKER_OPTIONS)
 
 
 def auth_options() -> Decorator:
-    return _apply(AUTH_OPTIONS)
+    return apply(*AUTH_OPTIONS)
 
 
 def dashboard_options() -> Decorator:
@@ -100,19 +81,7 @@ def dashboard_options() -> Decorator:
         help="Serve the web dashboard of the job on HOST:PORT (e.g. 0.0.0.0:8080); "
         "needs an admin token.",
     )
-    return _apply([listen, *AUTH_OPTIONS])
-
-
-def broker_config(opts: dict[str, Any]) -> BrokerConfig:
-    return BrokerConfig.from_url(
-        opts["broker"],
-        username=opts.get("username"),
-        password_file=opts.get("password_file"),
-        ca_file=opts.get("ca_file"),
-        cert_file=opts.get("cert_file"),
-        key_file=opts.get("key_file"),
-        insecure=bool(opts.get("insecure")),
-    )
+    return apply(listen, *AUTH_OPTIONS)
 
 
 def dashboard_settings(opts: dict[str, Any], listen: str | None, run_dir: str | None = None):  # noqa: ANN201

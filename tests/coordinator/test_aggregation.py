@@ -9,10 +9,10 @@ from coordinator.aggregation import (
     FedAvg,
     FedAvgM,
     WeightedSum,
-    make_strategy,
     server_momentum_step,
     weighted_average,
 )
+from coordinator.strategies import make_strategy
 from edge_client.errors import ConfigError
 
 

@@ -17,8 +17,8 @@ from coordinator.robust_strategies import (
     Median,
     NormClipping,
     TrimmedMean,
-    build_strategy,
 )
+from coordinator.strategies import build_strategy
 from edge_client.errors import ConfigError
 
 
