@@ -96,6 +96,7 @@ def finish(coord: Coordinator, devices=(), threads=()) -> None:  # noqa: ANN001
 # -- broker restart -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_broker_killed_mid_round_and_restarted_everyone_reconnects_no_update_counted_twice(
     mosquitto_broker, kit, tmp_path
 ):

@@ -33,6 +33,8 @@ from edge_client.data.registry import DATASETS, load_dataset
 from edge_client.transport import BrokerConfig
 from tests.fixtures.brokers import free_port, wait_for_port
 
+pytestmark = pytest.mark.slow  # over ~5 s: left out of the fast loop (pytest -m "not slow")
+
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ADMIN, VIEWER = "admin-token-e2e-1", "viewer-token-e2e-2"
 DOCS_IMG = ROOT / "docs" / "img"

@@ -117,6 +117,7 @@ def test_start_refuses_dashboard_tokens_without_dashboard(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_start_serves_the_dashboard_of_its_job_while_it_runs(
     mosquitto_broker, real_model, tmp_path
 ):

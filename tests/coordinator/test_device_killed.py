@@ -10,12 +10,16 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from coordinator.config import JobConfig
 from coordinator.job import run_job
 from coordinator.simulation import FleetConfig, device_command, fleet_processes
 from edge_client.protocol import DeviceStatus
 from edge_client.transport import BrokerConfig
 from tests.fixtures.brokers import mqtt_client
+
+pytestmark = pytest.mark.slow  # over ~5 s: left out of the fast loop (pytest -m "not slow")
 
 
 def test_a_device_killed_mid_training_is_left_behind_then_rejoins_after_a_reboot(

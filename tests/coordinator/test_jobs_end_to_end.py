@@ -11,11 +11,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from coordinator.config import JobConfig
 from coordinator.job import run_job
 from coordinator.simulation import ROOT, FleetConfig, fleet_processes
 from edge_client.transport import BrokerConfig
 from tests.fixtures.brokers import mqtt_client
+
+pytestmark = pytest.mark.slow  # over ~5 s: left out of the fast loop (pytest -m "not slow")
 
 FAST = {"model": "mlp", "optimizer": "sgd", "lr": 0.05, "epochs": 1, "test_data": "fashion-mnist"}
 FAST_FLAGS = [

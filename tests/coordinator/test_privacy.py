@@ -4,6 +4,7 @@ job and show that no training sample (raw or normalised bytes) appears in any of
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from coordinator.config import JobConfig
 from coordinator.job import run_job
@@ -11,6 +12,8 @@ from coordinator.simulation import FleetConfig, fleet_processes
 from edge_client.data import Normalization, load_dataset, partition
 from edge_client.transport import BrokerConfig
 from tests.fixtures.brokers import mqtt_client
+
+pytestmark = pytest.mark.slow  # over ~5 s: left out of the fast loop (pytest -m "not slow")
 
 SAMPLES_PER_DEVICE = 300
 

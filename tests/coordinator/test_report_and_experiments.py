@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from coordinator.simulation import ROOT
 
@@ -98,6 +99,7 @@ def test_prediction_grid_titles_right_in_blue_and_wrong_in_red(tmp_path):
     assert panel_colours(png, rows=2, columns=6) == expected
 
 
+@pytest.mark.slow
 def test_experiment_runs_baseline_and_report(tmp_path):
     # Prepare
     spec = tmp_path / "tiny.toml"

@@ -29,6 +29,8 @@ from edge_client.trainable_model import TrainableModel
 from edge_client.transport import MemoryBus, MemoryTransport
 from tests.coordinator.fleet_support import Tamper, TrainingDevice, scaled, sign_flip
 
+pytestmark = pytest.mark.slow  # over ~5 s: left out of the fast loop (pytest -m "not slow")
+
 DEVICES, SAMPLES, WARM_ROUNDS, ROUNDS = 10, 2000, 4, 3
 HOSTILE = ("d0", "d1")
 ATTACKS: dict[str, Tamper] = {

@@ -41,6 +41,7 @@ def checkpoint(run: RunDir, round_: int) -> dict[str, np.ndarray]:
         return {k[2:]: data[k] for k in data.files if k.startswith("w/")}
 
 
+@pytest.mark.slow
 def test_200_virtual_devices_close_every_round_with_the_planned_fedavg(mlp, tmp_path):
     # Prepare: Mosquitto with raised limits, 200 virtual devices, the coordinator
     broker = start_mosquitto(tmp_path / "mosquitto", SCALE_CONF)
@@ -119,6 +120,7 @@ class _Discard(list):
         pass
 
 
+@pytest.mark.slow
 def test_aggregation_memory_does_not_grow_with_the_number_of_devices(mlp):
     # Execute
     small, large = _peak_while_aggregating(mlp, 50), _peak_while_aggregating(mlp, 400)

@@ -83,6 +83,7 @@ def secure(tmp_path_factory) -> Secure:
     broker.stop()
 
 
+@pytest.mark.slow
 def test_a_signed_job_runs_end_to_end_over_tls_with_passwords_and_acls(
     secure, export_dir, tmp_path
 ):

@@ -26,6 +26,8 @@ from devices.wheels import build_board_wheel
 from edge_client.protocol import DeviceStatus
 from tests.fixtures.brokers import MosquittoProcess, free_port, mqtt_client, start_mosquitto
 
+pytestmark = pytest.mark.slow  # over ~5 s: left out of the fast loop (pytest -m "not slow")
+
 CHECK = "2"  # seconds the client must keep running after a start (--check-seconds)
 
 

@@ -47,6 +47,7 @@ def test_pip_command_for_32_bit_boards_uses_piwheels_and_every_tag(tmp_path):
     assert "tflite-runtime==2.14.0" in cmd and "pip" in cmd
 
 
+@pytest.mark.slow
 def test_download_for_a_64_bit_pi_picks_current_aarch64_wheels_and_locks_them(tmp_path):
     """The real path: pip download from the index, for aarch64 / CPython 3.11 / glibc 2.36."""
     # Prepare

@@ -123,6 +123,7 @@ def test_client_resumes_after_a_broker_restart(mosquitto_broker, files, tmp_path
     assert update.round == 1 and update.sender == DEVICE
 
 
+@pytest.mark.slow
 @pytest.mark.board
 def test_fedge_run_in_the_board_environment_on_fashion_mnist(
     mosquitto_broker, export_dir, tmp_path

@@ -29,6 +29,7 @@ def timed_training(files: ModelFiles) -> tuple[float, float]:
     return time.monotonic() - t0, time.process_time() - cpu0
 
 
+@pytest.mark.slow
 def test_a_slowed_board_takes_its_factor_in_wall_time_but_not_in_cpu(files, monkeypatch):
     # Prepare: the same training at full speed, then at a slow-down factor of 4
     monkeypatch.delenv(ENV, raising=False)

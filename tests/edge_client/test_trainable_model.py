@@ -24,7 +24,7 @@ def batch(manifest: Manifest, n: int, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 
 @pytest.mark.parametrize("runtime", IN_PROCESS_RUNTIMES)
-@pytest.mark.parametrize("arch", ["mlp", "cnn", "cifar_cnn"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn", pytest.param("cifar_cnn", marks=pytest.mark.slow)])
 def test_trains_evaluates_and_round_trips_weights(export_dir, runtime, arch):
     # Prepare
     model = TrainableModel.from_dir(export_dir(arch), runtime=runtime)
@@ -59,6 +59,7 @@ def test_set_weights_restores_a_model_exactly(export_dir):
     np.testing.assert_array_equal(model.get_weights()["dense2_bias"], start["dense2_bias"])
 
 
+@pytest.mark.slow
 def test_prox_term_pulls_towards_round_start_weights(export_dir):
     # Same data, same start: with a strong FedProx mu the weights move less.
     from model_export.export import ExportConfig, export_model
@@ -77,6 +78,7 @@ def test_prox_term_pulls_towards_round_start_weights(export_dir):
     assert drift(prox) < 0.5 * drift(plain)
 
 
+@pytest.mark.slow
 def test_board_environment_trains_without_tensorflow(export_dir, board):
     # Execute: the client's wrapper in the board venv (tflite-runtime 2.14, numpy<2)
     code = """

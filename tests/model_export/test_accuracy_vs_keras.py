@@ -7,11 +7,14 @@ Smaller budget than the recorded figure (bench/accuracy_vs_keras.py: 12,000 imag
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edge_client.data import load_dataset
 from edge_client.manifest import Manifest
 from model_export.compare import compare_with_keras
 from model_export.export import ExportResult
+
+pytestmark = pytest.mark.slow  # over ~5 s: left out of the fast loop (pytest -m "not slow")
 
 
 def test_cnn_one_epoch_on_fashion_mnist_matches_keras_fit(export_dir):

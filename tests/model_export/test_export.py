@@ -18,8 +18,13 @@ from model_export.optimizers import OptimizerConfig
 ARCHS = ["mlp", "cnn", "cifar_cnn"]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+SLOW = pytest.mark.slow  # each of these exports takes 6-30 s
+
+
+@pytest.mark.parametrize(
+    "arch", [a if a != "cifar_cnn" else pytest.param(a, marks=SLOW) for a in ARCHS]
+)
+@pytest.mark.parametrize("optimizer", ["sgd", pytest.param("adam", marks=SLOW)])
 def test_every_architecture_exports_with_builtin_ops_only(export_dir, arch, optimizer):
     # Execute
     d = export_dir(arch, optimizer)
@@ -61,6 +66,7 @@ def test_manifest_lists_everything_a_board_needs(export_dir):
     assert raw["parameters"] == sum(int(np.prod(w["shape"])) for w in raw["weights"])
 
 
+@pytest.mark.slow
 def test_transfer_learning_with_a_frozen_mobilenet_base(tmp_path):
     # Prepare: weights "the user supplies" (saved from a random init, nothing downloaded)
     base = tf.keras.applications.MobileNetV2(
@@ -86,6 +92,7 @@ def test_transfer_learning_with_a_frozen_mobilenet_base(tmp_path):
     assert "CONV_2D" in result.manifest.ops and "DEPTHWISE_CONV_2D" in result.manifest.ops
 
 
+@pytest.mark.slow
 def test_transfer_from_a_saved_keras_model(tmp_path):
     inp = tf.keras.Input((28, 28, 1))
     feats = tf.keras.layers.Conv2D(4, 3, 2, activation="relu")(inp)
@@ -152,6 +159,7 @@ def test_a_model_needing_flex_ops_is_refused_naming_the_ops():
     assert "ReluGrad" in str(err.value) or "SparseSoftmax" in str(err.value)
 
 
+@pytest.mark.slow
 def test_training_check_refuses_a_learning_rate_that_diverges():
     with pytest.raises(checks.TrainingCheckError, match="did not lower the loss"):
         export_model(ExportConfig("mlp", optimizer=OptimizerConfig("sgd", 1e4)))

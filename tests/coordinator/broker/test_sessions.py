@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from coordinator.broker import EmbeddedBroker
 from coordinator.broker.packets import (
     Ack,
@@ -35,6 +37,7 @@ def test_will_is_published_when_the_socket_closes_abruptly(any_broker: BrokerHan
     assert (retained.payload, retained.retain) == (b"offline", True)  # will retain honoured
 
 
+@pytest.mark.slow
 def test_will_is_published_when_keepalive_expires(any_broker: BrokerHandle) -> None:
     with mqtt_client(any_broker, "watcher") as watcher:
         watcher.subscribe_wait("status/#", 1)

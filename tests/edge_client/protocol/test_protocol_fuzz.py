@@ -174,6 +174,7 @@ tensor_entries = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     st.dictionaries(st.sampled_from(HEADER_KEYS), json_values),
@@ -235,6 +236,7 @@ def test_every_from_json_random_bytes(data: bytes) -> None:
         _only_protocol_errors(cls.from_json, data)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     st.dictionaries(
