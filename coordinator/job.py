@@ -12,6 +12,7 @@ from coordinator.config import JobConfig
 from coordinator.dashboard import attach_dashboard
 from coordinator.evaluation import Evaluator, load_test_set
 from coordinator.model_source import prepare_model
+from coordinator.retained import retained_chunk_counts
 from coordinator.run_dir import RunDir, RunState
 from coordinator.server import SENDER, Coordinator
 from edge_client.errors import ConfigError
@@ -89,6 +90,9 @@ def run_job(
         transport.connect()
         try:
             coordinator = Coordinator(cfg, transport, model, run_dir, evaluator, on_round=on_round)
+            if broker is not None or cfg.broker:  # an embedded broker starts empty
+                for base, count in _leftover_chunks(broker_cfg, cfg.job, topics).items():
+                    coordinator.publisher.assume_retained(base, count)
             state = coordinator.run(resume=resume)
         finally:
             transport.wait_published(10)
@@ -96,6 +100,22 @@ def run_job(
         if final_models:
             _final_models(run_dir, model.manifest, state)
     return state
+
+
+def _leftover_chunks(broker_cfg: BrokerConfig, job: str, topics: Topics) -> dict[str, int]:
+    """Chunk counts retained under the model and global topics (an earlier run's, maybe)."""
+    scanner = MqttTransport(broker_cfg, f"{SENDER}-{job}-retained")
+    scanner.connect()
+    try:
+        counts = retained_chunk_counts(scanner, [topics.model, topics.global_weights])
+    finally:
+        scanner.close()
+    if counts:
+        log.info(
+            "retained on the broker: %s; chunks this run does not overwrite will be cleared",
+            ", ".join(f"{n} chunk(s) on {base}" for base, n in sorted(counts.items())),
+        )
+    return counts
 
 
 def _final_models(run_dir: RunDir, manifest, state: RunState) -> None:  # noqa: ANN001

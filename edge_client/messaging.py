@@ -71,6 +71,12 @@ class BinaryPublisher:
             self._retained_counts[base_topic] = len(parts)
         return sent
 
+    def assume_retained(self, base_topic: str, count: int) -> None:
+        """Chunks ``base_topic/0 .. count-1`` may be retained on the broker (e.g. left there
+        by an earlier run): the next retained publish on ``base_topic`` clears those beyond
+        its own chunk count."""
+        self._retained_counts[base_topic] = max(self._retained_counts.get(base_topic, 0), count)
+
 
 class Inbox:
     """Decodes the messages of one job; bad input is logged and dropped, never raised."""
