@@ -26,7 +26,14 @@ from coordinator.selection import select_devices
 from coordinator.strategies import STRATEGIES, build_strategy
 from edge_client.errors import EdgeFLError
 from edge_client.manifest import Manifest
-from edge_client.messaging import BinaryPublisher, Inbox, Incoming
+from edge_client.messaging import (
+    AnyIncoming,
+    BinaryPublisher,
+    ControlReceived,
+    Inbox,
+    StatusReceived,
+    UpdateReceived,
+)
 from edge_client.protocol import (
     DeviceStatus,
     JobControl,
@@ -86,7 +93,7 @@ class Coordinator:
         # What a broker restart loses and the coordinator republishes (retained): the model
         # envelope, the current global weights and the last announcement, as published.
         self._retained: dict[str, bytes] = {}
-        self._connections = getattr(transport, "connections", 0)
+        self._connections = transport.connections
         if STRATEGIES[config.strategy].needs_prox_mu and not model.manifest.hyperparameters.get(
             "prox_mu"
         ):
@@ -96,33 +103,34 @@ class Coordinator:
     def online(self) -> set[str]:
         return {d for d, s in self.devices.items() if s.state != "offline"}
 
-    def _handle(self, item: Incoming, collector: RoundCollector | None = None) -> None:
-        if item.kind == "status" and item.device:
-            status: DeviceStatus = item.value
-            previous = self.devices.get(item.device)
-            self.devices[item.device] = status
-            if previous is None or (previous.state == "offline") != (status.state == "offline"):
-                log.info("device %s is %s", item.device, status.state)
-        elif item.kind == "update" and item.device:
-            if collector is None:
-                log.info("update from %s outside a round ignored", item.device)
-            else:
-                accepted = collector.offer(item.value, item.device, item.size)
+    def _handle(self, item: AnyIncoming, collector: RoundCollector | None = None) -> None:
+        match item:
+            case StatusReceived(status, device) if device:
+                previous = self.devices.get(device)
+                self.devices[device] = status
+                if previous is None or (previous.state == "offline") != (status.state == "offline"):
+                    log.info("device %s is %s", device, status.state)
+            case UpdateReceived(envelope, device, size) if device:
+                if collector is None:
+                    log.info("update from %s outside a round ignored", device)
+                    return
+                accepted = collector.offer(envelope, device, size)
                 if (
                     accepted
                     and self.cfg.eval_devices
                     and self.evaluator
-                    and item.value.kind == "update"
+                    and envelope.kind == "update"
                 ):
-                    score = self.evaluator.evaluate(item.value.weights())
-                    collector.results[item.device].test_accuracy = score.accuracy
-        elif item.kind == "control":
-            ctl: JobControl = item.value
-            if ctl.time > self.started and ctl.state != self.control_state:
-                log.warning(
-                    "operator set the job %s%s", ctl.state, f" ({ctl.detail})" if ctl.detail else ""
-                )
-                self.control_state = ctl.state
+                    score = self.evaluator.evaluate(envelope.weights())
+                    collector.results[device].test_accuracy = score.accuracy
+            case ControlReceived(ctl):
+                if ctl.time > self.started and ctl.state != self.control_state:
+                    log.warning(
+                        "operator set the job %s%s",
+                        ctl.state,
+                        f" ({ctl.detail})" if ctl.detail else "",
+                    )
+                    self.control_state = ctl.state
 
     def _pump(self, timeout: float, collector: RoundCollector | None = None) -> None:
         self._republish_after_reconnect()
@@ -133,7 +141,7 @@ class Coordinator:
     def _republish_after_reconnect(self) -> None:
         """After a reconnect (the broker may have restarted and lost every retained
         message) publish again the control state, model, global weights and announcement."""
-        connections = getattr(self.transport, "connections", 0)
+        connections = self.transport.connections
         if connections == self._connections:
             return
         self._connections = connections

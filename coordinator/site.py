@@ -33,13 +33,21 @@ from coordinator.selection import select_devices
 from edge_client import __version__
 from edge_client.errors import ConfigError, EdgeFLError, ProtocolError
 from edge_client.manifest import Manifest
-from edge_client.messaging import BinaryPublisher, Inbox, Incoming
+from edge_client.messaging import (
+    AnyIncoming,
+    BinaryPublisher,
+    ControlReceived,
+    GlobalReceived,
+    Inbox,
+    ModelReceived,
+    RoundReceived,
+    StatusReceived,
+    UpdateReceived,
+)
 from edge_client.protocol import (
     DEFAULT_MAX_CHUNK,
     DEFAULT_PREFIX,
     DeviceStatus,
-    Envelope,
-    JobControl,
     RoundAnnouncement,
     Topics,
     encode_failure,
@@ -161,9 +169,7 @@ class SiteAggregator:
         """Publish ``offline`` upstream and disconnect both sides."""
         self._status("offline", detail="site aggregator stopped")
         for transport in (self.upstream, self.downstream):
-            wait = getattr(transport, "wait_published", None)
-            if wait is not None:
-                wait(10.0)
+            transport.wait_published(10.0)
             transport.close()
 
     def step(self, timeout: float = 0.0) -> None:
@@ -182,25 +188,24 @@ class SiteAggregator:
             log.warning("site %s dropped a message: %s", self.cfg.site_id, exc)
 
     # -- upstream: the central job ------------------------------------------------------
-    def _from_upstream(self, item: Incoming) -> None:
-        if item.kind == "model":
-            self.manifest = Manifest.from_dict(item.value.meta)
-            self.model_sha256 = item.value.sha256
-            self._relay(self.down.model, item)
-        elif item.kind == "global":
-            env: Envelope = item.value
-            self.global_weights, self.global_sha256 = env.weights(), env.weights_sha256()
-            self._relay(self.down.global_weights, item)
-        elif item.kind == "round":
-            self._on_central_round(item.value)
-        elif item.kind == "control":
-            control: JobControl = item.value
-            self.downstream.publish(self.down.control, item.raw, retain=True)
-            if control.state == "stopped" and control.time > self._started_at:
-                log.info("job %s stopped: site %s leaves", self.cfg.job, self.cfg.site_id)
-                self.stopped = True
+    def _from_upstream(self, item: AnyIncoming) -> None:
+        match item:
+            case ModelReceived(env):
+                self.manifest = Manifest.from_dict(env.meta)
+                self.model_sha256 = env.sha256
+                self._relay(self.down.model, item)
+            case GlobalReceived(env):
+                self.global_weights, self.global_sha256 = env.weights(), env.weights_sha256()
+                self._relay(self.down.global_weights, item)
+            case RoundReceived(ann):
+                self._on_central_round(ann)
+            case ControlReceived(control):
+                self.downstream.publish(self.down.control, item.raw, retain=True)
+                if control.state == "stopped" and control.time > self._started_at:
+                    log.info("job %s stopped: site %s leaves", self.cfg.job, self.cfg.site_id)
+                    self.stopped = True
 
-    def _relay(self, base: str, item: Incoming) -> None:
+    def _relay(self, base: str, item: ModelReceived | GlobalReceived) -> None:
         """Republish a retained envelope down exactly as received (signatures included)."""
         if self._relayed.get(base) != item.value.sha256:
             self.down_pub.publish(base, item.raw, retain=True)
@@ -276,11 +281,12 @@ class SiteAggregator:
         )
 
     # -- downstream: the site's devices -------------------------------------------------
-    def _from_downstream(self, item: Incoming) -> None:
-        if item.kind == "status" and item.device:
-            self.devices[item.device] = item.value
-        elif item.kind == "update" and item.device and self.current is not None:
-            self.current.collector.offer(item.value, item.device, item.size)
+    def _from_downstream(self, item: AnyIncoming) -> None:
+        match item:
+            case StatusReceived(status, device) if device:
+                self.devices[device] = status
+            case UpdateReceived(env, device, size) if device and self.current is not None:
+                self.current.collector.offer(env, device, size)
 
     def _maybe_close(self) -> None:
         current = self.current

@@ -2,14 +2,16 @@
 
 ``publish_binary`` splits an envelope into chunks on ``<topic>/<i>`` (clearing stale
 retained chunks of a longer predecessor); ``Inbox`` turns queued MQTT messages into
-decoded ``Incoming`` items, logging and dropping anything malformed instead of raising.
+decoded items, one type per topic kind (:class:`RoundReceived`, :class:`UpdateReceived`,
+...), logging and dropping anything malformed instead of raising. Receivers dispatch on the
+item's type (``match item: case RoundReceived(ann): ...``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from edge_client.errors import ProtocolError
 from edge_client.protocol import (
@@ -29,22 +31,75 @@ from edge_client.transport import Message, Transport
 
 log = logging.getLogger(__name__)
 
-_JSON_KINDS: dict[str, Any] = {
-    "round": RoundAnnouncement,
-    "status": DeviceStatus,
-    "metrics": RoundMetrics,
-    "control": JobControl,
-}
-_BINARY_KINDS = {"model": ("model",), "global": ("global",), "update": ("update", "failure")}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Incoming:
-    kind: str  # model | global | update | round | status | metrics | control
-    value: Any  # Envelope for binary kinds, the JSON dataclass otherwise
+class Incoming(Generic[T]):
+    """A complete, decoded message of the job; its subclass says which topic it came on."""
+
+    kind: ClassVar[str]  # the topic kind: a label for logs, counters and `monitor --json`
+    value: T
     device: str | None = None  # from the topic, for update and status
     size: int = 0  # bytes on the wire (all chunks)
     raw: bytes = field(default=b"", repr=False)  # the exact payload (envelope or JSON) decoded
+
+
+@dataclass(frozen=True)
+class ModelReceived(Incoming[Envelope]):
+    kind: ClassVar[str] = "model"
+
+
+@dataclass(frozen=True)
+class GlobalReceived(Incoming[Envelope]):
+    kind: ClassVar[str] = "global"
+
+
+@dataclass(frozen=True)
+class UpdateReceived(Incoming[Envelope]):
+    """An ``update`` or a ``failure`` envelope from ``device``."""
+
+    kind: ClassVar[str] = "update"
+
+
+@dataclass(frozen=True)
+class RoundReceived(Incoming[RoundAnnouncement]):
+    kind: ClassVar[str] = "round"
+
+
+@dataclass(frozen=True)
+class StatusReceived(Incoming[DeviceStatus]):
+    kind: ClassVar[str] = "status"
+
+
+@dataclass(frozen=True)
+class MetricsReceived(Incoming[RoundMetrics]):
+    kind: ClassVar[str] = "metrics"
+
+
+@dataclass(frozen=True)
+class ControlReceived(Incoming[JobControl]):
+    kind: ClassVar[str] = "control"
+
+
+AnyIncoming = (
+    ModelReceived
+    | GlobalReceived
+    | UpdateReceived
+    | RoundReceived
+    | StatusReceived
+    | MetricsReceived
+    | ControlReceived
+)
+"""Every item an :class:`Inbox` returns."""
+
+
+class MessageSource(Protocol):
+    """What an :class:`Inbox` reads from: a transport, or anything passing its messages on."""
+
+    def get(self, timeout: float | None = None) -> Message | None: ...
+
+    def pending(self) -> int: ...
 
 
 class BinaryPublisher:
@@ -82,7 +137,7 @@ class Inbox:
     """Decodes the messages of one job; bad input is logged and dropped, never raised."""
 
     def __init__(
-        self, transport: Transport, topics: Topics, *, max_bytes: int = 256 * 1024 * 1024
+        self, transport: MessageSource, topics: Topics, *, max_bytes: int = 256 * 1024 * 1024
     ) -> None:
         self.transport = transport
         self.topics = topics
@@ -94,7 +149,7 @@ class Inbox:
         """Whether raw messages are waiting in the transport's queue."""
         return self.transport.pending() > 0
 
-    def get(self, timeout: float | None = None) -> Incoming | None:
+    def get(self, timeout: float | None = None) -> AnyIncoming | None:
         """The next complete item, or None when nothing complete arrived in ``timeout``."""
         message = self.transport.get(timeout)
         if message is None:
@@ -106,32 +161,44 @@ class Inbox:
             log.warning("dropped a message on %s: %s", message.topic[:120], exc)
             return None
 
-    def _decode(self, message: Message) -> Incoming | None:
+    def _decode(self, message: Message) -> AnyIncoming | None:
         parsed = self.topics.parse(message.topic)
-        if parsed.kind in _JSON_KINDS:
-            if not message.payload:  # a retained message being cleared
-                return None
-            value = _JSON_KINDS[parsed.kind].from_json(message.payload)
-            if parsed.kind == "status" and value.device != parsed.device:
+        payload, device = message.payload, parsed.device
+        if not payload:  # a retained message being cleared
+            return None
+        size = len(payload)
+        if parsed.kind == "round":
+            return RoundReceived(RoundAnnouncement.from_json(payload), device, size, payload)
+        if parsed.kind == "metrics":
+            return MetricsReceived(RoundMetrics.from_json(payload), device, size, payload)
+        if parsed.kind == "control":
+            return ControlReceived(JobControl.from_json(payload), device, size, payload)
+        if parsed.kind == "status":
+            status = DeviceStatus.from_json(payload)
+            if status.device != device:
                 raise ProtocolError(
-                    f"status of device {value.device!r} on the topic of {parsed.device!r}"
+                    f"status of device {status.device!r} on the topic of {device!r}"
                 )
-            return Incoming(
-                parsed.kind, value, parsed.device, len(message.payload), message.payload
-            )
+            return StatusReceived(status, device, size, payload)
         if parsed.kind not in _BINARY_KINDS:
             return None
-        if not message.payload:
-            return None
-        self._sizes[parsed.base] = self._sizes.get(parsed.base, 0) + len(message.payload)
-        whole = self.reassembler.feed(parsed.base, message.payload, index=parsed.chunk)
+        self._sizes[parsed.base] = self._sizes.get(parsed.base, 0) + size
+        whole = self.reassembler.feed(parsed.base, payload, index=parsed.chunk)
         if whole is None:
             return None
-        size = self._sizes.pop(parsed.base, len(message.payload))
-        envelope: Envelope = decode(
-            whole,
-            expect_job=self.topics.job,
-            expect_kind=_BINARY_KINDS[parsed.kind],
-            expect_sender=parsed.device,
+        size = self._sizes.pop(parsed.base, size)
+        item_type, kinds = _BINARY_KINDS[parsed.kind]
+        envelope = decode(
+            whole, expect_job=self.topics.job, expect_kind=kinds, expect_sender=device
         )
-        return Incoming(parsed.kind, envelope, parsed.device, size, whole)
+        return item_type(envelope, device, size, whole)
+
+
+_BINARY_KINDS: dict[
+    str, tuple[type[ModelReceived | GlobalReceived | UpdateReceived], tuple[str, ...]]
+] = {
+    "model": (ModelReceived, ("model",)),
+    "global": (GlobalReceived, ("global",)),
+    "update": (UpdateReceived, ("update", "failure")),
+}
+"""Binary topic kind: the item it decodes to and the envelope kinds allowed on it."""

@@ -124,8 +124,18 @@ class Transport(Protocol):
 
     def pending(self) -> int: ...
 
+    def wait_published(self, timeout: float = 30.0) -> bool:
+        """Block until every QoS 1 publish was acknowledged (e.g. before exit)."""
+        ...
+
     @property
     def connected(self) -> bool: ...
+
+    @property
+    def connections(self) -> int:
+        """Successful connections so far: a change tells round logic that it reconnected
+        (after a broker restart the retained messages may be gone, updates may be lost)."""
+        ...
 
 
 class MqttTransport:
@@ -158,9 +168,7 @@ class MqttTransport:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._refused: str | None = None
-        # Successful connections so far: a change tells round logic that it reconnected
-        # (after a broker restart the retained messages may be gone, updates may be lost).
-        self.connections = 0
+        self._connections = 0  # successful connections so far (Transport.connections)
         c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session
         )
@@ -195,7 +203,7 @@ class MqttTransport:
             subs = list(self._subs.items())
         if subs:
             client.subscribe(subs)
-        self.connections += 1
+        self._connections += 1
         self._connected.set()
         log.info("connected to %s as %s", self.broker.url, self.client_id)
         if self.connected_file is not None:
@@ -347,6 +355,10 @@ class MqttTransport:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def connections(self) -> int:
+        return self._connections
+
 
 # -- in memory ------------------------------------------------------------------------------
 
@@ -400,10 +412,12 @@ class MemoryTransport:
         self.filters: list[str] = []
         self._queue: queue.Queue[Message] = queue.Queue()
         self._connected = False
+        self._connections = 0
 
     def connect(self, timeout: float = 10.0) -> None:
         self.bus.attach(self)
         self._connected = True
+        self._connections += 1
 
     def close(self) -> None:
         self.bus.detach(self, fire_will=False)
@@ -432,9 +446,16 @@ class MemoryTransport:
         """Messages received and not yet taken with ``get``."""
         return self._queue.qsize()
 
+    def wait_published(self, timeout: float = 30.0) -> bool:
+        return True  # the bus delivers inside publish()
+
     def _deliver(self, message: Message) -> None:
         self._queue.put(message)
 
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def connections(self) -> int:
+        return self._connections

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from coordinator.monitoring.view import JobView
-from edge_client.messaging import Inbox, Incoming
+from edge_client.messaging import AnyIncoming, Inbox
 from edge_client.protocol import QOS, Envelope, JobControl, Topics
 from edge_client.transport import BrokerConfig, Message, MqttTransport, Transport
 
@@ -43,7 +43,7 @@ class _Tap:
         return self.transport.pending()
 
 
-def message_record(item: Incoming, raw: Message | None, received: float) -> dict[str, Any]:
+def message_record(item: AnyIncoming, raw: Message | None, received: float) -> dict[str, Any]:
     """One decoded message as a JSON-ready dict (a line of ``fedcoord monitor --json``).
 
     JSON messages appear as their fields; envelopes as their wire header (kind, round,
@@ -55,7 +55,7 @@ def message_record(item: Incoming, raw: Message | None, received: float) -> dict
     else:
         message = {k: (list(v) if isinstance(v, tuple) else v) for k, v in _fields(value).items()}
     topic = raw.topic if raw else ""
-    if item.kind in ("model", "global", "update") and topic:
+    if isinstance(value, Envelope) and topic:
         topic = topic.rsplit("/", 1)[0]  # the base topic, without the chunk index
     return {
         "received": round(received, 3),
@@ -93,7 +93,7 @@ class JobFollower:
         cid = client_id or f"monitor-{view.job}-{secrets.token_hex(4)}"[:64]
         self.transport: Transport = transport or MqttTransport(broker, cid)  # type: ignore[arg-type]
         self._tap = _Tap(self.transport)
-        self.inbox = Inbox(self._tap, self.topics)  # type: ignore[arg-type]
+        self.inbox = Inbox(self._tap, self.topics)
         self.on_message = on_message
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -21,7 +21,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edge_client.messaging import Incoming
+from edge_client.messaging import (
+    ControlReceived,
+    GlobalReceived,
+    Incoming,
+    MetricsReceived,
+    ModelReceived,
+    RoundReceived,
+    StatusReceived,
+    UpdateReceived,
+)
 from edge_client.protocol import (
     DEFAULT_PREFIX,
     DeviceStatus,
@@ -99,16 +108,16 @@ class JobView:
     # -- feeding --------------------------------------------------------------------------
     def apply(self, item: Incoming, *, retained: bool = False) -> None:
         """Fold one decoded message into the view (idempotent for repeated messages)."""
-        handlers: dict[str, Callable[[Any, Incoming, bool], None]] = {
-            "status": self._on_status,
-            "round": self._on_round,
-            "metrics": self._on_metrics,
-            "control": self._on_control,
-            "model": self._on_model,
-            "global": self._on_global,
-            "update": self._on_update,
+        handlers: dict[type[Incoming], Callable[[Any, Incoming, bool], None]] = {
+            StatusReceived: self._on_status,
+            RoundReceived: self._on_round,
+            MetricsReceived: self._on_metrics,
+            ControlReceived: self._on_control,
+            ModelReceived: self._on_model,
+            GlobalReceived: self._on_global,
+            UpdateReceived: self._on_update,
         }
-        handler = handlers.get(item.kind)
+        handler = handlers.get(type(item))
         if handler is None:
             return
         with self._lock:

@@ -16,7 +16,13 @@ import numpy as np
 
 from edge_client.data import Dataset, Normalization
 from edge_client.local_training import batch_seed, check_data_fits, round_settings, train_local
-from edge_client.messaging import BinaryPublisher, Inbox
+from edge_client.messaging import (
+    BinaryPublisher,
+    ControlReceived,
+    GlobalReceived,
+    Inbox,
+    RoundReceived,
+)
 from edge_client.protocol import DeviceStatus, Topics, encode_weights
 from edge_client.trainable_model import TrainableModel
 from edge_client.transport import Transport
@@ -93,12 +99,13 @@ class TrainingDevice(threading.Thread):
         while not self.stop_event.is_set():
             item = inbox.get(0.05)
             if item is not None:
-                if item.kind == "global":
-                    global_env = item.value
-                elif item.kind == "round":
-                    ann = item.value
-                elif item.kind == "control" and item.value.state == "stopped":
-                    return
+                match item:
+                    case GlobalReceived(env):
+                        global_env = env
+                    case RoundReceived(announced):
+                        ann = announced
+                    case ControlReceived(ctl) if ctl.state == "stopped":
+                        return
             if (
                 ann is not None
                 and global_env is not None

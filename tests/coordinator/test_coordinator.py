@@ -16,7 +16,13 @@ from coordinator.run_dir import RunDir
 from coordinator.server import Coordinator, JobError, ModelBundle
 from edge_client.data import load_dataset
 from edge_client.manifest import Manifest
-from edge_client.messaging import BinaryPublisher, Inbox
+from edge_client.messaging import (
+    BinaryPublisher,
+    ControlReceived,
+    GlobalReceived,
+    Inbox,
+    RoundReceived,
+)
 from edge_client.protocol import DeviceStatus, JobControl, Topics, encode_weights
 from edge_client.trainable_model import TrainableModel
 from edge_client.transport import MemoryBus, MemoryTransport
@@ -58,12 +64,13 @@ class ScriptedDevice(threading.Thread):
             item = inbox.get(0.05)
             if item is None:
                 continue
-            if item.kind == "global":
-                global_env = item.value
-            elif item.kind == "round":
-                announcement = item.value
-            elif item.kind == "control" and item.value.state == "stopped":
-                return
+            match item:
+                case GlobalReceived(env):
+                    global_env = env
+                case RoundReceived(ann):
+                    announcement = ann
+                case ControlReceived(ctl) if ctl.state == "stopped":
+                    return
             if (
                 announcement
                 and global_env
