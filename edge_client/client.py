@@ -7,8 +7,10 @@ heartbeats go out between training batches too.
 
 A device trains round ``r`` when it holds the announced model (by sha256) and global weights
 (by ``weights_sha256``), is selected, has not completed ``r`` yet, the job is running and the
-deadline has not passed. Whatever goes wrong in a round is published as a ``failure`` envelope
-with its reason; bad messages are logged and dropped. Only weights leave the device.
+deadline has not passed: :mod:`edge_client.round_machine` holds these rules as a transition
+table, :mod:`edge_client.round_work` does the training and sending. Whatever goes wrong in a
+round is published as a ``failure`` envelope with its reason; bad messages are logged and
+dropped. Only weights leave the device.
 """
 
 from __future__ import annotations
@@ -23,27 +25,32 @@ from edge_client.config import ClientConfig
 from edge_client.data import Dataset
 from edge_client.errors import ConfigError, EdgeFLError, ProtocolError
 from edge_client.holdings import Holdings
-from edge_client.local_training import (
-    TrainingAborted,
-    batch_seed,
-    load_local_data,
-    round_settings,
-    train_local,
-    update_meta,
+from edge_client.local_training import TrainingAborted, load_local_data
+from edge_client.messaging import (
+    AnyIncoming,
+    BinaryPublisher,
+    ControlReceived,
+    GlobalReceived,
+    Inbox,
+    ModelReceived,
+    RoundReceived,
 )
-from edge_client.messaging import BinaryPublisher, Inbox, Incoming
-from edge_client.protocol import (
-    JobControl,
-    RoundAnnouncement,
-    Topics,
-    decode,
-    encode_failure,
-    encode_weights,
+from edge_client.protocol import JobControl, RoundAnnouncement, Topics
+from edge_client.round_machine import (
+    UNDECIDED,
+    Action,
+    Phase,
+    RoundAttempt,
+    RoundFacts,
+    RoundTracker,
+    Transition,
+    next_transition,
 )
+from edge_client.round_work import RoundWork
 from edge_client.runtime import Runtime, load_runtime
 from edge_client.signing import Verifier
 from edge_client.state import NO_ROUND, ClientState
-from edge_client.status import MAX_DETAIL, StatusReporter, device_will
+from edge_client.status import StatusReporter, device_will
 from edge_client.transport import MqttTransport, Transport
 
 log = logging.getLogger(__name__)
@@ -61,11 +68,6 @@ def mqtt_transport(config: ClientConfig) -> MqttTransport:
         return MqttTransport(config.broker, client_id, will=will)
     except (OSError, ssl.SSLError) as exc:  # TLS files missing or unreadable
         raise ConfigError(f"cannot set up TLS for {config.broker.url}: {exc}") from exc
-
-
-def _key(ann: RoundAnnouncement) -> tuple[int, str, str, float]:
-    """Identity of an announcement: a re-announced round (new deadline) is a new attempt."""
-    return (ann.round, ann.model_sha256, ann.global_sha256, ann.deadline)
 
 
 class EdgeClient:
@@ -103,13 +105,18 @@ class EdgeClient:
             heartbeat_s=config.heartbeat_s,
             clock=clock,
         )
-        self.announcement: RoundAnnouncement | None = None
-        self.job_state = "running"
-        self.last_completed = NO_ROUND
-        self._done: set[tuple] = set()  # announcements trained, failed or skipped (_key)
-        self._waiting: set[int] = set()  # rounds selected for but missing the model/global
-        self._said: set[tuple[str, int]] = set()  # (what, round) already logged
-        self._ann_connection = 0  # transport connection over which the announcement came
+        self.work = RoundWork(
+            config,
+            data=self.data,
+            runtime=self.runtime,
+            holdings=self.holdings,
+            state=self.state,
+            publisher=self.publisher,
+            topics=self.topics,
+            status=self.status,
+            clock=clock,
+        )
+        self.rounds = RoundTracker()
         self._connections = 0  # transport connections seen by step()
         self._stop = threading.Event()
         self._started_at = clock()
@@ -126,6 +133,23 @@ class EdgeClient:
     @property
     def interpreter(self) -> str:
         return f"{self.runtime.name} {self.runtime.version}"
+
+    @property
+    def announcement(self) -> RoundAnnouncement | None:
+        """The round announcement being handled (None before the first valid one)."""
+        return self.rounds.current.announcement if self.rounds.current else None
+
+    @property
+    def job_state(self) -> str:
+        return self.rounds.job_state
+
+    @job_state.setter
+    def job_state(self, state: str) -> None:
+        self.rounds.job_state = state
+
+    @property
+    def last_completed(self) -> int:
+        return self.rounds.last_completed
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -172,9 +196,7 @@ class EdgeClient:
             return
         self.status.set("offline", detail=detail)
         self.status.enabled = False
-        wait = getattr(self.transport, "wait_published", None)
-        if wait is not None:
-            wait(10.0)
+        self.transport.wait_published(10.0)
         self.transport.close()
         log.info("device %s left job %s", self.config.device_id, self.config.job)
 
@@ -184,7 +206,7 @@ class EdgeClient:
         Returns True when a complete message was handled. Never raises for bad input.
         """
         self.start()
-        connections = getattr(self.transport, "connections", 0)
+        connections = self.transport.connections
         if connections != self._connections:
             if self._connections:  # reconnected: our Last Will may have replaced the status
                 self.status.publish()
@@ -204,19 +226,20 @@ class EdgeClient:
         return handled
 
     # -- incoming messages ----------------------------------------------------------------
-    def _handle(self, item: Incoming) -> None:
-        if item.kind == "model":
-            if self.holdings.accept_model(item.value, raw=item.raw):
-                self._model_changed()
-        elif item.kind == "global":
-            self.holdings.accept_global(item.value)
-        elif item.kind == "round":
-            self._on_round(item.value, item.raw)
-        elif item.kind == "control":
-            self._on_control(item.value)
+    def _handle(self, item: AnyIncoming) -> None:
+        match item:
+            case ModelReceived(env, raw=raw):
+                if self.holdings.accept_model(env, raw=raw):
+                    self._model_changed()
+            case GlobalReceived(env):
+                self.holdings.accept_global(env)
+            case RoundReceived(ann, raw=raw):
+                self._on_round(ann, raw)
+            case ControlReceived(ctl):
+                self._on_control(ctl)
 
     def _model_changed(self) -> None:
-        self.last_completed = self.state.last_completed_round(self.holdings.model_sha256)
+        self.rounds.last_completed = self.state.last_completed_round(self.holdings.model_sha256)
         if self.holdings.data_problem is not None:
             self.status.set("failed", detail=self.holdings.data_problem)
 
@@ -234,14 +257,14 @@ class EdgeClient:
                 self.config.job,
             )
             return
-        connection = getattr(self.transport, "connections", 0)
-        if self.announcement == ann:
-            if connection != self._ann_connection:  # the round again after a reconnect
-                self._ann_connection = connection
+        connection = self.transport.connections
+        current = self.rounds.current
+        if current is not None and current.announcement == ann:
+            if connection != current.connection:  # the round again after a reconnect
+                current.connection = connection
                 self._resend_after_reconnect(ann)
             return  # a retained copy or a QoS 1 duplicate
-        self.announcement = ann
-        self._ann_connection = connection
+        self.rounds.announce(ann, connection)
         log.info(
             "round %d %s: %d device(s) selected%s, deadline in %.0f s",
             ann.round,
@@ -260,7 +283,7 @@ class EdgeClient:
             return
         if ctl.state == self.job_state:
             return
-        self.job_state = ctl.state
+        self.rounds.job_state = ctl.state
         log.info("job %s is %s%s", ctl.job, ctl.state, f": {ctl.detail}" if ctl.detail else "")
         if ctl.state == "stopped" and self.config.exit_on_stop:
             self.stop()
@@ -268,132 +291,61 @@ class EdgeClient:
             self.status.set("idle", detail=f"job {ctl.state}")
 
     # -- rounds -------------------------------------------------------------------------
-    def _once(self, what: str, round_: int, message: str, *args: object) -> None:
-        if (what, round_) not in self._said:
-            self._said.add((what, round_))
-            log.info(message, *args)
-
     def _maybe_train(self) -> None:
-        ann = self.announcement
-        if ann is None or ann.state != "open" or self._stop.is_set() or _key(ann) in self._done:
+        """Take the current attempt one transition further (see round_machine)."""
+        attempt = self.rounds.current
+        if attempt is None or attempt.phase not in UNDECIDED or self._stop.is_set():
             return
-        r, held = ann.round, self.holdings
-        if not ann.is_selected(self.config.device_id):
-            self._done.add(_key(ann))
-            self._once("skip", r, "round %d: this device is not selected", r)
-        elif r == self.last_completed and self._resend(ann):
-            self._done.add(_key(ann))
-        elif r <= self.last_completed:
-            self._done.add(_key(ann))
-            self._once("skip", r, "round %d: already completed (last: %d)", r, self.last_completed)
-        elif self.job_state != "running":
-            self._once("paused", r, "round %d: not starting, the job is %s", r, self.job_state)
-        elif self.clock() >= ann.deadline:
-            self._done.add(_key(ann))
-            if r in self._waiting:
-                missing = " and ".join(held.missing(ann)) or "the round's inputs"
-                self._fail(ann, f"the deadline passed while waiting for {missing}")
-            else:
-                self._once("late", r, "round %d: its deadline has passed", r)
-        elif not held.holds_model(ann.model_sha256) and ann.model_sha256 in held.refused:
-            self._fail(ann, held.refused[ann.model_sha256])
-        elif held.holds_model(ann.model_sha256) and held.data_problem is not None:
-            self._fail(ann, held.data_problem)
-        elif held.missing(ann):
-            self._waiting.add(r)
-            self._once("wait", r, "round %d: waiting for %s", r, " and ".join(held.missing(ann)))
-        else:
-            self._train(ann)
+        if attempt.announcement.state != "open":
+            return
+        facts = self._facts(attempt.announcement)
+        transition = next_transition(facts)
+        self.rounds.enter(attempt, transition.target)
+        self._carry_out(transition, facts, attempt)
 
-    def _train(self, ann: RoundAnnouncement) -> None:
-        r, held = ann.round, self.holdings
-        self._done.add(_key(ann))
-        model, weights, norm = held.model, held.global_weights, held.normalization
-        assert model is not None and weights is not None and norm is not None
-        seed = (
-            self.config.seed
-            if self.config.seed is not None
-            else batch_seed(self.config.device_id, r)
+    def _facts(self, ann: RoundAnnouncement) -> RoundFacts:
+        held = self.holdings
+        holds_model = held.holds_model(ann.model_sha256)
+        return RoundFacts(
+            announcement=ann,
+            selected=ann.is_selected(self.config.device_id),
+            last_completed=self.rounds.last_completed,
+            job_state=self.rounds.job_state,
+            late=self.clock() >= ann.deadline,
+            waited=ann.round in self.rounds.waited,
+            refused=None if holds_model else held.refused.get(ann.model_sha256),
+            data_problem=held.data_problem if holds_model else None,
+            missing=tuple(held.missing(ann)),
+            load_saved_update=lambda: self.work.saved_update(ann),
         )
-        self.status.set("training", round_=r)
-        try:
-            settings = round_settings(ann.hyperparams, model.manifest)
-            log.info(
-                "round %d: training %d epoch(s) at lr %g on %d samples",
-                r,
-                settings.epochs,
-                settings.lr,
-                len(self.data),
-            )
-            model.set_weights(weights)
-            result = train_local(
-                model,
-                self.data,
-                settings,
-                norm,
-                rng=seed,
-                evaluate=self.config.evaluate,
-                between_batches=lambda epoch, batch, total: self._between_batches(ann),
-            )
-            payload = encode_weights(
-                result.weights,
-                kind="update",
-                job=self.config.job,
-                round=r,
-                sender=self.config.device_id,
-                samples=result.samples,
-                meta=update_meta(result, ann.global_sha256, self.runtime, settings.lr),
-                encoding=ann.encoding,
-            )
-        except EdgeFLError as exc:
-            self._fail(ann, str(exc))
-            return
-        except Exception as exc:  # an interpreter or numpy bug: report it, keep running
-            log.exception("round %d: unexpected error while training", r)
-            self._fail(ann, f"internal error: {type(exc).__name__}: {exc}")
-            return
-        sent = self.publisher.publish(self.topics.update(self.config.device_id), payload)
-        self.last_completed = r
-        self.state.save_update(payload)
-        self.state.save_completed_round(r, model.manifest.sha256, ann.global_sha256)
-        accuracy = "" if result.accuracy is None else f", local accuracy {result.accuracy:.4f}"
-        log.info(
-            "round %d: update sent (%d bytes, loss %.4f%s, %.1f s)",
-            r,
-            sent,
-            result.loss,
-            accuracy,
-            result.duration_s,
-        )
-        self.status.set("idle", round_=r, detail=f"round {r} sent")
 
-    def _resend(self, ann: RoundAnnouncement) -> bool:
-        """Publish again the update sent for ``ann.round`` from the same global weights.
-
-        A coordinator re-announces a round (a new attempt, or after a restart) when it has not
-        got enough updates; it deduplicates, so resending costs nothing but bandwidth.
-        """
-        saved = self.state.load_update()
-        if saved is None or self.clock() >= ann.deadline:
-            return False
-        try:
-            env = decode(saved, expect_job=self.config.job, expect_kind="update")
-        except EdgeFLError as exc:
-            log.warning("ignoring the saved update: %s", exc)
-            return False
-        same = env.round == ann.round and env.meta.get("base_sha256") == ann.global_sha256
-        if not same or env.sender != self.config.device_id:
-            return False
-        self.publisher.publish(self.topics.update(self.config.device_id), saved)
-        log.info("round %d announced again: resent the update already computed", ann.round)
-        return True
+    def _carry_out(self, t: Transition, facts: RoundFacts, attempt: RoundAttempt) -> None:
+        ann = facts.announcement
+        match t.action:
+            case Action.SKIP | Action.HOLD:
+                if self.rounds.first_time(t.name, ann.round):
+                    log.info("%s", t.says(facts))
+            case Action.RESEND:
+                assert facts.saved_update is not None  # the guard read it
+                self.work.resend(facts.saved_update)
+                log.info("%s", t.says(facts))
+            case Action.FAIL:
+                self.work.fail(ann, t.says(facts))
+            case Action.TRAIN:
+                sent = self.work.train(ann, lambda: self._between_batches(ann))
+                if sent:
+                    self.rounds.last_completed = ann.round
+                self.rounds.enter(attempt, Phase.DONE)
 
     def _resend_after_reconnect(self, ann: RoundAnnouncement) -> None:
         """The announcement came again over a new connection: the update this device sent
         for the open round may have been lost with the connection (or a restarted broker),
         so send it again; the coordinator drops duplicates."""
-        if ann.state == "open" and ann.round == self.last_completed:
-            self._resend(ann)
+        if ann.state == "open" and ann.round == self.rounds.last_completed:
+            saved = self.work.saved_update(ann)
+            if saved is not None:
+                self.work.resend(saved)
+                log.info("round %d announced again: resent the update already computed", ann.round)
 
     def _between_batches(self, ann: RoundAnnouncement) -> None:
         self.status.heartbeat()
@@ -401,18 +353,3 @@ class EdgeClient:
             raise TrainingAborted("the client is shutting down")
         if self.clock() >= ann.deadline:
             raise TrainingAborted(f"the deadline of round {ann.round} passed during training")
-
-    def _fail(self, ann: RoundAnnouncement, reason: str) -> None:
-        round_ = ann.round
-        reason = " ".join(reason.split())[:MAX_DETAIL] or "unknown error"
-        self._done.add(_key(ann))
-        log.error("round %d failed: %s", round_, reason)
-        payload = encode_failure(
-            self.config.job,
-            round_,
-            self.config.device_id,
-            reason,
-            meta={"interpreter": self.runtime.name, "interpreter_version": self.runtime.version},
-        )
-        self.publisher.publish(self.topics.update(self.config.device_id), payload)
-        self.status.set("failed", round_=round_, detail=reason)

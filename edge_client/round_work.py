@@ -1,0 +1,159 @@
+"""What a device sends for a round: its trained update, the same update again, or a failure.
+
+:class:`RoundWork` trains the held model on the local data from the announced global weights,
+publishes the update envelope and records the round as completed in the state directory (so
+a reboot resends instead of retraining). Whatever goes wrong is published as a ``failure``
+envelope with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from edge_client.config import ClientConfig
+from edge_client.data import Dataset
+from edge_client.errors import EdgeFLError
+from edge_client.holdings import Holdings
+from edge_client.local_training import (
+    batch_seed,
+    round_settings,
+    train_local,
+    update_meta,
+)
+from edge_client.messaging import BinaryPublisher
+from edge_client.protocol import RoundAnnouncement, Topics, decode, encode_failure, encode_weights
+from edge_client.runtime import Runtime
+from edge_client.state import ClientState
+from edge_client.status import MAX_DETAIL, StatusReporter
+
+log = logging.getLogger(__name__)
+
+BetweenBatches = Callable[[], None]  # called after every batch; raises TrainingAborted to stop
+
+
+class RoundWork:
+    """Trains, resends and reports failures for one device."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        data: Dataset,
+        runtime: Runtime,
+        holdings: Holdings,
+        state: ClientState,
+        publisher: BinaryPublisher,
+        topics: Topics,
+        status: StatusReporter,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.data = data
+        self.runtime = runtime
+        self.holdings = holdings
+        self.state = state
+        self.publisher = publisher
+        self.status = status
+        self.clock = clock
+        self.update_topic = topics.update(config.device_id)
+
+    def train(self, ann: RoundAnnouncement, between_batches: BetweenBatches) -> bool:
+        """Train ``ann``'s round and send the update; False when it failed (and was reported)."""
+        r, held = ann.round, self.holdings
+        model, weights, norm = held.model, held.global_weights, held.normalization
+        assert model is not None and weights is not None and norm is not None
+        seed = (
+            self.config.seed
+            if self.config.seed is not None
+            else batch_seed(self.config.device_id, r)
+        )
+        self.status.set("training", round_=r)
+        try:
+            settings = round_settings(ann.hyperparams, model.manifest)
+            log.info(
+                "round %d: training %d epoch(s) at lr %g on %d samples",
+                r,
+                settings.epochs,
+                settings.lr,
+                len(self.data),
+            )
+            model.set_weights(weights)
+            result = train_local(
+                model,
+                self.data,
+                settings,
+                norm,
+                rng=seed,
+                evaluate=self.config.evaluate,
+                between_batches=lambda epoch, batch, total: between_batches(),
+            )
+            payload = encode_weights(
+                result.weights,
+                kind="update",
+                job=self.config.job,
+                round=r,
+                sender=self.config.device_id,
+                samples=result.samples,
+                meta=update_meta(result, ann.global_sha256, self.runtime, settings.lr),
+                encoding=ann.encoding,
+            )
+        except EdgeFLError as exc:
+            self.fail(ann, str(exc))
+            return False
+        except Exception as exc:  # an interpreter or numpy bug: report it, keep running
+            log.exception("round %d: unexpected error while training", r)
+            self.fail(ann, f"internal error: {type(exc).__name__}: {exc}")
+            return False
+        sent = self.publisher.publish(self.update_topic, payload)
+        self.state.save_update(payload)
+        self.state.save_completed_round(r, model.manifest.sha256, ann.global_sha256)
+        accuracy = "" if result.accuracy is None else f", local accuracy {result.accuracy:.4f}"
+        log.info(
+            "round %d: update sent (%d bytes, loss %.4f%s, %.1f s)",
+            r,
+            sent,
+            result.loss,
+            accuracy,
+            result.duration_s,
+        )
+        self.status.set("idle", round_=r, detail=f"round {r} sent")
+        return True
+
+    def saved_update(self, ann: RoundAnnouncement) -> bytes | None:
+        """The update this device sent for ``ann.round`` from the same global weights, if it
+        is saved and the round is still open for it.
+
+        A coordinator re-announces a round (a new attempt, or after a restart) when it has not
+        got enough updates; it deduplicates, so resending costs nothing but bandwidth.
+        """
+        saved = self.state.load_update()
+        if saved is None or self.clock() >= ann.deadline:
+            return None
+        try:
+            env = decode(saved, expect_job=self.config.job, expect_kind="update")
+        except EdgeFLError as exc:
+            log.warning("ignoring the saved update: %s", exc)
+            return None
+        same = env.round == ann.round and env.meta.get("base_sha256") == ann.global_sha256
+        if not same or env.sender != self.config.device_id:
+            return None
+        return saved
+
+    def resend(self, payload: bytes) -> None:
+        self.publisher.publish(self.update_topic, payload)
+
+    def fail(self, ann: RoundAnnouncement, reason: str) -> None:
+        """Publish a failure envelope for ``ann``'s round and a ``failed`` status."""
+        round_ = ann.round
+        reason = " ".join(reason.split())[:MAX_DETAIL] or "unknown error"
+        log.error("round %d failed: %s", round_, reason)
+        payload = encode_failure(
+            self.config.job,
+            round_,
+            self.config.device_id,
+            reason,
+            meta={"interpreter": self.runtime.name, "interpreter_version": self.runtime.version},
+        )
+        self.publisher.publish(self.update_topic, payload)
+        self.status.set("failed", round_=round_, detail=reason)
