@@ -19,6 +19,7 @@ The shared contract:
 - ``edge_client.transport``: the ``Transport`` interface, ``MqttTransport``,
   ``BrokerConfig``, ``Will`` and the in-memory bus for tests.
 - ``edge_client.messaging``: raw MQTT messages to decoded protocol objects (``Inbox``,
+  whose items are typed by topic: ``RoundReceived``, ``UpdateReceived``, ... all
   ``Incoming``) and chunked binary publishing (``BinaryPublisher``).
 - ``edge_client.signing``: Ed25519 ``Signer`` / ``Verifier`` for models, announcements
   and control messages.

@@ -46,7 +46,10 @@ class Action(enum.Enum):
     TRAIN = "train"  # train from the global weights and publish the update
 
 
-def attempt_key(ann: RoundAnnouncement) -> tuple[int, str, str, float]:
+AttemptKey = tuple[int, str, str, float]  # round, model sha256, global sha256, deadline
+
+
+def attempt_key(ann: RoundAnnouncement) -> AttemptKey:
     """Identity of an attempt: a re-announced round (new deadline) is a new attempt."""
     return (ann.round, ann.model_sha256, ann.global_sha256, ann.deadline)
 
@@ -183,7 +186,7 @@ class RoundTracker:
     last_completed: int = NO_ROUND  # the last round sent for the current model
     job_state: str = "running"  # from the job's control topic
     current: RoundAttempt | None = None
-    finished: set[tuple] = field(default_factory=set)  # attempt_key of DONE attempts
+    finished: set[AttemptKey] = field(default_factory=set)  # attempt_key of DONE attempts
     waited: set[int] = field(default_factory=set)  # rounds that waited for their inputs
     _said: set[tuple[str, int]] = field(default_factory=set)  # (transition, round) logged
 
