@@ -17,6 +17,9 @@ BOARD_PYTHON = Path(os.environ.get("EDGEFL_BOARD_PYTHON", ROOT / ".venv-board/bi
 # Broker fixtures: a real Mosquitto on a free port, the embedded broker, both.
 from tests.fixtures.brokers import *  # noqa: E402, F403
 
+# Emulated Raspberry Pi OS boards (aarch64, armhf) for the `emulated` tests.
+from tests.fixtures.emulation import emulated_board  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session")
 def export_dir(tmp_path_factory: pytest.TempPathFactory):
