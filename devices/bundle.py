@@ -3,7 +3,8 @@
 Files of a release (``releases/<id>/`` on the board): the client wheel, the pinned
 ``requirements.txt``, ``wheels.sha256`` (the dependency wheels, kept in the board's shared
 wheelhouse), ``fedge.env`` (the job's broker settings for ``fedge run``), the device's MQTT
-``password``, the broker's ``ca.crt`` (``mqtts://`` only), the systemd unit, the fallback
+``password``, the broker's ``ca.crt`` (``mqtts://`` only), the coordinator's public signing
+key ``signing.pub`` (with ``trust_key``), the systemd unit, the fallback
 supervisor and ``bundle.json``. The release id is a hash over all of that and the install
 paths, so flashing the same inventory twice yields the same id: nothing to do. The venv id
 covers only what is installed (wheels, Python), so a settings change reuses the venv.
@@ -25,6 +26,7 @@ from devices.profiles import BoardProfile
 from devices.remote_scripts import SUPERVISOR
 from devices.security import ensure_password
 from devices.wheels import DependencyLock, Wheelhouse, build_board_wheel
+from edge_client.errors import EdgeFLError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ def env_text(inventory: Inventory, device: Device, profile: BoardProfile) -> str
         values["EDGEFL_DATASET"] = str(device.dataset)
     if fleet.ca_file is not None:
         values["EDGEFL_CA_FILE"] = f"{root}/current/ca.crt"
+    if fleet.trust_key is not None:
+        values["EDGEFL_TRUST_KEY"] = f"{root}/current/signing.pub"
     values.update(device.env)  # the inventory's own settings win over the profile's
     lines = [f"# fedge run settings for {device.id}, made by `fedcoord devices flash`"]
     for key in sorted(values):
@@ -148,6 +152,8 @@ def build_bundle(
             files["ca.crt"] = BundleFile(inventory.fleet.ca_file.read_bytes())
         except OSError as exc:
             raise DeviceError(f"cannot read ca_file {inventory.fleet.ca_file}: {exc}") from None
+    if inventory.fleet.trust_key is not None:
+        files["signing.pub"] = BundleFile(trusted_key(inventory.fleet.trust_key))
     venv = venv_id(files[wheel.name].data, files["wheels.sha256"].data, device, profile)
     files["bundle.json"] = BundleFile(_manifest(device, profile, lock, wheel.name, venv))
     release = release_id(files, device)
@@ -161,6 +167,22 @@ def build_bundle(
         venv=venv,
         password_created=created,
     )
+
+
+def trusted_key(path: Path) -> bytes:
+    """The coordinator's public key file, refused unless it is an Ed25519 public key."""
+    from edge_client.signing import Verifier
+
+    if not path.is_file():
+        raise DeviceError(f"trust_key {path} does not exist (fedcoord keys generate makes it)")
+    try:
+        Verifier.from_spec(str(path))
+        return path.read_bytes()
+    except (EdgeFLError, OSError):
+        raise DeviceError(
+            f"trust_key {path} is not an Ed25519 public key: give the signing.pub that "
+            "fedcoord keys generate writes"
+        ) from None
 
 
 def check_client_wheel(path: Path) -> Path:

@@ -308,6 +308,13 @@ def plan_lines(inventory: Inventory, device: Device, options: FlashOptions) -> l
         f"  wheels    {wheels}",
         f"  broker    {fleet.broker}, job {fleet.job}, user {device.id}, password "
         f"{pw} ({'exists' if pw.exists() else 'would be generated'})",
+        "  signing   "
+        + (
+            f"boards trust {fleet.trust_key} (EDGEFL_TRUST_KEY): unsigned models and rounds "
+            "are refused"
+            if fleet.trust_key is not None
+            else "none: boards accept unsigned models and rounds (set trust_key in [fleet])"
+        ),
         f"  1. check the board: {profile.arch}, Python {profile.python}, glibc >= {profile.glibc}"
         "; stop here if it already runs the same release (up to date)",
         f"  2. upload the release to {root}/releases/<id>, missing wheels to {root}/wheelhouse",

@@ -21,8 +21,8 @@ profile = "rpi-zero2w-32"
 env = { EDGEFL_HEARTBEAT = "30" }
 ```
 
-Relative paths on this machine (``ssh_key``, ``known_hosts``, ``ca_file``, ``secrets_dir``,
-``broker_dir``) are relative to the inventory file; paths on the board must be absolute.
+Relative paths on this machine (``ssh_key``, ``known_hosts``, ``ca_file``, ``trust_key``,
+``secrets_dir``, ``broker_dir``) are relative to the inventory file; paths on the board must be absolute.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ MANAGED_ENV = frozenset(
         "EDGEFL_MQTT_PASSWORD",
         "EDGEFL_MQTT_PASSWORD_FILE",
         "EDGEFL_CA_FILE",
+        "EDGEFL_TRUST_KEY",
     }
 )
 _ENV_NAME = re.compile(r"EDGEFL_[A-Z0-9_]+")
@@ -77,6 +78,9 @@ class FleetSettings:
     coordinator_broker: str | None = None  # URL from this machine, when it differs from `broker`
     secrets_dir: Path = Path("secrets")  # per-device MQTT passwords (mode 600), kept here
     broker_dir: Path = Path("broker")  # where `devices broker-files` writes
+    # The coordinator's public signing key (signing.pub), installed on every board, which then
+    # refuses unsigned models and rounds. None: boards accept anything (an unsigned job).
+    trust_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -225,7 +229,8 @@ def _fleet(path: Path, table: dict[str, Any], base: Path) -> FleetSettings:
                 BrokerConfig.from_url(str(url))
     except EdgeFLError as exc:  # an invalid id or broker URL
         raise InventoryError(f"{path}: [fleet] {exc}") from None
-    kw["ca_file"] = _local_path(kw["ca_file"], base, "ca_file", path) if "ca_file" in kw else None
+    for key in ("ca_file", "trust_key"):
+        kw[key] = _local_path(kw[key], base, key, path) if key in kw else None
     for key in ("secrets_dir", "broker_dir"):
         default = getattr(FleetSettings, key)
         kw[key] = _local_path(str(kw.get(key, default)), base, key, path)

@@ -306,8 +306,17 @@ def _config(opts: dict[str, Any]) -> ClientConfig:
 
 
 @main.command()
-def info() -> None:
-    """Show the interpreter runtimes, numpy and paho-mqtt found on this machine."""
+@option(
+    "--trust-key",
+    envvar="EDGEFL_TRUST_KEY",
+    metavar="PUBKEY",
+    help="The key `fedge run` would trust (as its --trust-key): say which signatures it enforces.",
+)
+def info(trust_key: str | None) -> None:
+    """Show the interpreter runtimes, numpy, paho-mqtt and the signature checks of this board.
+
+    Exits 1 when a trusted key is set but cannot be used (`fedge run` would refuse to start).
+    """
     from importlib import metadata
 
     import numpy as np
@@ -344,6 +353,34 @@ def info() -> None:
             "runtime      none: pip install ai-edge-litert "
             "(or tflite-runtime==2.14.0 with 'numpy<2' on 32-bit Raspberry Pi OS)"
         )
+    crypto = version("cryptography")
+    click.echo(
+        f"cryptography {crypto}" + ("" if crypto == "not installed" else " (signature checks)")
+    )
+    _signatures(trust_key, crypto != "not installed")
+
+
+def _signatures(trust_key: str | None, have_crypto: bool) -> None:
+    """The ``signatures`` line of ``fedge info``; ConfigError if the key is unusable."""
+    if not trust_key:
+        hint = "" if have_crypto else " (and pip install cryptography)"
+        click.echo(
+            "signatures   not enforced: no --trust-key / EDGEFL_TRUST_KEY, any model and round "
+            f"announcement is accepted; set one{hint} to refuse unsigned ones"
+        )
+        return
+    from edge_client.errors import ConfigError
+    from edge_client.signing import Verifier
+
+    try:
+        verifier = Verifier.from_spec(trust_key)
+    except ConfigError as exc:
+        click.echo(f"signatures   REQUIRED but unusable: {exc}")
+        raise
+    click.echo(
+        f"signatures   enforced: the model and every round announcement must be signed by key "
+        f"{verifier.key_id} ({trust_key})"
+    )
 
 
 if __name__ == "__main__":

@@ -276,6 +276,42 @@ def test_a_first_install_that_fails_leaves_nothing_enabled(lab):
     assert not (board.install_dir / "fedge-service").exists() and board.client_pid() is None
 
 
+def test_flashing_a_trusted_key_makes_the_board_enforce_signatures(lab):
+    # Prepare: the coordinator's signing key pair
+    keys = lab.tmp / "keys"
+    made = fedcoord("keys", "generate", "--out", str(keys))
+    assert made.returncode == 0, made.stderr
+    python = lab.tmp / "python-bin" / "python3"
+    lab.write(device_extra=f'python = "{python}"', fleet_extra='trust_key = "../keys/signing.pub"')
+    plan = lab.flash("board-1", "--dry-run")
+    # Execute
+    done = lab.flash("board-1")
+    # Assert: the key is on the board, the client trusts it (fedge info) and runs connected
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "boards trust " in plan.stdout and "keys/signing.pub (EDGEFL_TRUST_KEY)" in plan.stdout
+    current = lab.board.install_dir / "current"
+    assert (current / "signing.pub").read_bytes() == (keys / "signing.pub").read_bytes()
+    env = (current / "fedge.env").read_text()
+    assert f'EDGEFL_TRUST_KEY="{lab.board.install_dir}/current/signing.pub"' in env
+    from edge_client.signing import Verifier
+
+    kid = Verifier.from_spec(str(keys / "signing.pub")).key_id
+    info = (current / "fedge-info.txt").read_text()
+    assert (
+        f"signatures   enforced: the model and every round announcement must be signed by key {kid}"
+        in info
+    )
+    assert "running under supervisor, connected" in done.stdout
+    # Execute: a trust_key that is not a public key
+    (keys / "bad.pub").write_text("not a key\n")
+    lab.write(device_extra=f'python = "{python}"', fleet_extra='trust_key = "../keys/bad.pub"')
+    failed = lab.flash("board-1")
+    # Assert: refused before anything is uploaded
+    line = error_line(failed)
+    assert line.startswith("error: trust_key ") and "bad.pub is not an Ed25519 public key" in line
+    assert lab.board.current() == current.resolve().name
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [

@@ -193,6 +193,7 @@ def write_inventory(
     data: str | None = None,
     env: dict[str, str] | None = None,
     device_extra: str = "",
+    fleet_extra: str = "",
 ) -> Path:
     """A fleet inventory with one device per board, all reached through ``ssh``."""
     profile = this_machine_profile()
@@ -202,6 +203,7 @@ def write_inventory(
         "[fleet]",
         f'job = "{job}"',
         f'broker = "{broker}"',
+        fleet_extra,
         "",
         "[profiles.test-board]",
         *(f'{k} = "{v}"' for k, v in profile.items()),

@@ -204,6 +204,41 @@ def test_info_reports_runtime_numpy_and_paho_without_importing_tensorflow():
     assert r.stdout.strip().endswith("TF-NOT-IMPORTED")
 
 
+def test_info_says_whether_signatures_can_be_and_are_enforced(tmp_path):
+    # Prepare: a key pair as `fedcoord keys generate` writes it
+    from edge_client.signing import Verifier, key_id
+
+    pytest.importorskip("cryptography")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    pub = tmp_path / "signing.pub"
+    pub.write_bytes(
+        public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    kid = Verifier.from_spec(str(pub)).key_id
+    assert kid == key_id(
+        public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+    # Execute
+    plain = fedge("info")
+    by_env = fedge("info", env={"EDGEFL_TRUST_KEY": str(pub)})
+    broken = fedge("info", "--trust-key", str(tmp_path / "missing.pub"))
+    # Assert
+    assert plain.returncode == 0 and by_env.returncode == 0, plain.stderr + by_env.stderr
+    assert "cryptography " in plain.stdout and "(signature checks)" in plain.stdout
+    assert "signatures   not enforced: no --trust-key / EDGEFL_TRUST_KEY" in plain.stdout
+    assert (
+        f"signatures   enforced: the model and every round announcement must be signed by key {kid}"
+        in by_env.stdout
+    )
+    assert broken.returncode == 1 and "signatures   REQUIRED but unusable" in broken.stdout
+    assert broken.stderr.startswith("error: ") and "Traceback" not in broken.stderr
+
+
 @pytest.mark.board
 def test_info_runs_in_the_board_environment():
     if not BOARD_PYTHON.exists():
@@ -213,3 +248,4 @@ def test_info_runs_in_the_board_environment():
     assert "runtime      tflite-runtime 2.14.0 (used by default)" in r.stdout
     assert "numpy        1." in r.stdout
     assert "tensorflow" not in r.stdout
+    assert "cryptography " in r.stdout and "signatures   not enforced" in r.stdout
