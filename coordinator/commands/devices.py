@@ -163,6 +163,28 @@ def flash(
         raise DeviceError(f"{len(failed)} of {len(targets)} devices failed: {', '.join(failed)}")
 
 
+@devices.command("client-wheel")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("dist"),
+    show_default=True,
+    help="Directory to write the wheel into.",
+)
+def client_wheel(out: Path) -> None:
+    """Build the board's wheel: edge_client and fedge only (what `devices flash` installs).
+
+    About 0.1 MB instead of the 1.7 MB of the full edgefl wheel (which also holds the
+    coordinator, the exporter and devices); built here without setuptools or an index, byte
+    for byte the same from the same sources. Install it on a board with its extra:
+    pip install 'edgefl_board-VERSION-py3-none-any.whl[board]' (or [board-legacy]).
+    """
+    from devices.wheels import build_board_wheel
+
+    wheel = build_board_wheel(out)
+    click.echo(f"wrote {wheel} ({wheel.stat().st_size / 1e3:.0f} kB: edge_client and fedge)")
+
+
 @devices.command()
 @inventory_option
 @click.option("--broker", metavar="URL", help="Broker URL [default: the inventory's].")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import zipfile
 
 import pytest
+from test_devices_support import fedcoord
 
 from devices.bundle import check_client_wheel
 from devices.errors import DeviceError
@@ -78,3 +82,32 @@ def test_a_prebuilt_client_wheel_must_hold_the_edge_client(tmp_path):
         check_client_wheel(other)
     with pytest.raises(DeviceError, match="cannot read the client wheel"):
         check_client_wheel(tmp_path / "broken.whl")
+
+
+def test_the_client_wheel_command_ships_the_board_only_what_it_runs(tmp_path):
+    # Execute
+    done = fedcoord("devices", "client-wheel", "--out", str(tmp_path / "dist"))
+    # Assert: the edge client and fedge only, small, the same bytes flash installs
+    assert done.returncode == 0, done.stderr
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    assert wheel.name == "edgefl_board-0.1.0-py3-none-any.whl" and str(wheel) in done.stdout
+    with zipfile.ZipFile(wheel) as zf:
+        tops = {n.split("/")[0] for n in zf.namelist()}
+        entry = zf.read("edgefl_board-0.1.0.dist-info/entry_points.txt").decode()
+        requires = zf.read("edgefl_board-0.1.0.dist-info/METADATA").decode()
+    assert tops == {"edge_client", "edgefl_board-0.1.0.dist-info"}
+    assert "fedge = edge_client.cli:main" in entry and "fedcoord" not in entry
+    assert 'Requires-Dist: cryptography>=42; extra == "board"' in requires
+    assert wheel.stat().st_size < 300_000
+    assert wheel.read_bytes() == build_board_wheel(tmp_path / "again").read_bytes()
+    # Execute: pip installs it offline, and the client runs from it
+    target = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target"]
+    subprocess.run([*pip, str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    code = "import edge_client.cli; print(edge_client.cli.__file__)"
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    ran = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith(str(target / "edge_client"))
