@@ -140,7 +140,7 @@ def run_size(n: int, args: argparse.Namespace, model: Path, tmp: Path) -> dict:
     state = RunDir(run_dir).load_state(job)
     plan, history = Plan(), state.history
     weights = [RunDir(run_dir).load_weights(state)[0]]
-    ok = len(history) == args.rounds and all(len(h["participants"]) == n for h in history)
+    ok = len(history) == args.rounds and all(len(h.participants) == n for h in history)
     return {
         "devices": n,
         "rounds": rounds,
@@ -187,7 +187,7 @@ def _check_last_round(run_dir: Path, plan, history: list, final: dict, encoding:
         base = {k[2:]: previous[k] for k in previous.files if k.startswith("w/")}
     if set(base) != set(final):
         return False
-    expected = expected_average(base, plan, history[-1]["participants"], encoding)
+    expected = expected_average(base, plan, history[-1].participants, encoding)
     return all(np.allclose(final[k], expected[k], atol=1e-5) for k in final)
 
 

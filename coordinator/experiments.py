@@ -106,8 +106,8 @@ def run_experiment(
             {
                 "variant": name,
                 "rounds": state.round,
-                "federated_accuracy": last["accuracy"],
-                "best_federated_accuracy": max(h["accuracy"] or 0 for h in state.history),
+                "federated_accuracy": last.accuracy,
+                "best_federated_accuracy": max(h.accuracy or 0 for h in state.history),
                 "centralized_accuracy": base["accuracy"][-1] if base else None,
                 "federated_wall_time_s": round(fed_s, 1),
                 "baseline_wall_time_s": round(base_s, 1),

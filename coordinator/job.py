@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from coordinator.config import JobConfig
 from coordinator.dashboard import attach_dashboard
@@ -16,7 +16,7 @@ from coordinator.retained import retained_chunk_counts
 from coordinator.run_dir import RunDir, RunState
 from coordinator.server import SENDER, Coordinator
 from edge_client.errors import ConfigError
-from edge_client.protocol import DeviceStatus, Topics
+from edge_client.protocol import DeviceStatus, RoundMetrics, Topics
 from edge_client.trainable_model import TrainableModel
 from edge_client.transport import BrokerConfig, MqttTransport, Will
 
@@ -63,7 +63,7 @@ def run_job(
     cfg: JobConfig,
     *,
     resume: bool = False,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_round: Callable[[RoundMetrics], None] | None = None,
     broker: BrokerConfig | None = None,
     final_models: bool = True,
     dashboard: DashboardSettings | None = None,

@@ -23,7 +23,7 @@ from coordinator.aggregation import Strategy
 from coordinator.robust_strategies import delta_norm
 from edge_client.errors import ProtocolError
 from edge_client.manifest import Manifest
-from edge_client.protocol import Envelope, UpdateDeduper, UpdateKey
+from edge_client.protocol import DeviceMetrics, Envelope, UpdateDeduper, UpdateKey, UpdateMeta
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +33,6 @@ _FLOAT_WIRE = ("float32", "float16")  # wire dtypes of floating weights (int8 ne
 
 class InvalidUpdate(ProtocolError):
     """A selected device's update for the open round whose content is unusable."""
-
-
-@dataclass
-class DeviceResult:
-    device: str
-    samples: int = 0
-    loss: float | None = None
-    accuracy: float | None = None
-    duration_s: float | None = None
-    interpreter: str = ""
-    failed: str = ""  # reason, for a reported failure
-    test_accuracy: float | None = None  # of this update on the test set (--eval-devices)
-    bytes: int = 0
 
 
 @dataclass
@@ -63,7 +50,7 @@ class RoundCollector:
     global_weights: Mapping[str, np.ndarray] | None = None
     max_update_norm: float = 0.0  # reject a change > this x max(1, ||global||); 0: off
     dtypes: Mapping[str, str] | None = None  # manifest dtypes (None: all float32)
-    results: dict[str, DeviceResult] = field(default_factory=dict)
+    results: dict[str, DeviceMetrics] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)  # device -> last reason
     invalid: set[str] = field(default_factory=set)  # selected devices that sent bad content
     aggregated: int = 0  # updates folded into the strategy (each device at most once)
@@ -100,7 +87,7 @@ class RoundCollector:
         )
 
     @property
-    def accepted(self) -> list[DeviceResult]:
+    def accepted(self) -> list[DeviceMetrics]:
         return [r for r in self.results.values() if not r.failed]
 
     @property
@@ -118,8 +105,7 @@ class RoundCollector:
             return False
         try:
             self._check(envelope, device)
-            if envelope.kind == "update":
-                self._check_content(envelope)
+            meta = self._check_content(envelope) if envelope.kind == "update" else None
         except ProtocolError as exc:
             self.rejected[device] = str(exc)
             if isinstance(exc, InvalidUpdate):
@@ -128,10 +114,9 @@ class RoundCollector:
             return False
         self.deduper.add(key)
         self.bytes_up += size
-        meta = envelope.meta
-        if envelope.kind == "failure":
-            self.results[device] = DeviceResult(
-                device, failed=envelope.reason or "unspecified", bytes=size
+        if meta is None:
+            self.results[device] = DeviceMetrics(
+                device, failed=envelope.reason or "unspecified", bytes_up=size
             )
             log.warning("device %s failed round %d: %s", device, self.round, envelope.reason)
             return True
@@ -139,14 +124,15 @@ class RoundCollector:
         self.strategy.accept(weights, envelope.samples)
         self.aggregated += 1
         self.invalid.discard(device)
-        self.results[device] = DeviceResult(
+        interpreter = f"{meta.interpreter or ''} {meta.interpreter_version or ''}".strip()
+        self.results[device] = DeviceMetrics(
             device,
             samples=envelope.samples,
-            loss=_num(meta.get("loss")),
-            accuracy=_num(meta.get("accuracy")),
-            duration_s=_num(meta.get("duration_s")),
-            interpreter=f"{meta.get('interpreter', '')} {meta.get('interpreter_version', '')}".strip(),
-            bytes=size,
+            loss=meta.loss,
+            accuracy=meta.accuracy,
+            duration_s=meta.duration_s,
+            interpreter=interpreter[:256],
+            bytes_up=size,
         )
         return True
 
@@ -169,8 +155,12 @@ class RoundCollector:
         if device in self.results:
             raise ProtocolError("a second, different update in the same round")
 
-    def _check_content(self, env: Envelope) -> None:
-        if env.meta.get("base_sha256") != self.base_sha256:
+    def _check_content(self, env: Envelope) -> UpdateMeta:
+        try:
+            meta = env.update_meta()
+        except ProtocolError as exc:
+            raise InvalidUpdate(f"unreadable meta: {exc}") from None
+        if meta.base_sha256 != self.base_sha256:
             raise InvalidUpdate("trained from other global weights (base_sha256 mismatch)")
         if not 0 < env.samples <= MAX_SAMPLES:
             raise InvalidUpdate(f"implausible sample count {env.samples}")
@@ -201,6 +191,7 @@ class RoundCollector:
             if not np.all(np.isfinite(w)):
                 raise InvalidUpdate(f"{name} contains NaN or Inf")
         self._check_norm(weights)
+        return meta
 
     def _check_norm(self, weights: Mapping[str, np.ndarray]) -> None:
         if self.max_update_norm <= 0 or self.global_weights is None:
@@ -216,7 +207,3 @@ class RoundCollector:
                 f"{norm / reference:.1f}x the global weights' norm; the limit is "
                 f"{self.max_update_norm:g}x"
             )
-
-
-def _num(value: object) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None

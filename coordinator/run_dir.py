@@ -3,14 +3,15 @@
     RUN_DIR/
       model/model.tflite, model/manifest.json   the trainable model the job uses
       config.json                                the resolved job configuration
-      state.json                                 last completed round, its checkpoint, metrics history
+      state.json                                 last completed round and its checkpoint
       checkpoints/round-NNNN.npz                 global weights (+ strategy state) after round N
-      metrics.jsonl                              one JSON object per completed round
+      metrics.jsonl                              RoundMetrics.to_record() per completed round
       final/                                     trained model, weights, inference-only model
 
 Every file is written to a temporary name and renamed, so a crash at any moment leaves
-the previous consistent state; ``metrics.jsonl`` is rewritten from ``state.json``, so a
-resumed job never counts a round twice.
+the previous consistent state. A round is saved as checkpoint, then ``metrics.jsonl``, then
+``state.json``; ``state.json`` says which rounds count, so a line of a round that a crash
+left unconfirmed is dropped on loading and a resumed job never counts a round twice.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_client.errors import ConfigError
+from edge_client.errors import ConfigError, ProtocolError
+from edge_client.protocol import RoundMetrics
 
 KEEP_CHECKPOINTS = 2
 
@@ -43,7 +45,7 @@ class RunState:
     job: str
     round: int = 0  # last completed round
     checkpoint: str | None = None  # relative path of its weights
-    history: list[dict[str, Any]] = field(default_factory=list)  # metrics per completed round
+    history: list[RoundMetrics] = field(default_factory=list)  # per completed round
     finished: bool = False
 
 
@@ -81,7 +83,7 @@ class RunDir:
                 raw["job"],
                 int(raw["round"]),
                 raw.get("checkpoint"),
-                list(raw["history"]),
+                [],
                 bool(raw.get("finished")),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -90,7 +92,22 @@ class RunDir:
             raise ConfigError(
                 f"cannot resume: {self.path} belongs to job {state.job!r}, not {job!r}"
             )
+        state.history = [m for m in self.load_history(job) if m.round <= state.round]
         return state
+
+    def load_history(self, job: str) -> list[RoundMetrics]:
+        """The rounds of ``metrics.jsonl`` (none if it does not exist)."""
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return []
+        try:
+            return [
+                RoundMetrics.from_record(job, json.loads(line))
+                for line in p.read_text().splitlines()
+                if line.strip()
+            ]
+        except (OSError, ValueError, ProtocolError) as exc:
+            raise ConfigError(f"cannot resume: {p} is unreadable ({exc})") from exc
 
     def load_weights(self, state: RunState) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(global weights, strategy state) of the state's checkpoint."""
@@ -113,9 +130,9 @@ class RunDir:
         round_: int,
         weights: Mapping[str, np.ndarray],
         strategy_state: Mapping[str, np.ndarray],
-        metrics: Mapping[str, Any] | None,
+        metrics: RoundMetrics | None,
     ) -> RunState:
-        """Checkpoint round ``round_`` (weights first, then state, then metrics.jsonl)."""
+        """Checkpoint round ``round_`` (weights first, then metrics.jsonl, then state)."""
         rel = f"checkpoints/round-{round_:04d}.npz"
         arrays = {f"w/{k}": v for k, v in weights.items()} | {
             f"s/{k}": v for k, v in strategy_state.items()
@@ -123,10 +140,11 @@ class RunDir:
         tmp = self.path / f"checkpoints/.round-{round_:04d}.tmp.npz"
         np.savez(tmp, **arrays)
         os.replace(tmp, self.path / rel)
-        history = [h for h in state.history if h["round"] < round_]
+        history = [h for h in state.history if h.round < round_]
         if metrics is not None:
-            history.append(dict(metrics))
+            history.append(metrics)
         new = RunState(state.job, round_, rel, history, state.finished)
+        self._write_history(history)
         self._write_state(new)
         self._prune(round_)
         return new
@@ -141,11 +159,12 @@ class RunDir:
             "job": state.job,
             "round": state.round,
             "checkpoint": state.checkpoint,
-            "history": state.history,
             "finished": state.finished,
         }
         atomic_write(self.path / "state.json", (json.dumps(raw, indent=1) + "\n").encode())
-        lines = "".join(json.dumps(h) + "\n" for h in state.history)
+
+    def _write_history(self, history: list[RoundMetrics]) -> None:
+        lines = "".join(json.dumps(h.to_record()) + "\n" for h in history)
         atomic_write(self.path / "metrics.jsonl", lines.encode())
 
     def _prune(self, round_: int) -> None:

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -73,7 +72,7 @@ class Coordinator:
         run_dir: RunDir,
         evaluator: Evaluator | None = None,
         *,
-        on_round: Callable[[dict[str, Any]], None] | None = None,
+        on_round: Callable[[RoundMetrics], None] | None = None,
         strategy: Strategy | None = None,
     ) -> None:
         self.cfg = config
@@ -122,7 +121,9 @@ class Coordinator:
                     and envelope.kind == "update"
                 ):
                     score = self.evaluator.evaluate(envelope.weights())
-                    collector.results[device].test_accuracy = score.accuracy
+                    collector.results[device] = dataclasses.replace(
+                        collector.results[device], test_accuracy=score.accuracy
+                    )
             case ControlReceived(ctl):
                 if ctl.time > self.started and ctl.state != self.control_state:
                     log.warning(
@@ -204,9 +205,7 @@ class Coordinator:
                 raise JobError(f"stopped by the operator before round {round_}")
             weights, metrics = self.run_round(round_, weights)
             state = self.run_dir.save_round(state, round_, weights, self.strategy.state(), metrics)
-            self.transport.publish(
-                self.topics.metrics, _metrics_message(self.cfg.job, metrics).to_json(), retain=True
-            )
+            self.transport.publish(self.topics.metrics, metrics.to_json(), retain=True)
             self.on_round(metrics)
         state = self.run_dir.mark_finished(state)
         self._publish_final(weights, state.round)
@@ -261,7 +260,7 @@ class Coordinator:
 
     def run_round(
         self, round_: int, weights: Mapping[str, np.ndarray]
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    ) -> tuple[dict[str, np.ndarray], RoundMetrics]:
         t0 = time.time()
         for attempt in range(self.cfg.max_retries + 1):
             collector, bytes_down = self._collect(round_, weights, attempt)
@@ -354,53 +353,27 @@ class Coordinator:
         bytes_down: int,
         duration: float,
         weights: Mapping[str, np.ndarray],
-    ) -> dict[str, Any]:
+    ) -> RoundMetrics:
         accuracy = loss = None
         if self.evaluator is not None and (
             round_ % self.cfg.eval_every == 0 or round_ == self.cfg.rounds
         ):
             result = self.evaluator.evaluate(weights)
             accuracy, loss = result.accuracy, result.loss
-        devices = {
-            r.device: {
-                "samples": r.samples,
-                "loss": r.loss,
-                "accuracy": r.accuracy,
-                "duration_s": r.duration_s,
-                "interpreter": r.interpreter,
-                "test_accuracy": r.test_accuracy,
-                "bytes_up": r.bytes,
-                "failed": r.failed or None,
-            }
-            for r in c.results.values()
-        }
-        return {
-            "round": round_,
-            "accuracy": accuracy,
-            "loss": loss,
-            "participants": sorted(r.device for r in c.accepted),
-            "selected": sorted(c.selected),
-            "failed": sorted(r.device for r in c.results.values() if r.failed),
-            "rejected": dict(c.rejected),
-            "updates_aggregated": c.aggregated,
-            "samples": sum(r.samples for r in c.accepted),
-            "bytes_up": c.bytes_up,
-            "bytes_down": bytes_down,
-            "duration_s": round(duration, 3),
-            "devices": devices,
-            "time": time.time(),
-        }
-
-
-def _metrics_message(job: str, m: Mapping[str, Any]) -> RoundMetrics:
-    return RoundMetrics(
-        job=job,
-        round=m["round"],
-        accuracy=m["accuracy"],
-        loss=m["loss"],
-        participants=tuple(m["participants"]),
-        bytes_up=m["bytes_up"],
-        bytes_down=m["bytes_down"],
-        duration_s=m["duration_s"],
-        extra={"devices": m["devices"], "failed": m["failed"], "samples": m["samples"]},
-    )
+        return RoundMetrics(
+            job=self.cfg.job,
+            round=round_,
+            accuracy=accuracy,
+            loss=loss,
+            participants=tuple(sorted(r.device for r in c.accepted)),
+            bytes_up=c.bytes_up,
+            bytes_down=bytes_down,
+            duration_s=round(duration, 3),
+            devices=tuple(c.results.values()),
+            failed=tuple(sorted(r.device for r in c.results.values() if r.failed)),
+            samples=sum(r.samples for r in c.accepted),
+            selected=tuple(sorted(c.selected)),
+            rejected=dict(c.rejected),
+            updates_aggregated=c.aggregated,
+            time=time.time(),
+        )

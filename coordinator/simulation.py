@@ -24,6 +24,7 @@ from coordinator.job import broker_for, run_job
 from coordinator.run_dir import RunState
 from edge_client.data import DATASETS, dataset_names
 from edge_client.errors import ConfigError
+from edge_client.protocol import RoundMetrics
 from edge_client.transport import BrokerConfig
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def simulate(
     fleet: FleetConfig,
     *,
     resume: bool = False,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_round: Callable[[RoundMetrics], None] | None = None,
 ) -> RunState:
     """Run a whole job with ``fleet.devices`` simulated boards; returns the final state."""
     changes: dict[str, Any] = {}

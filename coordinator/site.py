@@ -50,6 +50,7 @@ from edge_client.protocol import (
     DeviceStatus,
     RoundAnnouncement,
     Topics,
+    UpdateMeta,
     encode_failure,
     encode_weights,
 )
@@ -313,16 +314,16 @@ class SiteAggregator:
             round=ann.round,
             sender=self.cfg.site_id,
             samples=samples,
-            meta={
-                "base_sha256": ann.global_sha256,
-                "loss": _weighted(accepted, "loss"),
-                "accuracy": _weighted(accepted, "accuracy"),
-                "duration_s": round(self.clock() - current.started, 3),
-                "interpreter": INTERPRETER,
-                "interpreter_version": __version__,
-                "site_devices": len(accepted),
-                "site_selected": len(c.selected),
-            },
+            meta=UpdateMeta(
+                base_sha256=ann.global_sha256,
+                loss=_weighted(accepted, "loss"),
+                accuracy=_weighted(accepted, "accuracy"),
+                duration_s=round(self.clock() - current.started, 3),
+                interpreter=INTERPRETER,
+                interpreter_version=__version__,
+                site_devices=len(accepted),
+                site_selected=len(c.selected),
+            ),
             encoding=ann.encoding,
         )
         self.up_pub.publish(self.up.update(self.cfg.site_id), payload)

@@ -30,6 +30,7 @@ from edge_client.data import (
 from edge_client.errors import DataError, EdgeFLError, ModelError
 from edge_client.manifest import Manifest
 from edge_client.pacing import Pacer
+from edge_client.protocol import UpdateMeta
 from edge_client.runtime import Runtime
 from edge_client.trainable_model import TrainableModel
 
@@ -171,20 +172,18 @@ def train_local(
 
 def update_meta(
     result: TrainingResult, base_sha256: str, runtime: Runtime, lr: float
-) -> dict[str, Any]:
+) -> UpdateMeta:
     """The ``meta`` of an update envelope (see docs/protocol.md, section 4)."""
-    meta: dict[str, Any] = {
-        "base_sha256": base_sha256,
-        "loss": result.loss,
-        "duration_s": round(result.duration_s, 3),
-        "interpreter": runtime.name,
-        "interpreter_version": runtime.version,
-        "epochs": result.epochs,
-        "lr": lr,
-    }
-    if result.accuracy is not None:
-        meta["accuracy"] = result.accuracy
-    return meta
+    return UpdateMeta(
+        base_sha256=base_sha256,
+        loss=result.loss,
+        duration_s=round(result.duration_s, 3),
+        interpreter=runtime.name,
+        interpreter_version=runtime.version,
+        epochs=result.epochs,
+        lr=lr,
+        accuracy=result.accuracy,
+    )
 
 
 def evaluate_local(model: TrainableModel, data: Dataset, normalization: Normalization) -> float:

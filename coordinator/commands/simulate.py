@@ -104,8 +104,7 @@ def simulate(
     state = run(
         cfg, fleet, resume=resume, on_round=lambda m: click.echo(format_round(m, cfg.rounds))
     )
-    last = state.history[-1] if state.history else {}
-    acc = last.get("accuracy")
+    acc = state.history[-1].accuracy if state.history else None
     click.echo(
         f"done: {state.round} rounds"
         + (f", final accuracy {100 * acc:.2f} %" if acc is not None else "")

@@ -12,16 +12,17 @@ from coordinator import config as job_config
 from coordinator.commands.job_options import job_flags, job_options
 from coordinator.commands.watch_options import dashboard_options, dashboard_settings
 from edge_client.errors import ConfigError
+from edge_client.protocol import RoundMetrics
 
 
-def format_round(m: dict[str, Any], rounds: int) -> str:
-    acc = f"{100 * m['accuracy']:6.2f} %" if m.get("accuracy") is not None else "     -  "
-    loss = f"{m['loss']:.4f}" if m.get("loss") is not None else "   -  "
+def format_round(m: RoundMetrics, rounds: int) -> str:
+    acc = f"{100 * m.accuracy:6.2f} %" if m.accuracy is not None else "     -  "
+    loss = f"{m.loss:.4f}" if m.loss is not None else "   -  "
     return (
-        f"round {m['round']:3d}/{rounds}  devices {len(m['participants'])}/{len(m['selected'])}"
-        f"  accuracy {acc}  loss {loss}  up {m['bytes_up'] / 1e6:6.2f} MB"
-        f"  down {m['bytes_down'] / 1e6:6.2f} MB  {m['duration_s']:6.1f} s"
-        + (f"  failed: {', '.join(m['failed'])}" if m.get("failed") else "")
+        f"round {m.round:3d}/{rounds}  devices {len(m.participants)}/{len(m.selected)}"
+        f"  accuracy {acc}  loss {loss}  up {m.bytes_up / 1e6:6.2f} MB"
+        f"  down {m.bytes_down / 1e6:6.2f} MB  {m.duration_s:6.1f} s"
+        + (f"  failed: {', '.join(m.failed)}" if m.failed else "")
     )
 
 
@@ -74,8 +75,7 @@ def start(
         on_round=lambda m: click.echo(format_round(m, cfg.rounds)),
         dashboard=dashboard_settings(kwargs, dashboard_listen),
     )
-    last = state.history[-1] if state.history else {}
-    acc = last.get("accuracy")
+    acc = state.history[-1].accuracy if state.history else None
     click.echo(
         f"done: {state.round} rounds"
         + (f", accuracy {100 * acc:.2f} %" if acc is not None else "")

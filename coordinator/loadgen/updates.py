@@ -4,14 +4,12 @@ Device ``i`` sends the global weights plus ``(variant + 1) * STEP`` on every flo
 tensor, ``variant = i % variants``, claiming ``samples(i)`` training samples. So the FedAvg
 of any set of virtual devices is known in advance (:func:`expected_average`), and each
 round costs ``variants`` encodings, not one per device: a device's envelope is the shared
-body of its variant behind its own header (sender, samples, ``meta.base_sha256``), and
-its chunk is hashed once for its own id.
+body of its variant behind its own header (sender, samples, ``meta``), written by the
+protocol package's :func:`envelope_bytes` and :func:`split` like any other envelope.
 """
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,19 +17,15 @@ from typing import Any
 import numpy as np
 
 from edge_client.protocol import (
-    CHUNK_HEADER_SIZE,
     DEFAULT_MAX_CHUNK,
+    UpdateMeta,
     decode,
-    dumps,
     encode_weights,
-    message_id,
+    envelope_bytes,
     split,
 )
 
 STEP = 1e-3  # added per variant: a change far below the coordinator's norm limit
-# docs/protocol.md sections 3 and 4: the envelope prefix and the chunk header
-_ENVELOPE_PREFIX = struct.Struct("<4sB3sI")
-_CHUNK_HEADER = struct.Struct("<4sB3s16sIIQ32s32s")
 
 
 @dataclass(frozen=True)
@@ -112,6 +106,9 @@ class UpdateFactory:
         max_chunk: int = DEFAULT_MAX_CHUNK,
     ) -> None:
         self.plan, self.base_sha256, self.max_chunk = plan, base_sha256, max_chunk
+        self._meta = UpdateMeta(
+            base_sha256=base_sha256, loss=1.0, duration_s=0.0, interpreter="loadgen", accuracy=0.5
+        ).to_dict()
         self._templates: list[tuple[dict[str, Any], bytes]] = []
         for variant in range(plan.variants):
             payload = encode_weights(
@@ -120,41 +117,22 @@ class UpdateFactory:
                 job=job,
                 round=round_,
                 sender=plan.device_id(0),
+                meta=self._meta,
                 encoding=encoding,
             )
-            envelope = decode(payload)
+            envelope = decode(payload)  # validated once; devices differ only in the header
             self._templates.append((envelope.header(), envelope.body))
 
     def envelope(self, index: int) -> bytes:
         """Device ``index``'s update envelope, as it would encode it itself."""
         header, body = self._templates[self.plan.variant_of(index)]
-        meta = {
-            "base_sha256": self.base_sha256,
-            "loss": 1.0,
-            "accuracy": 0.5,
-            "duration_s": 0.0,
-            "interpreter": "loadgen",
+        own = {
+            **header,
+            "sender": self.plan.device_id(index),
+            "samples": self.plan.samples_of(index),
         }
-        own = dumps(
-            {
-                **header,
-                "sender": self.plan.device_id(index),
-                "samples": self.plan.samples_of(index),
-                "meta": meta,
-            },
-            "envelope header",
-        )
-        return b"".join((_ENVELOPE_PREFIX.pack(b"EFLM", 1, b"\0\0\0", len(own)), own, body))
+        return envelope_bytes(own, body)
 
     def chunks(self, index: int) -> list[bytes]:
-        """The chunks of device ``index``'s envelope (one sha256 when it fits in one chunk)."""
-        message = self.envelope(index)
-        size = self.max_chunk - CHUNK_HEADER_SIZE
-        if len(message) > size:
-            return split(message, self.max_chunk)
-        digest = hashlib.sha256(message).digest()
-        header = _CHUNK_HEADER.pack(
-            b"EFLC", 1, b"\0\0\0", message_id(digest, len(message), size), 0, 1, len(message),
-            digest, digest,
-        )  # fmt: skip
-        return [header + message]
+        """The chunks of device ``index``'s envelope."""
+        return split(self.envelope(index), self.max_chunk)

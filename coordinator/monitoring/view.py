@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edge_client.errors import ProtocolError
 from edge_client.messaging import (
     ControlReceived,
     GlobalReceived,
@@ -33,11 +34,13 @@ from edge_client.messaging import (
 )
 from edge_client.protocol import (
     DEFAULT_PREFIX,
+    DeviceMetrics,
     DeviceStatus,
     Envelope,
     JobControl,
     RoundAnnouncement,
     RoundMetrics,
+    UpdateMeta,
 )
 
 COORDINATOR = "coordinator"  # the coordinator registers its Last Will as this "device"
@@ -69,10 +72,6 @@ class _Device:
     samples: int = 0
     interpreter: str = ""
     bytes_up: int = 0
-
-
-def _num(value: object) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 class JobView:
@@ -128,12 +127,17 @@ class JobView:
             handler(item.value, item, retained)
             self.version += 1
 
-    def seed_history(self, rounds: Iterable[Mapping[str, Any]]) -> None:
-        """Add rounds known from elsewhere (the run directory's metrics.jsonl)."""
+    def seed_history(self, rounds: Iterable[RoundMetrics | Mapping[str, Any]]) -> None:
+        """Add rounds known from elsewhere (the run directory's metrics.jsonl records)."""
         with self._lock:
             for m in rounds:
-                if isinstance(m.get("round"), int):
-                    self._history.setdefault(m["round"], _history_entry(m))
+                try:
+                    metrics = (
+                        m if isinstance(m, RoundMetrics) else RoundMetrics.from_record(self.job, m)
+                    )
+                except ProtocolError:
+                    continue  # a line this version cannot read: the live messages still count
+                self._history.setdefault(metrics.round, _history_entry(metrics))
             self.version += 1
 
     def set_config(self, config: Mapping[str, Any] | None) -> None:
@@ -259,42 +263,27 @@ class JobView:
 
     def _on_metrics(self, m: RoundMetrics, item: Incoming, retained: bool) -> None:
         self._coordinator_lost = None
-        entry = _history_entry(
-            {
-                "round": m.round,
-                "accuracy": m.accuracy,
-                "loss": m.loss,
-                "participants": list(m.participants),
-                "bytes_up": m.bytes_up,
-                "bytes_down": m.bytes_down,
-                "duration_s": m.duration_s,
-                "samples": m.extra.get("samples"),
-                "failed": m.extra.get("failed", []),
-            }
-        )
+        entry = _history_entry(m)
         known = self._history.get(m.round) == entry  # a duplicate, or seeded from the run dir
         self._history[m.round] = entry
-        per_device = m.extra.get("devices")
-        if isinstance(per_device, dict):
-            for device, info in per_device.items():
-                if isinstance(info, dict) and isinstance(device, str):
-                    self._device_result(device, m.round, info)
+        for device in m.devices:
+            self._device_result(device, m.round)
         if not known:
             acc = (
                 f"accuracy {100 * m.accuracy:.2f} %" if m.accuracy is not None else "not evaluated"
             )
             self._event(f"round {m.round} done: {acc}, {len(m.participants)} update(s)")
 
-    def _device_result(self, device: str, round_: int, info: Mapping[str, Any]) -> None:
-        row = self._row(device)
+    def _device_result(self, info: DeviceMetrics, round_: int) -> None:
+        row = self._row(info.device)
         if row.update_round is not None and row.update_round > round_:
             return  # already know a newer round
         row.update_round = round_
-        row.failed = str(info.get("failed") or "")
-        row.loss, row.accuracy = _num(info.get("loss")), _num(info.get("accuracy"))
-        row.samples = int(info.get("samples") or row.samples)
-        row.interpreter = str(info.get("interpreter") or row.interpreter)
-        row.bytes_up = int(info.get("bytes_up") or row.bytes_up)
+        row.failed = info.failed
+        row.loss, row.accuracy = info.loss, info.accuracy
+        row.samples = info.samples or row.samples
+        row.interpreter = info.interpreter or row.interpreter
+        row.bytes_up = info.bytes_up or row.bytes_up
 
     def _on_control(self, ctl: JobControl, item: Incoming, retained: bool) -> None:
         if ctl == self._control:
@@ -317,21 +306,25 @@ class JobView:
     def _on_update(self, env: Envelope, item: Incoming, retained: bool) -> None:
         device = item.device or env.sender
         if env.kind == "failure":
-            info: dict[str, Any] = {"failed": env.reason or "failed"}
+            info = DeviceMetrics(device, failed=env.reason or "failed")
             row = self._devices.get(device)
-            if row is None or (row.update_round, row.failed) != (env.round, info["failed"]):
+            if row is None or (row.update_round, row.failed) != (env.round, info.failed):
                 self._event(f"{device} failed round {env.round}: {env.reason or 'no reason given'}")
         else:
-            meta = env.meta
-            interpreter = f"{meta.get('interpreter', '')} {meta.get('interpreter_version', '')}"
-            info = {
-                "loss": meta.get("loss"),
-                "accuracy": meta.get("accuracy"),
-                "samples": env.samples,
-                "interpreter": interpreter.strip(),
-                "bytes_up": item.size,
-            }
-        self._device_result(device, env.round, info)
+            try:
+                meta = env.update_meta()
+            except ProtocolError:
+                meta = UpdateMeta()  # the coordinator rejects it; the view still shows it arrived
+            interpreter = f"{meta.interpreter or ''} {meta.interpreter_version or ''}"
+            info = DeviceMetrics(
+                device,
+                samples=env.samples,
+                loss=meta.loss,
+                accuracy=meta.accuracy,
+                interpreter=interpreter.strip()[:256],
+                bytes_up=item.size,
+            )
+        self._device_result(info, env.round)
 
     # -- snapshot parts (lock held) -------------------------------------------------------------
     def _device_row(self, d: _Device, now: float) -> dict[str, Any]:
@@ -393,17 +386,18 @@ class JobView:
         return {"sha256": env.sha256, "bytes": len(env.body), **info}
 
 
-def _history_entry(m: Mapping[str, Any]) -> dict[str, Any]:
+def _history_entry(m: RoundMetrics) -> dict[str, Any]:
+    """A round's row of the snapshot's ``history`` (what the monitor and the dashboard show)."""
     return {
-        "round": int(m["round"]),
-        "accuracy": _num(m.get("accuracy")),
-        "loss": _num(m.get("loss")),
-        "participants": list(m.get("participants") or []),
-        "bytes_up": int(m.get("bytes_up") or 0),
-        "bytes_down": int(m.get("bytes_down") or 0),
-        "duration_s": _num(m.get("duration_s")),
-        "samples": m.get("samples") if isinstance(m.get("samples"), int) else None,
-        "failed": list(m.get("failed") or []),
+        "round": m.round,
+        "accuracy": m.accuracy,
+        "loss": m.loss,
+        "participants": list(m.participants),
+        "bytes_up": m.bytes_up,
+        "bytes_down": m.bytes_down,
+        "duration_s": m.duration_s,
+        "samples": m.samples,
+        "failed": list(m.failed),
     }
 
 

@@ -39,15 +39,13 @@ from edge_client.protocol.envelope import (
     encode_failure,
     encode_model,
     encode_weights,
+    envelope_bytes,
 )
-from edge_client.protocol.messages import (
-    DeviceStatus,
-    JobControl,
-    RoundAnnouncement,
-    RoundMetrics,
-)
+from edge_client.protocol.messages import DeviceStatus, JobControl, RoundAnnouncement
+from edge_client.protocol.metrics import DeviceMetrics, RoundMetrics
 from edge_client.protocol.tensors import TensorSpec, weights_sha256
 from edge_client.protocol.topics import DEFAULT_PREFIX, QOS, ParsedTopic, Topics
+from edge_client.protocol.update_meta import UpdateMeta
 from edge_client.protocol.validation import ID_PATTERN, PROTOCOL_VERSION, check_id, dumps, loads
 
 __all__ = [
@@ -59,6 +57,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "QOS",
     "Chunk",
+    "DeviceMetrics",
     "DeviceStatus",
     "Envelope",
     "JobControl",
@@ -70,6 +69,7 @@ __all__ = [
     "Topics",
     "UpdateDeduper",
     "UpdateKey",
+    "UpdateMeta",
     "check_id",
     "chunk_topics",
     "chunked",
@@ -78,6 +78,7 @@ __all__ = [
     "encode_failure",
     "encode_model",
     "encode_weights",
+    "envelope_bytes",
     "loads",
     "message_id",
     "parse_chunk",

@@ -126,7 +126,7 @@ def split(
     chunks = []
     for index in range(count):
         data = view[index * size : (index + 1) * size]
-        digest = hashlib.sha256(data).digest()
+        digest = whole if count == 1 else hashlib.sha256(data).digest()
         header = _HEADER.pack(
             CHUNK_MAGIC, CHUNK_VERSION, b"\0\0\0", mid, index, count, total, whole, digest
         )

@@ -34,6 +34,7 @@ from edge_client.protocol.tensors import (
     to_wire,
     weights_sha256,
 )
+from edge_client.protocol.update_meta import UpdateMeta
 from edge_client.protocol.validation import (
     PROTOCOL_VERSION,
     check_choice,
@@ -120,6 +121,12 @@ class Envelope:
         """Body length in bytes."""
         return len(self.body)
 
+    def update_meta(self) -> UpdateMeta:
+        """The typed ``meta`` of an ``update`` (ProtocolError if a field has the wrong type)."""
+        if self.kind != "update":
+            raise ProtocolError(f"a {self.kind} envelope carries no update meta")
+        return UpdateMeta.from_dict(self.meta)
+
     @property
     def reason(self) -> str:
         """Why a device failed (kind ``failure``); empty otherwise."""
@@ -142,14 +149,7 @@ class Envelope:
         }
 
     def to_bytes(self) -> bytes:
-        header = dumps(self.header(), "envelope header")
-        if len(header) > DEFAULT_MAX_HEADER:
-            raise ProtocolError(
-                f"envelope header is {len(header)} bytes, the limit is "
-                f"{DEFAULT_MAX_HEADER}; shrink meta or the tensor list"
-            )
-        prefix = _PREFIX.pack(MAGIC, ENVELOPE_VERSION, b"\0\0\0", len(header))
-        return b"".join((prefix, header, self.body))
+        return envelope_bytes(self.header(), self.body)
 
     def weights(self) -> dict[str, np.ndarray]:
         """Tensors by name in header order; floating (incl. float16/int8 on the wire) as float32."""
@@ -160,6 +160,22 @@ class Envelope:
     def weights_sha256(self) -> str:
         """:func:`weights_sha256` of the decoded weights (what a receiver will train from)."""
         return weights_sha256(self.weights())
+
+
+def envelope_bytes(header: Mapping[str, Any], body: bytes) -> bytes:
+    """Prefix, JSON ``header`` and ``body`` as one envelope; the header is not checked.
+
+    :meth:`Envelope.to_bytes` writes a validated envelope with it. A sender that varies
+    only the header of an envelope it validated once (the load generator: the same body
+    under many senders) may call it directly, skipping the body's sha256 per copy."""
+    data = dumps(dict(header), "envelope header")
+    if len(data) > DEFAULT_MAX_HEADER:
+        raise ProtocolError(
+            f"envelope header is {len(data)} bytes, the limit is "
+            f"{DEFAULT_MAX_HEADER}; shrink meta or the tensor list"
+        )
+    prefix = _PREFIX.pack(MAGIC, ENVELOPE_VERSION, b"\0\0\0", len(data))
+    return b"".join((prefix, data, body))
 
 
 def decode(
@@ -253,10 +269,12 @@ def encode_weights(
     round: int,
     sender: str,
     samples: int = 0,
-    meta: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | UpdateMeta | None = None,
     encoding: str = "float32",
 ) -> bytes:
     """Envelope bytes of a ``global`` or ``update`` with the tensors in mapping order."""
+    if isinstance(meta, UpdateMeta):
+        meta = meta.to_dict()
     check_choice(kind, "weights kind", WEIGHT_KINDS)
     check_choice(encoding, "weights encoding", WEIGHT_ENCODINGS)
     specs: list[TensorSpec] = []

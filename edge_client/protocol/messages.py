@@ -1,4 +1,4 @@
-"""The JSON messages: round announcements, device status, round metrics, job control.
+"""The JSON messages: round announcements, device status, job control (round metrics: metrics.py).
 
 Each is a frozen dataclass whose construction validates every field (ProtocolError), with
 ``to_json() -> bytes`` (compact strict UTF-8 JSON with ``"v": 1`` first) and
@@ -8,7 +8,7 @@ without breaking older boards; a missing required field or a different ``v`` is 
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 from edge_client.errors import ProtocolError
@@ -158,34 +158,6 @@ class DeviceStatus(_JsonMessage):
     def last_will(cls, device: str, time: float, **extra: Any) -> DeviceStatus:
         """The status a device registers as its Last Will when it connects."""
         return cls(device=device, state="offline", time=time, detail="connection lost", **extra)
-
-
-@dataclass(frozen=True)
-class RoundMetrics(_JsonMessage):
-    """Published retained on ``metrics`` after each round (the latest round wins)."""
-
-    _what: ClassVar[str] = "round metrics"
-
-    job: str
-    round: int
-    accuracy: float | None = None  # None when the round was not evaluated
-    loss: float | None = None
-    participants: tuple[str, ...] = ()  # devices whose updates were aggregated
-    bytes_up: int = 0  # update bytes received by the coordinator this round
-    bytes_down: int = 0  # global-weights bytes published this round
-    duration_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. per-device accuracy
-
-    def __post_init__(self) -> None:
-        check_id(self.job, "job id")
-        check_int(self.round, "round")
-        _set(self, "accuracy", _optional_float(self.accuracy, "accuracy"))
-        _set(self, "loss", _optional_float(self.loss, "loss"))
-        _set(self, "participants", _ids(self.participants, "participants"))
-        check_int(self.bytes_up, "bytes_up")
-        check_int(self.bytes_down, "bytes_down")
-        _set(self, "duration_s", check_float(self.duration_s, "duration_s", minimum=0.0))
-        _set(self, "extra", check_json_dict(self.extra, "extra"))
 
 
 @dataclass(frozen=True)

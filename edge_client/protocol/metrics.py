@@ -1,0 +1,249 @@
+"""One round's metrics: the record the coordinator fills, stores and publishes.
+
+:class:`RoundMetrics` is the only shape of a completed round's metrics. Two JSON forms:
+
+- ``to_json`` / ``from_json``: the retained ``metrics`` topic (docs/protocol.md section 5).
+  Per-device results, failed devices and the sample total travel inside the wire's
+  ``extra`` object (``extra.devices``, ``extra.failed``, ``extra.samples``); any other key
+  of ``extra`` is kept in :attr:`RoundMetrics.extra` (a newer sender may add some).
+- ``to_record`` / ``from_record``: one line of the run directory's ``metrics.jsonl``, which
+  also holds what the topic leaves out (``selected``, ``rejected``, ``updates_aggregated``,
+  ``time``) and no ``job`` (the run directory belongs to one job).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+from edge_client.errors import ProtocolError
+from edge_client.protocol.messages import _ids, _optional_float, _set
+from edge_client.protocol.validation import (
+    PROTOCOL_VERSION,
+    check_float,
+    check_id,
+    check_int,
+    check_json_dict,
+    check_str,
+    dumps,
+    loads,
+)
+
+_TYPED_EXTRA = ("devices", "failed", "samples")  # keys of the wire's extra read into fields
+
+
+@dataclass(frozen=True)
+class DeviceMetrics:
+    """What one device's reply contributed to a round (an update, or a reported failure)."""
+
+    device: str
+    samples: int = 0  # the update's sample count (its FedAvg weight); 0 for a failure
+    loss: float | None = None  # local training loss the device reported
+    accuracy: float | None = None  # local training accuracy the device reported
+    duration_s: float | None = None  # local training time the device reported
+    interpreter: str = ""  # "ai-edge-litert 2.3.0", ...
+    test_accuracy: float | None = None  # of this update on the test set (--eval-devices)
+    bytes_up: int = 0  # envelope bytes of the reply
+    failed: str = ""  # the device's failure reason; "" when it sent weights
+
+    def __post_init__(self) -> None:
+        check_id(self.device, "device id")
+        check_int(self.samples, "device samples")
+        for name in ("loss", "accuracy", "duration_s", "test_accuracy"):
+            _set(self, name, _optional_float(getattr(self, name), f"device {name}"))
+        check_str(self.interpreter, "device interpreter", max_len=256)
+        check_int(self.bytes_up, "device bytes_up")
+        check_str(self.failed, "device failure reason")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The per-device object of ``extra.devices`` and of ``metrics.jsonl``'s ``devices``."""
+        return {
+            "samples": self.samples,
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "duration_s": self.duration_s,
+            "interpreter": self.interpreter,
+            "test_accuracy": self.test_accuracy,
+            "bytes_up": self.bytes_up,
+            "failed": self.failed or None,
+        }
+
+    @classmethod
+    def from_dict(cls, device: str, d: object) -> DeviceMetrics:
+        if not isinstance(d, dict):
+            raise ProtocolError(f"metrics of device {device!r} must be a JSON object")
+        return cls(
+            device=device,
+            samples=d.get("samples", 0),
+            loss=d.get("loss"),
+            accuracy=d.get("accuracy"),
+            duration_s=d.get("duration_s"),
+            interpreter=d.get("interpreter", ""),
+            test_accuracy=d.get("test_accuracy"),
+            bytes_up=d.get("bytes_up", 0),
+            failed=d.get("failed") or "",
+        )
+
+
+def _devices(value: object) -> tuple[DeviceMetrics, ...]:
+    if isinstance(value, dict):
+        return tuple(DeviceMetrics.from_dict(check_id(k, "device id"), v) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and all(isinstance(d, DeviceMetrics) for d in value):
+        return tuple(value)
+    raise ProtocolError("devices must be a JSON object of per-device metrics")
+
+
+@dataclass(frozen=True)
+class RoundMetrics:
+    """Metrics of one completed round (published retained on ``metrics``: the latest wins)."""
+
+    _what: ClassVar[str] = "round metrics"
+
+    job: str
+    round: int
+    accuracy: float | None = None  # global model on the test set; None: not evaluated
+    loss: float | None = None
+    participants: tuple[str, ...] = ()  # devices whose updates were aggregated
+    bytes_up: int = 0  # envelope bytes of the updates and failures accepted this round
+    bytes_down: int = 0  # global-weights bytes published x devices selected
+    duration_s: float = 0.0  # wall time of the round, all attempts
+    extra: dict[str, Any] = field(default_factory=dict)  # other keys of the wire's extra
+    # On the wire inside extra (None / empty: not known, and then not written)
+    devices: tuple[DeviceMetrics, ...] = ()  # every reply, in arrival order
+    failed: tuple[str, ...] = ()  # devices that reported a failed round
+    samples: int | None = None  # sum of the participants' sample counts
+    # Only in metrics.jsonl
+    selected: tuple[str, ...] = ()
+    rejected: dict[str, str] = field(default_factory=dict)  # device -> last rejection reason
+    updates_aggregated: int = 0
+    time: float | None = None  # unix time the round's metrics were made
+
+    def __post_init__(self) -> None:
+        check_id(self.job, "job id")
+        check_int(self.round, "round")
+        _set(self, "accuracy", _optional_float(self.accuracy, "accuracy"))
+        _set(self, "loss", _optional_float(self.loss, "loss"))
+        _set(self, "participants", _ids(self.participants, "participants"))
+        check_int(self.bytes_up, "bytes_up")
+        check_int(self.bytes_down, "bytes_down")
+        _set(self, "duration_s", check_float(self.duration_s, "duration_s", minimum=0.0))
+        extra = check_json_dict(self.extra, "extra")
+        for key in _TYPED_EXTRA:  # the wire's typed keys become fields
+            if key in extra:
+                if getattr(self, key) not in ((), None):
+                    raise ProtocolError(f"round metrics give {key} twice (field and extra)")
+                _set(self, key, extra.pop(key))
+        _set(self, "extra", extra)
+        _set(self, "devices", _devices(self.devices))
+        _set(self, "failed", _ids(self.failed, "failed"))
+        if self.samples is not None:
+            check_int(self.samples, "samples")
+        _set(self, "selected", _ids(self.selected, "selected"))
+        rejected = check_json_dict(self.rejected, "rejected")
+        for device, reason in rejected.items():
+            check_str(reason, f"rejection reason of {device!r}")
+        _set(self, "rejected", rejected)
+        check_int(self.updates_aggregated, "updates_aggregated")
+        if self.time is not None:
+            _set(self, "time", check_float(self.time, "time", minimum=0.0))
+
+    def __getitem__(self, key: str) -> Any:
+        """``metrics["participants"]``: a value of the ``metrics.jsonl`` record (lists, dicts),
+        for code that reads rounds as those JSON lines (scripts, tests)."""
+        return self.to_record()[key]
+
+    def device(self, device: str) -> DeviceMetrics | None:
+        return next((d for d in self.devices if d.device == device), None)
+
+    def with_job(self, job: str) -> RoundMetrics:
+        return replace(self, job=job)
+
+    # -- the metrics topic --------------------------------------------------------------------
+    def to_json(self) -> bytes:
+        extra: dict[str, Any] = {}
+        if self.samples is not None or self.devices or self.failed:
+            extra = {
+                "devices": {d.device: d.to_dict() for d in self.devices},
+                "failed": list(self.failed),
+                "samples": self.samples,
+            }
+        body = {
+            "v": PROTOCOL_VERSION,
+            "job": self.job,
+            "round": self.round,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "participants": list(self.participants),
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "duration_s": self.duration_s,
+            "extra": extra | self.extra,
+        }
+        return dumps(body, self._what)
+
+    @classmethod
+    def from_json(cls, data: bytes | bytearray | memoryview | str) -> RoundMetrics:
+        obj = loads(data, cls._what)
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"{cls._what} must be a JSON object")
+        if "v" not in obj:
+            raise ProtocolError(f"{cls._what} is missing field 'v'")
+        if check_int(obj["v"], f"{cls._what} v") != PROTOCOL_VERSION:
+            raise ProtocolError(f"unsupported {cls._what} version {obj['v']}")
+        for name in ("job", "round"):
+            if name not in obj:
+                raise ProtocolError(f"{cls._what} is missing field {name!r}")
+        wire = ("accuracy", "loss", "participants", "bytes_up", "bytes_down", "duration_s")
+        extra = obj.get("extra", {})
+        if not isinstance(extra, dict):
+            raise ProtocolError("extra must be a JSON object with string keys")
+        return cls(
+            job=obj["job"],
+            round=obj["round"],
+            extra=extra,
+            **{k: obj[k] for k in wire if k in obj},
+        )
+
+    # -- metrics.jsonl ------------------------------------------------------------------------
+    def to_record(self) -> dict[str, Any]:
+        """One line of ``metrics.jsonl`` (keys in this order; docs/protocol.md section 5)."""
+        return {
+            "round": self.round,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "participants": list(self.participants),
+            "selected": list(self.selected),
+            "failed": list(self.failed),
+            "rejected": dict(self.rejected),
+            "updates_aggregated": self.updates_aggregated,
+            "samples": self.samples,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "duration_s": self.duration_s,
+            "devices": {d.device: d.to_dict() for d in self.devices},
+            "time": self.time,
+        }
+
+    @classmethod
+    def from_record(cls, job: str, record: Mapping[str, Any]) -> RoundMetrics:
+        """Parse a ``metrics.jsonl`` line; missing keys take their defaults."""
+        if not isinstance(record, Mapping) or "round" not in record:
+            raise ProtocolError("a metrics record must be a JSON object with a round")
+        keys = (
+            "accuracy",
+            "loss",
+            "participants",
+            "selected",
+            "failed",
+            "rejected",
+            "updates_aggregated",
+            "samples",
+            "bytes_up",
+            "bytes_down",
+            "duration_s",
+            "devices",
+            "time",
+        )
+        values = {k: record[k] for k in keys if record.get(k) is not None}
+        return cls(job=job, round=record["round"], **values)

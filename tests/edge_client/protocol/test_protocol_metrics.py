@@ -1,0 +1,142 @@
+"""RoundMetrics (the one record of a round) and UpdateMeta: round trips and exact bytes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from edge_client.errors import ProtocolError
+from edge_client.protocol import DeviceMetrics, RoundMetrics, UpdateMeta
+
+# What the coordinator published and wrote before RoundMetrics became typed (the bytes of
+# its earlier dict-based code for this round): the record must reproduce them exactly.
+WIRE = (
+    b'{"v":1,"job":"demo","round":3,"accuracy":0.8727,"loss":0.35,"participants":["pi-01",'
+    b'"pi-02"],"bytes_up":2001000,"bytes_down":3000000,"duration_s":42.5,"extra":{"devices":'
+    b'{"pi-01":{"samples":12000,"loss":0.61,"accuracy":0.79,"duration_s":3.25,"interpreter":'
+    b'"ai-edge-litert 2.3.0","test_accuracy":null,"bytes_up":1000000,"failed":null},"pi-03":'
+    b'{"samples":0,"loss":null,"accuracy":null,"duration_s":null,"interpreter":"",'
+    b'"test_accuracy":null,"bytes_up":1000,"failed":"out of memory"},"pi-02":{"samples":8000,'
+    b'"loss":0.72,"accuracy":0.75,"duration_s":2.0,"interpreter":"tflite-runtime 2.14.0",'
+    b'"test_accuracy":0.81,"bytes_up":1000000,"failed":null}},"failed":["pi-03"],'
+    b'"samples":20000}}'
+)
+RECORD = (
+    '{"round": 3, "accuracy": 0.8727, "loss": 0.35, "participants": ["pi-01", "pi-02"], '
+    '"selected": ["pi-01", "pi-02", "pi-03"], "failed": ["pi-03"], "rejected": {"pi-04": '
+    '"device was not selected for this round"}, "updates_aggregated": 2, "samples": 20000, '
+    '"bytes_up": 2001000, "bytes_down": 3000000, "duration_s": 42.5, "devices": {"pi-01": '
+    '{"samples": 12000, "loss": 0.61, "accuracy": 0.79, "duration_s": 3.25, "interpreter": '
+    '"ai-edge-litert 2.3.0", "test_accuracy": null, "bytes_up": 1000000, "failed": null}, '
+    '"pi-03": {"samples": 0, "loss": null, "accuracy": null, "duration_s": null, '
+    '"interpreter": "", "test_accuracy": null, "bytes_up": 1000, "failed": "out of memory"}, '
+    '"pi-02": {"samples": 8000, "loss": 0.72, "accuracy": 0.75, "duration_s": 2.0, '
+    '"interpreter": "tflite-runtime 2.14.0", "test_accuracy": 0.81, "bytes_up": 1000000, '
+    '"failed": null}}, "time": 1767225600.5}'
+)
+
+
+def _round() -> RoundMetrics:
+    return RoundMetrics(
+        job="demo",
+        round=3,
+        accuracy=0.8727,
+        loss=0.35,
+        participants=("pi-01", "pi-02"),
+        bytes_up=2_001_000,
+        bytes_down=3_000_000,
+        duration_s=42.5,
+        devices=(
+            DeviceMetrics(
+                "pi-01", 12000, 0.61, 0.79, 3.25, "ai-edge-litert 2.3.0", bytes_up=1_000_000
+            ),
+            DeviceMetrics("pi-03", bytes_up=1000, failed="out of memory"),
+            DeviceMetrics("pi-02", 8000, 0.72, 0.75, 2.0, "tflite-runtime 2.14.0", 0.81, 1_000_000),
+        ),
+        failed=("pi-03",),
+        samples=20000,
+        selected=("pi-01", "pi-02", "pi-03"),
+        rejected={"pi-04": "device was not selected for this round"},
+        updates_aggregated=2,
+        time=1767225600.5,
+    )
+
+
+def test_round_metrics_wire_bytes_are_unchanged_and_round_trip() -> None:
+    # Execute
+    data = _round().to_json()
+    back = RoundMetrics.from_json(data)
+    # Assert: the topic carries what it always did; what it leaves out comes back as defaults
+    assert data == WIRE
+    assert back == replace(_round(), selected=(), rejected={}, updates_aggregated=0, time=None)
+    assert back.to_json() == WIRE
+
+
+def test_round_metrics_record_is_the_metrics_jsonl_line_and_round_trips() -> None:
+    # Execute
+    line = json.dumps(_round().to_record())
+    back = RoundMetrics.from_record("demo", json.loads(line))
+    # Assert
+    assert line == RECORD
+    assert back == _round()
+    assert back["participants"] == ["pi-01", "pi-02"] and back["devices"]["pi-03"]["failed"]
+
+
+def test_round_metrics_keep_unknown_extra_keys_and_refuse_bad_devices() -> None:
+    m = RoundMetrics.from_json(
+        b'{"v":1,"job":"demo","round":1,"extra":{"samples":5,"per_device":{"a":1}}}'
+    )
+    assert m.samples == 5 and m.extra == {"per_device": {"a": 1}}
+    with pytest.raises(ProtocolError, match="device samples"):
+        RoundMetrics.from_json(
+            b'{"v":1,"job":"demo","round":1,"extra":{"devices":{"a":{"samples":-1}}}}'
+        )
+    with pytest.raises(ProtocolError, match="devices"):
+        RoundMetrics.from_json(b'{"v":1,"job":"demo","round":1,"extra":{"devices":[1]}}')
+
+
+BOARD_META = (
+    b'{"base_sha256":"' + b"ab" * 32 + b'","loss":0.5,"duration_s":1.25,'
+    b'"interpreter":"ai-edge-litert","interpreter_version":"2.3.0","epochs":1,"lr":0.05,'
+    b'"accuracy":0.9}'
+)
+
+
+def test_update_meta_writes_a_boards_meta_as_before_and_round_trips() -> None:
+    # Prepare: the fields a board sends, in the order edge_client always wrote them
+    meta = UpdateMeta(
+        base_sha256="ab" * 32,
+        loss=0.5,
+        duration_s=1.25,
+        interpreter="ai-edge-litert",
+        interpreter_version="2.3.0",
+        epochs=1,
+        lr=0.05,
+        accuracy=0.9,
+    )
+    # Execute
+    data = json.dumps(meta.to_dict(), separators=(",", ":")).encode()
+    # Assert
+    assert data == BOARD_META
+    assert UpdateMeta.from_dict(json.loads(data)) == meta
+    with_extra = UpdateMeta.from_dict({"loss": 1.0, "custom": [1]})
+    assert with_extra.extra == {"custom": [1]} and with_extra.to_dict() == {
+        "loss": 1.0,
+        "custom": [1],
+    }
+
+
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ({"base_sha256": "xyz"}, "base_sha256"),
+        ({"loss": "low"}, "meta.loss"),
+        ({"epochs": 1.5}, "meta.epochs"),
+        ({"interpreter": 3}, "meta.interpreter"),
+    ],
+)
+def test_update_meta_rejects_wrong_types(meta: dict, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        UpdateMeta.from_dict(meta)
