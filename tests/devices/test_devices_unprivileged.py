@@ -47,6 +47,8 @@ class UserLab:
         write_inventory(
             self.inventory, ssh=self.ssh, boards=[self.board], broker=broker or self.broker.url,
             data=data, device_extra=f'python = "{self.python}"',
+            # fedge's own connect timeout well beyond the flash's check: the client keeps trying
+            env={"EDGEFL_HEARTBEAT": "1", "EDGEFL_CONNECT_TIMEOUT": "60"},
         )  # fmt: skip
 
     def flash(self) -> subprocess.CompletedProcess:
