@@ -3,6 +3,7 @@
     RUN_DIR/
       model/model.tflite, model/manifest.json   the trainable model the job uses
       config.json                                the resolved job configuration
+      run_id                                     this run's identity (made once, kept by --resume)
       state.json                                 last completed round and its checkpoint
       checkpoints/round-NNNN.npz                 global weights (+ strategy state) after round N
       metrics.jsonl                              RoundMetrics.to_record() per completed round
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from edge_client.errors import ConfigError, ProtocolError
-from edge_client.protocol import RoundMetrics
+from edge_client.protocol import RoundMetrics, check_id
 
 KEEP_CHECKPOINTS = 2
 
@@ -72,6 +74,31 @@ class RunDir:
             self.path / "config.json",
             (json.dumps(dict(config), indent=2, default=str) + "\n").encode(),
         )
+
+    def run_id(self) -> str:
+        """This run's identity: made at the first call, read back afterwards (--resume).
+
+        Round announcements carry it (``run``) and boards key their progress on it, so a
+        second run of the same job and model is trained again, while a resumed run's rounds
+        are recognised (and resent rather than retrained)."""
+        path = self.path / "run_id"
+        try:
+            run_id = path.read_text().strip()
+        except FileNotFoundError:
+            run_id = ""
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        if run_id:
+            try:
+                return check_id(run_id, "run id")
+            except ProtocolError as exc:
+                raise ConfigError(
+                    f"{path} is corrupt ({exc}): delete it to start a new run"
+                ) from exc
+        run_id = secrets.token_hex(8)
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, f"{run_id}\n".encode())
+        return run_id
 
     def load_state(self, job: str) -> RunState:
         p = self.path / "state.json"

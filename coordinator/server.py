@@ -86,6 +86,7 @@ class Coordinator:
         self.inbox = Inbox(transport, self.topics)
         self.strategy = strategy or build_strategy(config)
         self.signer = Signer.from_file(config.signing_key) if config.signing_key else None
+        self.run_id = run_dir.run_id()  # in every announcement: boards key progress on it
         self.devices: dict[str, DeviceStatus] = {}
         self.started = time.time()
         self.control_state = "running"
@@ -181,9 +182,12 @@ class Coordinator:
         if state.round:
             weights, strategy_state = self.run_dir.load_weights(state)
             self.strategy.load_state(strategy_state)
-            log.info("resuming job %s after round %d", self.cfg.job, state.round)
+            log.info(
+                "resuming job %s (run %s) after round %d", self.cfg.job, self.run_id, state.round
+            )
         else:
             weights = dict(self.model.initial_weights)
+            log.info("job %s: run %s", self.cfg.job, self.run_id)
         for topic, qos in self.topics.coordinator_subscriptions():
             self.transport.subscribe(topic, qos)
         self._publish_control("running")
@@ -318,6 +322,7 @@ class Coordinator:
             model_sha256=self.model.manifest.sha256,
             global_sha256=global_sha,
             encoding=self.cfg.encoding,
+            run=self.run_id,
         )
         self._publish_announcement(announcement)
         log.info(

@@ -259,6 +259,7 @@ class SiteAggregator:
             model_sha256=ann.model_sha256,
             global_sha256=ann.global_sha256,
             encoding=ann.encoding,
+            run=ann.run,
         )
         strategy = FedAvg()
         collector = RoundCollector.open(

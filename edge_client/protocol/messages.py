@@ -94,7 +94,7 @@ class RoundAnnouncement(_JsonMessage):
     """
 
     _what: ClassVar[str] = "round announcement"
-    _omit_none: ClassVar[tuple[str, ...]] = ("signature",)
+    _omit_none: ClassVar[tuple[str, ...]] = ("run", "signature")
 
     job: str
     round: int
@@ -105,6 +105,10 @@ class RoundAnnouncement(_JsonMessage):
     global_sha256: str
     encoding: str = "float32"  # how devices should encode their updates
     state: str = "open"
+    # Identity of this run of the job, made by the coordinator when the run starts and kept
+    # by --resume: boards key their progress on it, so a second run of the same job and
+    # model trains again. None (coordinators before it): left out of the JSON.
+    run: str | None = None
     # Ed25519 signature object {"alg", "key", "sig"} (docs/protocol.md section 12); None:
     # unsigned, and then left out of the JSON
     signature: dict[str, Any] | None = None
@@ -112,6 +116,8 @@ class RoundAnnouncement(_JsonMessage):
     def __post_init__(self) -> None:
         check_id(self.job, "job id")
         check_int(self.round, "round")
+        if self.run is not None:
+            check_id(self.run, "run id")
         if self.signature is not None:
             _set(self, "signature", check_json_dict(self.signature, "signature"))
         _set(self, "deadline", check_float(self.deadline, "deadline", minimum=0.0))

@@ -15,6 +15,7 @@ from coordinator.evaluation import Evaluator
 from coordinator.run_dir import RunDir
 from coordinator.server import Coordinator, JobError, ModelBundle
 from edge_client.data import load_dataset
+from edge_client.errors import ConfigError
 from edge_client.manifest import Manifest
 from edge_client.messaging import (
     BinaryPublisher,
@@ -23,7 +24,13 @@ from edge_client.messaging import (
     Inbox,
     RoundReceived,
 )
-from edge_client.protocol import DeviceStatus, JobControl, Topics, encode_weights
+from edge_client.protocol import (
+    DeviceStatus,
+    JobControl,
+    RoundAnnouncement,
+    Topics,
+    encode_weights,
+)
 from edge_client.trainable_model import TrainableModel
 from edge_client.transport import MemoryBus, MemoryTransport
 
@@ -226,6 +233,33 @@ def test_resume_continues_after_the_last_checkpoint_without_recounting(bundle, t
         make_coordinator(bus, bundle, tmp_path, rounds=4).run(resume=False)
     for d in devices:
         d.stop()
+
+
+def test_every_announcement_carries_the_run_id_that_resume_keeps(bundle, tmp_path):
+    # Prepare
+    bus = MemoryBus()
+    devices = start_devices(bus, "t", 3)
+    observer = MemoryTransport(bus, "observer")
+    observer.connect()
+    observer.subscribe(Topics("t").round)
+    # Execute
+    make_coordinator(bus, bundle, tmp_path, rounds=2).run()
+    for d in devices:
+        d.stop()
+    # Assert: open and closed, both rounds, the id of the run directory (which a resumed
+    # coordinator reads back); another run directory has another id
+    announced = []
+    while (m := observer.get(0)) is not None:
+        announced.append(RoundAnnouncement.from_json(m.payload))
+    run_id = (tmp_path / "run/run_id").read_text().strip()
+    assert [(a.round, a.state) for a in announced] == [
+        (r, s) for r in (1, 2) for s in ("open", "closed")
+    ]
+    assert {a.run for a in announced} == {run_id} and len(run_id) == 16
+    assert RunDir(tmp_path / "run").run_id() == run_id != RunDir(tmp_path / "other").run_id()
+    (tmp_path / "run/run_id").write_text("not/an id\n")
+    with pytest.raises(ConfigError, match="run_id is corrupt"):
+        RunDir(tmp_path / "run").run_id()
 
 
 def test_operator_stop_ends_the_job(bundle, tmp_path):

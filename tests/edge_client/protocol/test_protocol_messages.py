@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -35,6 +36,7 @@ def _announcement() -> RoundAnnouncement:
 
 MESSAGES = [
     _announcement(),
+    dataclasses.replace(_announcement(), run="3f9a0c1e5b7d2468"),
     DeviceStatus(
         device="pi-01",
         state="training",
@@ -91,6 +93,17 @@ def test_json_is_plain_and_readable() -> None:
         "encoding": "float16",
         "state": "open",
     }
+
+
+def test_the_run_id_is_optional_and_left_out_while_none() -> None:
+    # Prepare: an announcement of a coordinator that predates run ids, and one with a run
+    old = json.loads(_announcement().to_json())
+    new = dataclasses.replace(_announcement(), run="3f9a0c1e5b7d2468").to_json()
+
+    # Assert: the old one reads as run None; the new one only adds the field at the end
+    assert "run" not in old and RoundAnnouncement.from_json(json.dumps(old)).run is None
+    assert json.loads(new) == {**old, "run": "3f9a0c1e5b7d2468"}
+    assert new.endswith(b',"run":"3f9a0c1e5b7d2468"}')
 
 
 def test_unknown_fields_are_ignored_and_defaults_fill_in() -> None:
@@ -151,6 +164,7 @@ def test_announcement_field_validation() -> None:
         "encoding": ("bf16", "encoding"),
         "state": ("done", "round state"),
         "hyperparams": ([], "hyperparams"),
+        "run": ("run/1", "run id"),
     }
     for field, (value, message) in cases.items():
         with pytest.raises(ProtocolError, match=message):
