@@ -49,7 +49,7 @@ from edge_client.round_machine import (
 from edge_client.round_work import RoundWork
 from edge_client.runtime import Runtime, load_runtime
 from edge_client.signing import Verifier
-from edge_client.state import NO_ROUND, ClientState
+from edge_client.state import NO_ROUND, ClientState, Completed
 from edge_client.status import StatusReporter, device_will
 from edge_client.transport import MqttTransport, Transport
 
@@ -149,7 +149,8 @@ class EdgeClient:
 
     @property
     def last_completed(self) -> int:
-        return self.rounds.last_completed
+        """The round this device sent last for the model it holds (NO_ROUND: none)."""
+        return self.state.last_completed_round(self.holdings.model_sha256)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -239,7 +240,6 @@ class EdgeClient:
                 self._on_control(ctl)
 
     def _model_changed(self) -> None:
-        self.rounds.last_completed = self.state.last_completed_round(self.holdings.model_sha256)
         if self.holdings.data_problem is not None:
             self.status.set("failed", detail=self.holdings.data_problem)
 
@@ -309,7 +309,7 @@ class EdgeClient:
         return RoundFacts(
             announcement=ann,
             selected=ann.is_selected(self.config.device_id),
-            last_completed=self.rounds.last_completed,
+            completed=self.state.has_completed(Completed.of(ann)),
             job_state=self.rounds.job_state,
             late=self.clock() >= ann.deadline,
             waited=ann.round in self.rounds.waited,
@@ -332,16 +332,14 @@ class EdgeClient:
             case Action.FAIL:
                 self.work.fail(ann, t.says(facts))
             case Action.TRAIN:
-                sent = self.work.train(ann, lambda: self._between_batches(ann))
-                if sent:
-                    self.rounds.last_completed = ann.round
+                self.work.train(ann, lambda: self._between_batches(ann))
                 self.rounds.enter(attempt, Phase.DONE)
 
     def _resend_after_reconnect(self, ann: RoundAnnouncement) -> None:
         """The announcement came again over a new connection: the update this device sent
         for the open round may have been lost with the connection (or a restarted broker),
         so send it again; the coordinator drops duplicates."""
-        if ann.state == "open" and ann.round == self.rounds.last_completed:
+        if ann.state == "open" and self.state.has_completed(Completed.of(ann)):
             saved = self.work.saved_update(ann)
             if saved is not None:
                 self.work.resend(saved)

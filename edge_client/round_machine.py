@@ -5,7 +5,8 @@ is a new one) starts in :attr:`Phase.NEW`. On every step the client gathers the
 :class:`RoundFacts` and takes the first row of :data:`TRANSITIONS` whose guard holds from
 the attempt's phase: the row names the next phase and the :class:`Action` to carry out.
 Rows are read in order, so an earlier row wins (a device that already sent round 3 does
-not wait for round 3's global weights). A new way of handling rounds is a new row.
+not wait for the job to resume before sending it again). A new way of handling rounds is a
+new row.
 
 ::
 
@@ -23,7 +24,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from edge_client.protocol import RoundAnnouncement
-from edge_client.state import NO_ROUND
 
 
 class Phase(enum.Enum):
@@ -60,7 +60,7 @@ class RoundFacts:
 
     announcement: RoundAnnouncement
     selected: bool  # this device is in the announcement's selection
-    last_completed: int  # the last round this device sent for the current model
+    completed: bool  # this device sent this very round before (same run, model, global)
     job_state: str  # running | paused | stopped
     late: bool  # the attempt's deadline has passed
     waited: bool  # this round waited for its inputs before (some attempt)
@@ -107,17 +107,17 @@ TRANSITIONS: tuple[Transition, ...] = (
     ),
     Transition(
         "announced again",  # a new attempt of the round this device sent: send it again
-        lambda f: f.round == f.last_completed and f.saved_update is not None,
+        lambda f: f.completed and f.saved_update is not None,
         Phase.DONE,
         Action.RESEND,
         lambda f: f"round {f.round} announced again: resent the update already computed",
     ),
     Transition(
         "already completed",
-        lambda f: f.round <= f.last_completed,
+        lambda f: f.completed,
         Phase.DONE,
         Action.SKIP,
-        lambda f: f"round {f.round}: already completed (last: {f.last_completed})",
+        lambda f: f"round {f.round}: already completed from these global weights",
     ),
     Transition(
         "job not running",
@@ -181,9 +181,9 @@ class RoundAttempt:
 
 @dataclass
 class RoundTracker:
-    """The client's round state: the current attempt, the job's state and its progress."""
+    """The client's round state: the current attempt and the job's state (its progress is
+    in the state directory)."""
 
-    last_completed: int = NO_ROUND  # the last round sent for the current model
     job_state: str = "running"  # from the job's control topic
     current: RoundAttempt | None = None
     finished: set[AttemptKey] = field(default_factory=set)  # attempt_key of DONE attempts

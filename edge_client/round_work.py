@@ -24,7 +24,7 @@ from edge_client.local_training import (
 from edge_client.messaging import BinaryPublisher
 from edge_client.protocol import RoundAnnouncement, Topics, decode, encode_failure, encode_weights
 from edge_client.runtime import Runtime
-from edge_client.state import ClientState
+from edge_client.state import ClientState, Completed
 from edge_client.status import MAX_DETAIL, StatusReporter
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class RoundWork:
             return False
         sent = self.publisher.publish(self.update_topic, payload)
         self.state.save_update(payload)
-        self.state.save_completed_round(r, model.manifest.sha256, ann.global_sha256)
+        self.state.save_completed(Completed.of(ann))
         accuracy = "" if result.accuracy is None else f", local accuracy {result.accuracy:.4f}"
         log.info(
             "round %d: update sent (%d bytes, loss %.4f%s, %.1f s)",

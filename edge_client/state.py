@@ -6,8 +6,15 @@ Layout of ``<state dir>`` (default ``~/.local/state/edgefl/<job>/<device>``)::
     manifest.json
     global.npz      the last global weights: arrays in manifest order plus their names,
                     weights_sha256 and round (numpy only, never pickle)
-    progress.json   {"last_completed_round": r, "model_sha256": ...}
+    progress.json   the rounds sent lately, each with what it was trained from:
+                    {"completed": [{"run", "model_sha256", "round", "global_sha256"}, ...],
+                     "last_completed_round": r, ...} (the newest one also at the top level)
     update.bin      the update envelope last sent, to resend if that round is re-announced
+
+Progress is a set of exact records, never a high-water mark: a board skips a round only if it
+sent that very round (same run, model, round number and global weights) before. An unsigned
+announcement can add a record (a forged round 10^9 is trained once, from the weights it
+names) but cannot make the board skip any other round, now or after a restart.
 
 Every file is written to a temporary name, flushed and renamed, so a power cut leaves the
 old file or the new one, never half of one. Unreadable or inconsistent files are logged
@@ -30,11 +37,52 @@ import numpy as np
 
 from edge_client.errors import ConfigError, EdgeFLError
 from edge_client.manifest import Manifest
-from edge_client.protocol import weights_sha256
+from edge_client.protocol import RoundAnnouncement, weights_sha256
 
 log = logging.getLogger(__name__)
 
 NO_ROUND = -1  # last_completed_round before any round (rounds are >= 0)
+KEEP_COMPLETED = 16  # records kept in progress.json: the recent rounds a retry may repeat
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A round this device trained and sent, and what it trained it from."""
+
+    run: str | None  # the job run (the announcement's ``run``; None from older coordinators)
+    model_sha256: str
+    round: int
+    global_sha256: str
+
+    @classmethod
+    def of(cls, ann: RoundAnnouncement) -> Completed:
+        """The record of sending ``ann``'s round."""
+        return cls(ann.run, ann.model_sha256, ann.round, ann.global_sha256)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "run": self.run,
+            "model_sha256": self.model_sha256,
+            "round": self.round,
+            "global_sha256": self.global_sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Completed:
+        run, model, round_, glob = (
+            data.get("run"),
+            data["model_sha256"],
+            data["round"],
+            data["global_sha256"],
+        )
+        if not (
+            (run is None or isinstance(run, str))
+            and isinstance(model, str)
+            and isinstance(glob, str)
+            and isinstance(round_, int)
+        ):
+            raise ValueError(f"malformed progress record {dict(data)!r}")
+        return cls(run, model, round_, glob)
 
 
 @dataclass(frozen=True)
@@ -71,6 +119,7 @@ class ClientState:
             ) from exc
         if not os.access(self.directory, os.W_OK):
             raise ConfigError(f"the state directory {self.directory} is not writable")
+        self._completed: list[Completed] | None = None  # progress.json, read once
 
     @property
     def model_path(self) -> Path:
@@ -144,30 +193,65 @@ class ClientState:
         return SavedGlobal(weights, sha, round_)
 
     # -- progress ---------------------------------------------------------------------
-    def last_completed_round(self, model_sha256: str | None) -> int:
-        """The last round this device finished for this model (NO_ROUND when none)."""
-        if not self.progress_path.exists():
-            return NO_ROUND
-        try:
-            data = json.loads(self.progress_path.read_text())
-            round_ = int(data["last_completed_round"])
-            saved_model = data.get("model_sha256")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable progress file %s: %s", self.progress_path, exc)
-            return NO_ROUND
-        if model_sha256 is not None and saved_model not in (None, model_sha256):
-            return NO_ROUND  # progress of another model: a new job run
-        return round_
+    def completed(self) -> list[Completed]:
+        """The rounds sent lately, oldest first (empty when none or unreadable)."""
+        if self._completed is None:
+            self._completed = self._read_progress()
+        return list(self._completed)
 
-    def save_completed_round(self, round_: int, model_sha256: str, global_sha256: str) -> None:
+    def has_completed(self, record: Completed) -> bool:
+        """Whether this device sent exactly this round (same run, model and global weights)."""
+        return record in self.completed()
+
+    def last_completed_round(self, model_sha256: str | None) -> int:
+        """The round this device sent last for this model (NO_ROUND when none): for logs;
+        decisions use :meth:`has_completed`."""
+        for record in reversed(self.completed()):
+            if model_sha256 is None or record.model_sha256 == model_sha256:
+                return record.round
+        return NO_ROUND
+
+    def save_completed(self, record: Completed) -> None:
+        """Add ``record`` (the newest) and keep the last KEEP_COMPLETED."""
+        records = [c for c in self.completed() if c != record] + [record]
+        records = records[-KEEP_COMPLETED:]
         body = {
-            "last_completed_round": round_,
-            "model_sha256": model_sha256,
-            "global_sha256": global_sha256,
+            "completed": [c.to_dict() for c in records],
+            # the newest record again, in the layout of earlier versions
+            "last_completed_round": record.round,
+            "model_sha256": record.model_sha256,
+            "global_sha256": record.global_sha256,
+            "run": record.run,
             "time": time.time(),
         }
         data = (json.dumps(body, indent=2) + "\n").encode()
         atomic_write(self.progress_path, lambda f: f.write(data))
+        self._completed = records
+
+    def save_completed_round(
+        self, round_: int, model_sha256: str, global_sha256: str, run: str | None = None
+    ) -> None:
+        self.save_completed(Completed(run, model_sha256, round_, global_sha256))
+
+    def _read_progress(self) -> list[Completed]:
+        if not self.progress_path.exists():
+            return []
+        try:
+            data = json.loads(self.progress_path.read_text())
+            if "completed" in data:
+                return [Completed.from_dict(c) for c in data["completed"]][-KEEP_COMPLETED:]
+            # an earlier version's file: one record, no run
+            return [
+                Completed(
+                    None,
+                    data["model_sha256"],
+                    int(data["last_completed_round"]),
+                    data["global_sha256"],
+                )
+            ]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring unreadable progress file %s: %s", self.progress_path, exc)
+            return []
 
     # -- the last update sent -----------------------------------------------------------
     def save_update(self, payload: bytes) -> None:

@@ -101,16 +101,36 @@ def test_a_reannounced_round_gets_the_same_update_without_retraining(rig, caplog
     first, second = rig.updates()
     assert first.sha256 == second.sha256
     assert [s.state for s in rig.statuses()].count("training") == 1
-    # an old round with other global weights is skipped, not resent
+    # the same round from other global weights is a different round: trained, not skipped
+    other = rig.coord.global_weights(rig.files.shifted(0.001), 1)
     rig.coord.announce(
         1,
         [DEVICE],
         model_sha256=ann.model_sha256,
-        global_sha256="0" * 64,
+        global_sha256=other,
         deadline=ann.deadline + 20,
     )
     rig.drain(client)
-    assert len(rig.updates()) == 2
+    third = rig.updates()[2]
+    assert (len(rig.updates()), third.round, third.meta["base_sha256"]) == (3, 1, other)
+    assert [s.state for s in rig.statuses()].count("training") == 2
+
+
+def test_a_completed_round_whose_saved_update_is_gone_is_skipped(rig, caplog):
+    # Prepare: round 1 sent, then the saved update lost (a full disk, a manual cleanup)
+    caplog.set_level(logging.INFO)
+    ann = rig.coord.start_round(rig.files)
+    client = rig.client()
+    rig.drain(client)
+    client.state.update_path.unlink()
+    # Execute: the same round again (a new attempt)
+    rig.coord.announce(
+        1, [DEVICE], model_sha256=ann.model_sha256, global_sha256=ann.global_sha256,
+        deadline=ann.deadline + 10,
+    )  # fmt: skip
+    rig.drain(client)
+    # Assert
+    assert len(rig.updates()) == 1
     assert "round 1: already completed" in caplog.text
 
 

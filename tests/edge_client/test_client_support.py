@@ -90,6 +90,7 @@ class ScriptedCoordinator:
         global_sha256: str,
         deadline: float | None = None,
         job: str | None = None,
+        run: str | None = None,
         **hyperparams: Any,
     ) -> RoundAnnouncement:
         ann = RoundAnnouncement(
@@ -100,6 +101,7 @@ class ScriptedCoordinator:
             hyperparams={"epochs": 1, "lr": 0.05, **hyperparams},
             model_sha256=model_sha256,
             global_sha256=global_sha256,
+            run=run,
         )
         self.publish(self.topics.round, ann.to_json(), True)
         return ann

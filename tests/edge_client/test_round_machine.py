@@ -16,7 +16,6 @@ from edge_client.round_machine import (
     RoundTracker,
     next_transition,
 )
-from edge_client.state import NO_ROUND
 
 SHA = "ab" * 32
 
@@ -26,7 +25,7 @@ def facts(round_: int = 3, **changes: object) -> RoundFacts:
     base = RoundFacts(
         announcement=ann,
         selected=True,
-        last_completed=NO_ROUND,
+        completed=False,
         job_state="running",
         late=False,
         waited=False,
@@ -44,14 +43,14 @@ def facts(round_: int = 3, **changes: object) -> RoundFacts:
         ({}, "ready", Phase.TRAINING, Action.TRAIN),
         ({"selected": False, "missing": ("model",)}, "not selected", Phase.DONE, Action.SKIP),
         (
-            {"last_completed": 3, "load_saved_update": lambda: b"u"},
+            {"completed": True, "load_saved_update": lambda: b"u"},
             "announced again",
             Phase.DONE,
             Action.RESEND,
         ),
-        ({"last_completed": 3}, "already completed", Phase.DONE, Action.SKIP),
+        ({"completed": True}, "already completed", Phase.DONE, Action.SKIP),
         (
-            {"last_completed": 5, "job_state": "paused"},
+            {"completed": True, "job_state": "paused"},
             "already completed",
             Phase.DONE,
             Action.SKIP,
@@ -83,7 +82,7 @@ def test_the_saved_update_is_read_only_when_a_guard_needs_it():
     reads: list[int] = []
     f = facts(load_saved_update=lambda: reads.append(1) or b"u")
     assert next_transition(f).name == "ready" and reads == []
-    f = facts(last_completed=3, load_saved_update=lambda: reads.append(1) or b"u")
+    f = facts(completed=True, load_saved_update=lambda: reads.append(1) or b"u")
     assert next_transition(f).action is Action.RESEND and f.saved_update == b"u" and reads == [1]
 
 
