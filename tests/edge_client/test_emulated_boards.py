@@ -239,3 +239,58 @@ def test_a_real_round_with_an_emulated_fedge_run(
     (entry,) = state.history
     assert entry["participants"] == [device]
     assert entry["devices"][device]["samples"] == 16
+
+
+RANK0_RUN = r"""
+import sys
+import numpy as np
+try:
+    from ai_edge_litert.interpreter import Interpreter
+except ImportError:
+    from tflite_runtime.interpreter import Interpreter
+interpreter = Interpreter(model_path=sys.argv[1])
+runner = interpreter.get_signature_runner(next(iter(interpreter.get_signature_list())))
+print("ran", runner(x=np.array([1.0, 2.0], np.float32), lr=np.array(0.5, np.float32))["y"])
+"""
+
+
+@pytest.fixture(scope="module")
+def rank0_model(tmp_path_factory) -> Path:
+    """A two-op model whose signature takes a rank-0 (scalar) input."""
+    import tensorflow as tf
+
+    class Step(tf.Module):
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([2], tf.float32, name="x"),
+                tf.TensorSpec([], tf.float32, name="lr"),
+            ]
+        )
+        def step(self, x: tf.Tensor, lr: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": x * lr}
+
+    module = Step()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.step.get_concrete_function()], module
+    )
+    path = tmp_path_factory.mktemp("rank0") / "scalar.tflite"
+    path.write_bytes(converter.convert())
+    return path
+
+
+def test_the_emulated_aarch64_litert_crashes_on_a_rank_0_input_like_a_real_board(
+    emulated_board, rank0_model
+):
+    # Why export gives every signature input rank >= 1 (test_export.py checks it): on aarch64,
+    # ai-edge-litert (1.4 to 2.3) dies in the signature runner's resize of a rank-0 input,
+    # which the x86-64 wheel and tflite-runtime 2.14 accept. The emulation reproduces it: the
+    # proof that these tests see what a board's own interpreter build does.
+    r = emulated_board.run("python3", "-c", RANK0_RUN, str(rank0_model), timeout=300)
+    if emulated_board.runtime == "ai-edge-litert":
+        assert r.returncode == -11, (
+            "ai-edge-litert on aarch64 no longer crashes on a rank-0 input: if a newer wheel "
+            f"fixed it, update DESIGN.md §2 and docs/deployment.md\n{r.stdout}{r.stderr[-2000:]}"
+        )
+    else:
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "ran [0.5 1. ]" in r.stdout

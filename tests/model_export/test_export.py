@@ -195,3 +195,61 @@ def test_input_shape_that_does_not_fit_the_architecture():
 def test_missing_base_model_file(tmp_path):
     with pytest.raises(ConfigError, match="base model not found"):
         export_model(ExportConfig("transfer", base_model=str(tmp_path / "nope.keras")))
+
+
+def _signature_input_shapes(tflite: bytes) -> dict[str, dict[str, tuple[int, ...]]]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=tflite)
+    return {
+        sig: {
+            name: tuple(int(n) for n in detail["shape"])
+            for name, detail in interpreter.get_signature_runner(sig).get_input_details().items()
+        }
+        for sig in interpreter.get_signature_list()
+    }
+
+
+def test_no_signature_of_any_export_has_a_rank_0_input(export_dir, tmp_path):
+    """Why: on aarch64 (64-bit Raspberry Pi OS) every ai-edge-litert wheel tried, 1.4 to 2.3,
+    crashes the process (segmentation fault) when a signature runner is called with a rank-0
+    input: the runner resizes every input on every call, and resizing to an empty shape ends in
+    a memset of ~2^64 bytes. The x86-64 wheels and tflite-runtime 2.14 accept it, so nothing
+    else on this machine would notice; the learning rate has shape [1] for this reason. The
+    emulated aarch64 tests (test_emulated_boards.py) run one such model for real."""
+    # Prepare: every architecture and optimizer, the optional slots, transfer, a job's final models
+    from model_export.final import export_trained
+    from model_export.registry import JOB_ARCHITECTURES, OPTIMIZERS
+
+    models = {
+        f"{arch}/{opt}": (export_dir(arch, opt) / "model.tflite").read_bytes()
+        for arch in JOB_ARCHITECTURES
+        for opt in OPTIMIZERS
+    }
+    slots = export_model(
+        ExportConfig("mlp", optimizer=OptimizerConfig("sgd", 0.05, momentum=0.9, prox_mu=0.1))
+    )
+    models["mlp/sgd+momentum+prox"] = slots.tflite
+    inp = tf.keras.Input((28, 28, 1))
+    feats = tf.keras.layers.Conv2D(4, 3, 2, activation="relu")(inp)
+    tf.keras.Model(inp, tf.keras.layers.GlobalAveragePooling2D()(feats)).save(tmp_path / "fe.keras")
+    transfer = export_model(ExportConfig("transfer", base_model=str(tmp_path / "fe.keras")))
+    models["transfer/sgd"] = transfer.tflite
+    manifest = Manifest.load(export_dir("mlp") / "manifest.json")
+    weights = {w.name: np.zeros(w.shape, np.float32) for w in manifest.weights}
+    final = export_trained(manifest, weights, tmp_path / "final")
+    models["final/model"] = final["model"].read_bytes()
+    models["final/inference"] = final["inference"].read_bytes()
+    # Execute
+    scalars = [
+        f"{model}: {sig}({name})"
+        for model, tflite in models.items()
+        for sig, inputs in _signature_input_shapes(tflite).items()
+        for name, shape in inputs.items()
+        if len(shape) == 0
+    ]
+    # Assert
+    assert scalars == [], "rank-0 signature inputs crash ai-edge-litert on aarch64 boards"
+    assert {"train", "infer", "get_weights", "set_weights"} <= set(
+        _signature_input_shapes(models["cnn/sgd"])
+    )
