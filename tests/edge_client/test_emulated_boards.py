@@ -31,7 +31,7 @@ from edge_client.transport import BrokerConfig
 from tests.conftest import BOARD_PYTHON, ROOT
 from tests.fixtures.emulation import EmulatedBoard
 
-pytestmark = pytest.mark.emulated
+pytestmark = [pytest.mark.emulated, pytest.mark.slow]
 
 BATCH = 8  # emulated training is slow: a small static batch
 STEPS = 3  # training steps compared with x86-64

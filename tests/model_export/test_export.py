@@ -210,6 +210,7 @@ def _signature_input_shapes(tflite: bytes) -> dict[str, dict[str, tuple[int, ...
     }
 
 
+@pytest.mark.slow  # up to nine exports when run alone (shared with the other tests in the suite)
 def test_no_signature_of_any_export_has_a_rank_0_input(export_dir, tmp_path):
     """Why: on aarch64 (64-bit Raspberry Pi OS) every ai-edge-litert wheel tried, 1.4 to 2.3,
     crashes the process (segmentation fault) when a signature runner is called with a rank-0
