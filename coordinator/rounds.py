@@ -53,6 +53,8 @@ class RoundCollector:
     results: dict[str, DeviceMetrics] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)  # device -> last reason
     invalid: set[str] = field(default_factory=set)  # selected devices that sent bad content
+    # Selected devices that went offline (Last Will) before replying: not waited for
+    dropped: set[str] = field(default_factory=set)
     aggregated: int = 0  # updates folded into the strategy (each device at most once)
     bytes_up: int = 0
     started: float = field(default_factory=time.time)
@@ -95,7 +97,15 @@ class RoundCollector:
         return set(self.results)
 
     def complete(self) -> bool:
-        return self.selected <= self.replied | self.invalid
+        return self.selected <= self.replied | self.invalid | self.dropped
+
+    def drop(self, device: str) -> bool:
+        """``device`` went offline: stop waiting for it (its update is still taken if it comes
+        back and sends one before the round closes). True if the round was waiting for it."""
+        if device not in self.selected or device in self.replied | self.invalid | self.dropped:
+            return False
+        self.dropped.add(device)
+        return True
 
     def offer(self, envelope: Envelope, device: str, size: int) -> bool:
         """Take an update or failure from ``device`` (the topic's id); True if accepted."""

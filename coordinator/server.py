@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 SENDER = "coordinator"
 POLL_S = 0.2  # inbox poll interval while waiting
+_OFFLINE = DeviceStatus("unknown", "offline", 0.0)
 
 
 class JobError(EdgeFLError):
@@ -110,6 +111,13 @@ class Coordinator:
                 self.devices[device] = status
                 if previous is None or (previous.state == "offline") != (status.state == "offline"):
                     log.info("device %s is %s", device, status.state)
+                if status.state == "offline" and collector is not None and collector.drop(device):
+                    log.warning(
+                        "round %d: selected device %s went offline (%s); not waiting for it",
+                        collector.round,
+                        device,
+                        status.detail or "its status is offline",
+                    )
             case UpdateReceived(envelope, device, size) if device:
                 if collector is None:
                     log.info("update from %s outside a round ignored", device)
@@ -341,13 +349,22 @@ class Coordinator:
             weights,
             self.cfg.max_update_norm,
         )
+        for device in selected:  # went offline between selection and announcement
+            if self.devices.get(device, _OFFLINE).state == "offline":
+                collector.drop(device)
         while not collector.complete() and time.time() < deadline:
             self._pump(POLL_S, collector)
             if self.control_state == "stopped":
                 break
         if not collector.complete():
-            missing = sorted(collector.selected - collector.replied)
+            missing = sorted(collector.selected - collector.replied - collector.dropped)
             log.warning("round %d closed at its deadline without %s", round_, ", ".join(missing))
+        if collector.dropped:
+            log.info(
+                "round %d: not waited for %s (offline)",
+                round_,
+                ", ".join(sorted(collector.dropped)),
+            )
         self._publish_announcement(dataclasses.replace(announcement, state="closed"))
         return collector, sent * len(selected)
 
@@ -381,4 +398,5 @@ class Coordinator:
             rejected=dict(c.rejected),
             updates_aggregated=c.aggregated,
             time=time.time(),
+            dropped=tuple(sorted(c.dropped - c.replied)),
         )

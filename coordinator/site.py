@@ -287,6 +287,9 @@ class SiteAggregator:
         match item:
             case StatusReceived(status, device) if device:
                 self.devices[device] = status
+                offline = status.state == "offline" and self.current is not None
+                if offline and self.current.collector.drop(device):  # its Last Will
+                    log.warning("local round: device %s went offline, not waiting", device)
             case UpdateReceived(env, device, size) if device and self.current is not None:
                 self.current.collector.offer(env, device, size)
 

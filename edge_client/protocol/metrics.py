@@ -118,6 +118,9 @@ class RoundMetrics:
     rejected: dict[str, str] = field(default_factory=dict)  # device -> last rejection reason
     updates_aggregated: int = 0
     time: float | None = None  # unix time the round's metrics were made
+    # Selected devices that went offline (Last Will) before replying: the round did not
+    # wait for them
+    dropped: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_id(self.job, "job id")
@@ -140,6 +143,7 @@ class RoundMetrics:
         if self.samples is not None:
             check_int(self.samples, "samples")
         _set(self, "selected", _ids(self.selected, "selected"))
+        _set(self, "dropped", _ids(self.dropped, "dropped"))
         rejected = check_json_dict(self.rejected, "rejected")
         for device, reason in rejected.items():
             check_str(reason, f"rejection reason of {device!r}")
@@ -223,7 +227,15 @@ class RoundMetrics:
             "duration_s": self.duration_s,
             "devices": {d.device: d.to_dict() for d in self.devices},
             "time": self.time,
-        }
+        } | self._round_mode_record()
+
+    def _round_mode_record(self) -> dict[str, Any]:
+        """The keys of dropped devices and of semi-synchronous rounds, only when they say
+        something (a synchronous round without them writes the line it always wrote)."""
+        out: dict[str, Any] = {}
+        if self.dropped:
+            out["dropped"] = list(self.dropped)
+        return out
 
     @classmethod
     def from_record(cls, job: str, record: Mapping[str, Any]) -> RoundMetrics:
@@ -244,6 +256,7 @@ class RoundMetrics:
             "duration_s",
             "devices",
             "time",
+            "dropped",
         )
         values = {k: record[k] for k in keys if record.get(k) is not None}
         return cls(job=job, round=record["round"], **values)

@@ -1,6 +1,7 @@
 """A board killed (SIGKILL) in the middle of local training, then rebooted: real `fedge run`
-processes and a real Mosquitto. The round closes at its deadline with the others; the
-restarted board resumes from its state directory and takes part again. (The coordinator
+processes and a real Mosquitto. Its Last Will drops it from the open round, which closes as
+soon as the others have reported, long before its deadline; the restarted board resumes from
+its state directory and takes part again. (The coordinator
 killed mid-round and a hanging board are in test_jobs_end_to_end.py.)"""
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from tests.fixtures.brokers import mqtt_client
 pytestmark = pytest.mark.slow  # over ~5 s: left out of the fast loop (pytest -m "not slow")
 
 
-def test_a_device_killed_mid_training_is_left_behind_then_rejoins_after_a_reboot(
+def test_a_device_killed_mid_training_is_dropped_at_once_then_rejoins_after_a_reboot(
     mosquitto_broker, export_dir, tmp_path
 ):
     # Prepare: 3 boards with 20,000 images each (about a second of training per round)
     job = JobConfig(
-        job="kill", rounds=4, min_devices=2, min_results=2, round_timeout=8, wait_timeout=60,
+        job="kill", rounds=4, min_devices=2, min_results=2, round_timeout=90, wait_timeout=60,
         model_dir=str(export_dir("mlp")), epochs=1, lr=0.05, run_dir=str(tmp_path / "run"),
     )  # fmt: skip
     broker = BrokerConfig.from_url(mosquitto_broker.url)
@@ -70,7 +71,9 @@ def test_a_device_killed_mid_training_is_left_behind_then_rejoins_after_a_reboot
     rounds = {m["round"]: m for m in state.history}
     assert rounds[1]["participants"] == ["sim-00", "sim-01", "sim-02"]
     assert rounds[2]["participants"] == ["sim-00", "sim-01"]
-    assert rounds[2]["duration_s"] >= 7.5  # closed at its deadline
+    # Closed once sim-00 and sim-01 reported, not at its 90 s deadline (generous for load)
+    assert rounds[2]["duration_s"] < 45
+    assert rounds[2]["dropped"] == ["sim-02"]
     assert rounds[3]["participants"] == rounds[4]["participants"] == ["sim-00", "sim-01", "sim-02"]
     assert state.finished and all(
         m["updates_aggregated"] == len(m["participants"]) for m in rounds.values()
