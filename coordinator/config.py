@@ -45,6 +45,9 @@ class JobConfig:
     round_timeout: float = 300.0  # seconds from announcement to deadline
     wait_timeout: float = 600.0  # seconds to wait for min_devices before giving up
     max_retries: int = 2  # re-runs of a round that got fewer than min_results updates
+    # seconds an operator's pause lasts before the job resumes by itself (a forgotten or
+    # hostile pause must not hold the fleet forever); 0: no limit
+    max_pause: float = 1800.0
     seed: int = 0  # participant selection (and the initial weights of an export)
     # -- aggregation ----------------------------------------------------------------------
     strategy: str = "fedavg"  # one of coordinator.strategies.STRATEGIES
@@ -89,6 +92,7 @@ class JobConfig:
             (self.min_results >= 1, "min_results must be at least 1"),
             (self.round_timeout > 0, "round_timeout must be positive"),
             (self.max_retries >= 0, "max_retries must be >= 0"),
+            (self.max_pause >= 0, "max_pause must be >= 0 (0: a pause lasts until resumed)"),
             (self.eval_every >= 1, "eval_every must be at least 1"),
             (
                 self.strategy in STRATEGIES,

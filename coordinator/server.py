@@ -23,7 +23,7 @@ from coordinator.rounds import RoundCollector
 from coordinator.run_dir import RunDir, RunState
 from coordinator.selection import select_devices
 from coordinator.strategies import STRATEGIES, build_strategy
-from edge_client.errors import EdgeFLError
+from edge_client.errors import EdgeFLError, ProtocolError
 from edge_client.manifest import Manifest
 from edge_client.messaging import (
     AnyIncoming,
@@ -43,7 +43,7 @@ from edge_client.protocol import (
     encode_model,
     encode_weights,
 )
-from edge_client.signing import Signer
+from edge_client.signing import Signer, Verifier
 from edge_client.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,13 @@ class Coordinator:
         self.strategy = strategy or build_strategy(config)
         self.signer = Signer.from_file(config.signing_key) if config.signing_key else None
         self.run_id = run_dir.run_id()  # in every announcement: boards key progress on it
+        # a signing coordinator obeys only control messages signed with its own key
+        self.verifier = self.signer.verifier() if self.signer else None
         self.devices: dict[str, DeviceStatus] = {}
         self.started = time.time()
         self.control_state = "running"
+        self._control = JobControl(config.job, "running", self.started)  # last published
+        self._pause_deadline: float | None = None  # time.monotonic() when a pause ends
         # What a broker restart loses and the coordinator republishes (retained): the model
         # envelope, the current global weights and the last announcement, as published.
         self._retained: dict[str, bytes] = {}
@@ -134,15 +138,50 @@ class Coordinator:
                         collector.results[device], test_accuracy=score.accuracy
                     )
             case ControlReceived(ctl):
-                if ctl.time > self.started and ctl.state != self.control_state:
-                    log.warning(
-                        "operator set the job %s%s",
-                        ctl.state,
-                        f" ({ctl.detail})" if ctl.detail else "",
-                    )
-                    self.control_state = ctl.state
+                self._on_control(ctl, item.raw)
+
+    def _on_control(self, ctl: JobControl, raw: bytes) -> None:
+        """An operator's decision: obeyed only if it names this job and, in a signed job,
+        is signed with the job's key; anything else is refused and the job's own state is
+        published again (a forged retained message must not stay on the broker)."""
+        problem = _control_problem(ctl, raw, self.cfg.job, self.verifier)
+        if problem is not None:
+            log.warning("ignoring a control message %s", problem)
+            self._republish_control()
+            return
+        if ctl.time <= self.started or ctl.state == self.control_state:
+            return  # a previous run's, or our own echo
+        log.warning(
+            "operator set the job %s%s%s",
+            ctl.state,
+            f" by {ctl.by}" if ctl.by else "",
+            f" ({ctl.detail})" if ctl.detail else "",
+        )
+        self._pause_deadline, until = None, None
+        if ctl.state == "paused" and self.cfg.max_pause > 0:
+            self._pause_deadline = time.monotonic() + self.cfg.max_pause
+            until = time.time() + self.cfg.max_pause
+        # the decision becomes the job's published state (with a pause's end, so the
+        # dashboard shows who paused, when, and until when)
+        self._publish_control(ctl.state, ctl.detail, by=ctl.by, at=ctl.time, until=until)
+
+    def _end_pause_after_limit(self) -> None:
+        if self._pause_deadline is None or time.monotonic() < self._pause_deadline:
+            return
+        self._pause_deadline = None
+        if self.control_state != "paused":
+            return
+        who = self._control.by or "an operator"
+        log.warning(
+            "resuming the job: paused by %s for longer than --max-pause %.0f s",
+            who,
+            self.cfg.max_pause,
+        )
+        detail = f"resumed after the pause by {who} reached max-pause ({self.cfg.max_pause:g} s)"
+        self._publish_control("running", detail[:4096], by=SENDER)
 
     def _pump(self, timeout: float, collector: RoundCollector | None = None) -> None:
+        self._end_pause_after_limit()
         self._republish_after_reconnect()
         item = self.inbox.get(timeout)
         if item is not None:
@@ -158,7 +197,7 @@ class Coordinator:
         if not self._retained:
             return
         log.warning("reconnected to the broker: republishing the job's retained messages")
-        self._publish_control(self.control_state)
+        self._republish_control()
         for base in (self.topics.model, self.topics.global_weights):
             if base in self._retained:
                 self.publisher.publish(base, self._retained[base], retain=True)
@@ -172,10 +211,25 @@ class Coordinator:
         self._retained[self.topics.round] = data
         self.transport.publish(self.topics.round, data, retain=True)
 
-    def _publish_control(self, state: str, detail: str = "") -> None:
+    def _publish_control(
+        self,
+        state: str,
+        detail: str = "",
+        *,
+        by: str | None = None,
+        at: float | None = None,
+        until: float | None = None,
+    ) -> None:
+        """Publish the job's state, retained (signed in a signed job); ``by`` None: ours."""
+        at = time.time() if at is None else at
+        self._control = JobControl(self.cfg.job, state, at, detail, by, until)
         self.control_state = state
-        msg = JobControl(self.cfg.job, state, time.time(), detail)
-        self.transport.publish(self.topics.control, msg.to_json(), retain=True)
+        self._republish_control()
+
+    def _republish_control(self) -> None:
+        msg = self._control
+        data = self.signer.control(msg) if self.signer else msg.to_json()
+        self.transport.publish(self.topics.control, data, retain=True)
 
     # -- the job ---------------------------------------------------------------------------
     def run(self, resume: bool = False) -> RunState:
@@ -400,3 +454,17 @@ class Coordinator:
             time=time.time(),
             dropped=tuple(sorted(c.dropped - c.replied)),
         )
+
+
+def _control_problem(
+    ctl: JobControl, raw: bytes, job: str, verifier: Verifier | None
+) -> str | None:
+    """Why a control message must not steer ``job`` (None: it may)."""
+    if ctl.job != job:
+        return f"for job {ctl.job!r} on the control topic of job {job!r}"
+    if verifier is not None:
+        try:
+            verifier.control(raw)
+        except ProtocolError as exc:  # SignatureError: unsigned, another key, tampered
+            return f"in signed job {job!r}: {exc}"
+    return None

@@ -237,7 +237,7 @@ class EdgeClient:
             case RoundReceived(ann, raw=raw):
                 self._on_round(ann, raw)
             case ControlReceived(ctl):
-                self._on_control(ctl)
+                self._on_control(ctl, item.raw)
 
     def _model_changed(self) -> None:
         if self.holdings.data_problem is not None:
@@ -274,7 +274,13 @@ class EdgeClient:
             ann.deadline - self.clock(),
         )
 
-    def _on_control(self, ctl: JobControl) -> None:
+    def _on_control(self, ctl: JobControl, raw: bytes = b"") -> None:
+        if self.verifier is not None:  # a forged "stopped" must not take a board out
+            try:
+                ctl = self.verifier.control(raw)
+            except ProtocolError as exc:  # SignatureError, or no raw bytes to check
+                log.warning("ignoring a control message: %s", exc)
+                return
         if ctl.job != self.config.job:
             log.warning("ignoring a control message for job %r", ctl.job)
             return

@@ -1,12 +1,14 @@
-"""Ed25519 signatures on the model envelope and on round announcements (optional).
+"""Ed25519 signatures on the model envelope, round announcements and job control (optional).
 
 The coordinator signs with a private key made by ``fedcoord keys generate``; a board given
-``--trust-key`` refuses any model or round announcement that does not verify, before the
-interpreter sees a byte. Without a trusted key nothing is checked (unsigned jobs work).
+``--trust-key`` refuses any model, round announcement or control message that does not
+verify, before the interpreter sees a byte. A signing coordinator obeys only control
+messages signed with its key (the dashboard signs its admins' decisions with the same key).
+Without a trusted key nothing is checked (unsigned jobs work).
 
 Scheme (docs/protocol.md, section 12). A signature object
 ``{"alg": "ed25519", "key": KEY_ID, "sig": SIG}`` sits in the model envelope's
-``meta.signature`` and in an announcement's ``signature`` field. ``SIG`` is the standard
+``meta.signature`` and in an announcement's or a control message's ``signature`` field. ``SIG`` is the standard
 base64 (88 characters) of the Ed25519 signature of::
 
     CONTEXT + the exact published bytes, with SIG replaced by PLACEHOLDER (88 "=")
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_client.errors import ConfigError, ProtocolError
-from edge_client.protocol import Envelope, RoundAnnouncement, decode, encode_model
+from edge_client.protocol import Envelope, JobControl, RoundAnnouncement, decode, encode_model
 
 ALG = "ed25519"
 CONTEXT = b"edgefl-signature-v1\n"  # domain separation: these signatures mean nothing else
@@ -43,7 +45,8 @@ _PLACEHOLDER_B = PLACEHOLDER.encode("ascii")
 
 
 class SignatureError(ProtocolError):
-    """A model or announcement is unsigned, signed by another key, or tampered with."""
+    """A model, announcement or control message is unsigned, signed by another key, or
+    tampered with."""
 
 
 def _crypto() -> Any:
@@ -116,6 +119,15 @@ class Signer:
         """The JSON of ``ann`` with its ``signature`` field."""
         template = dataclasses.replace(ann, signature=signature_template(self.key_id))
         return self.sign_template(template.to_json())
+
+    def control(self, ctl: JobControl) -> bytes:
+        """The JSON of ``ctl`` with its ``signature`` field."""
+        template = dataclasses.replace(ctl, signature=signature_template(self.key_id))
+        return self.sign_template(template.to_json())
+
+    def verifier(self) -> Verifier:
+        """A verifier of this signer's own signatures."""
+        return Verifier(self.public_raw)
 
 
 def _public_from_text(text: str, source: str) -> bytes:
@@ -207,3 +219,9 @@ class Verifier:
         ann = RoundAnnouncement.from_json(raw)
         signed = self.signed_bytes(raw, ann.signature, f"the round {ann.round} announcement")
         return RoundAnnouncement.from_json(signed)
+
+    def control(self, raw: bytes) -> JobControl:
+        """Parse and verify a control message (from the verified bytes)."""
+        ctl = JobControl.from_json(raw)
+        signed = self.signed_bytes(raw, ctl.signature, f"the control message {ctl.state!r}")
+        return JobControl.from_json(signed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -33,8 +34,15 @@ SILENT_NOTE_S = 5.0  # warn when the job sent nothing this long after connecting
     default=None,
     help="The job's run directory, if readable here: shows its configuration and all rounds.",
 )
+@click.option(
+    "--signing-key",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The job's Ed25519 private key: needed to pause, resume or stop a signed job "
+    "(its coordinator obeys only control messages signed with it).",
+)
 @auth_options()
-def dashboard(listen: str, run_dir: str | None, **opts: Any) -> None:
+def dashboard(listen: str, run_dir: str | None, signing_key: str | None, **opts: Any) -> None:
     """Serve the web command center of a running job: accuracy and loss charts, a live
     device table, image classification with the current global model, model download,
     the job's configuration, and (admins) pause / resume / stop.
@@ -49,7 +57,7 @@ def dashboard(listen: str, run_dir: str | None, **opts: Any) -> None:
     """
     from coordinator.dashboard.server import open_dashboard
 
-    settings = dashboard_settings(opts, listen, run_dir)
+    settings = replace(dashboard_settings(opts, listen, run_dir), signing_key=signing_key)
     broker = broker_config(opts)
     stop = threading.Event()
     with open_dashboard(settings, broker, opts["job"], prefix=opts["prefix"]) as server:

@@ -116,6 +116,13 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         int,
         f"Re-runs of a round that got too few updates. [default: {D.max_retries}]",
     ),
+    (
+        "--max-pause",
+        "max_pause",
+        float,
+        "Seconds an operator's pause lasts before the job resumes by itself; 0: until resumed. "
+        f"[default: {D.max_pause:.0f}]",
+    ),
     ("--seed", "seed", int, f"Seed of device selection and initial weights. [default: {D.seed}]"),
     (
         "--strategy",

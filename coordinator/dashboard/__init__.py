@@ -35,6 +35,9 @@ def attach_dashboard(
 
     if settings.run_dir is None and hasattr(job_config, "run_path"):
         settings = replace(settings, run_dir=str(job_config.run_path))  # history on --resume
+    key = getattr(job_config, "signing_key", None)
+    if settings.signing_key is None and key:
+        settings = replace(settings, signing_key=str(key))  # admins' decisions signed too
     is_instance = is_dataclass(job_config) and not isinstance(job_config, type)
     config = asdict(job_config) if is_instance else dict(job_config)
     with open_dashboard(settings, broker, config["job"], prefix=config["prefix"], config=config):

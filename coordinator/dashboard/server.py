@@ -21,10 +21,12 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from coordinator.dashboard.app import AppConfig, create_app
 from coordinator.dashboard.auth import AuthConfig
+from coordinator.dashboard.routes.control import dashboard_control
 from coordinator.monitoring.follower import JobFollower
 from coordinator.monitoring.view import JobView
 from edge_client.errors import ConfigError
 from edge_client.protocol import DEFAULT_PREFIX
+from edge_client.signing import Signer
 from edge_client.transport import BrokerConfig
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class DashboardSettings:
     auth: AuthConfig = field(repr=False)
     app: AppConfig = field(default_factory=AppConfig)
     run_dir: str | None = None  # seeds configuration and round history (metrics.jsonl)
+    signing_key: str | None = None  # the job's Ed25519 key: signs admins' control messages
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -142,9 +145,11 @@ def open_dashboard(
         view.seed_history(history)
         config = config if config is not None else saved
     view.set_config(_public(config))
-    follower = JobFollower(view, broker, client_id=_client_id(job)).start()
+    signer = Signer.from_file(settings.signing_key) if settings.signing_key else None
+    follower = JobFollower(view, broker, client_id=_client_id(job), signer=signer).start()
     try:
-        app = create_app(view, settings.auth, control=follower.publish_control, config=settings.app)
+        control = dashboard_control(follower)
+        app = create_app(view, settings.auth, control=control, config=settings.app)
         server = DashboardServer(app, settings.host, settings.port, view).start()
         try:
             log.info("dashboard of job %s on %s", job, server.url)

@@ -5,7 +5,8 @@ broker first replays the retained state (control, round, metrics, statuses, mode
 weights) and then everything live, updates included. Messages are decoded on the
 follower's own thread through an :class:`~edge_client.messaging.Inbox` (malformed ones are
 logged and dropped) and folded into the view. The same connection publishes operator
-decisions (:meth:`JobFollower.publish_control`) as retained ``JobControl`` messages.
+decisions (:meth:`JobFollower.publish_control`) as retained ``JobControl`` messages, signed
+with the job's key when it has one (a signing coordinator obeys nothing else).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from coordinator.monitoring.view import JobView
 from edge_client.messaging import AnyIncoming, Inbox
 from edge_client.protocol import QOS, Envelope, JobControl, Topics
+from edge_client.signing import Signer
 from edge_client.transport import BrokerConfig, Message, MqttTransport, Transport
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class JobFollower:
         transport: Transport | None = None,
         client_id: str | None = None,
         on_message: Callable[[dict[str, Any]], None] | None = None,
+        signer: Signer | None = None,
     ) -> None:
         if transport is None and broker is None:
             raise ValueError("JobFollower needs a broker or a transport")
@@ -95,6 +98,7 @@ class JobFollower:
         self._tap = _Tap(self.transport)
         self.inbox = Inbox(self._tap, self.topics)
         self.on_message = on_message
+        self.signer = signer  # signs published control messages (the job's own key)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -133,10 +137,12 @@ class JobFollower:
                 return True
         return False
 
-    def publish_control(self, state: str, detail: str = "") -> JobControl:
-        """Publish ``JobControl(state)`` retained on the job's control topic."""
-        msg = JobControl(self.view.job, state, time.time(), detail)
-        self.transport.publish(self.topics.control, msg.to_json(), qos=QOS, retain=True)
+    def publish_control(self, state: str, detail: str = "", *, by: str | None = None) -> JobControl:
+        """Publish ``JobControl(state)`` retained on the job's control topic (signed if this
+        follower has the job's key); ``by`` says who decided."""
+        msg = JobControl(self.view.job, state, time.time(), detail, by)
+        data = self.signer.control(msg) if self.signer else msg.to_json()
+        self.transport.publish(self.topics.control, data, qos=QOS, retain=True)
         log.info("published job state %s for job %s", state, self.view.job)
         return msg
 

@@ -171,6 +171,13 @@ class JobView:
         with self._lock:
             return self._control.state if self._control else None
 
+    @property
+    def signed(self) -> bool:
+        """Whether the job signs its control messages (the last one seen carries a signature):
+        then only a dashboard holding the job's key can steer it."""
+        with self._lock:
+            return self._control is not None and self._control.signature is not None
+
     def model_payload(self) -> tuple[bytes, dict[str, Any]] | None:
         """The job's current ``.tflite`` bytes and manifest dict, if a model was published."""
         with self._lock:
@@ -286,12 +293,13 @@ class JobView:
         row.bytes_up = info.bytes_up or row.bytes_up
 
     def _on_control(self, ctl: JobControl, item: Incoming, retained: bool) -> None:
-        if ctl == self._control:
-            return
+        if ctl == self._control or ctl.job != self.job:  # another job's: the coordinator
+            return  # ignores it too (and publishes its own state again)
         changed = self._control is None or self._control.state != ctl.state
         self._control = ctl
         if changed:
-            self._event(f"job {ctl.state}" + (f" ({ctl.detail})" if ctl.detail else ""))
+            by = f" by {ctl.by}" if ctl.by else ""
+            self._event(f"job {ctl.state}{by}" + (f" ({ctl.detail})" if ctl.detail else ""))
 
     def _on_model(self, env: Envelope, item: Incoming, retained: bool) -> None:
         if self._model is not None and self._model.sha256 == env.sha256:
@@ -402,9 +410,18 @@ def _history_entry(m: RoundMetrics) -> dict[str, Any]:
 
 
 def _control_dict(ctl: JobControl | None) -> dict[str, Any] | None:
+    """The job's state; ``by`` who decided, ``until`` when a pause ends by itself, ``signed``
+    whether the message carries a signature (a signed job's control must be signed)."""
     if ctl is None:
         return None
-    return {"state": ctl.state, "time": ctl.time, "detail": ctl.detail}
+    return {
+        "state": ctl.state,
+        "time": ctl.time,
+        "detail": ctl.detail,
+        "by": ctl.by,
+        "until": ctl.until,
+        "signed": ctl.signature is not None,
+    }
 
 
 def _global_dict(env: Envelope | None) -> dict[str, Any] | None:

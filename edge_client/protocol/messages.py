@@ -171,14 +171,27 @@ class JobControl(_JsonMessage):
     """Published retained on ``control``: the job is ``running``, ``paused`` or ``stopped``."""
 
     _what: ClassVar[str] = "job control"
+    _omit_none: ClassVar[tuple[str, ...]] = ("by", "until", "signature")
 
     job: str
     state: str
     time: float  # unix time of the decision; a coordinator ignores ones older than its start
     detail: str = ""
+    # who decided, e.g. "coordinator" or "dashboard admin at 10.0.0.5"; None: left out
+    by: str | None = None
+    # a pause the coordinator accepted: unix time at which it resumes by itself (--max-pause)
+    until: float | None = None
+    # Ed25519 signature object, as on announcements (docs/protocol.md section 12); None:
+    # unsigned, and then left out of the JSON
+    signature: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_id(self.job, "job id")
         check_choice(self.state, "job state", JOB_STATES)
         _set(self, "time", check_float(self.time, "time", minimum=0.0))
         check_str(self.detail, "detail")
+        if self.by is not None:
+            check_str(self.by, "by", max_len=200)
+        _set(self, "until", _optional_float(self.until, "until"))
+        if self.signature is not None:
+            _set(self, "signature", check_json_dict(self.signature, "signature"))

@@ -170,3 +170,31 @@ def test_fedge_run_in_the_board_environment_on_fashion_mnist(
         assert 0.2 < meta["accuracy"] <= 1.0  # one epoch on 2,000 images learns something
         time.sleep(0.2)
         assert statuses(coord_client)[-1].state == "offline"
+
+
+def test_a_board_with_a_trusted_key_obeys_only_signed_control(mosquitto_broker, files, tmp_path):
+    # Prepare: a board that trusts the job's key and leaves run() when the job stops
+    from coordinator.pki import generate_signing_key
+    from edge_client.protocol import JobControl
+    from edge_client.signing import Signer
+
+    made = generate_signing_key(tmp_path / "job-key")
+    signer = Signer.from_file(made.private)
+    stranger = Signer.from_file(generate_signing_key(tmp_path / "other-key").private)
+    client = make_client(
+        mosquitto_broker, files, tmp_path, trust_key=str(made.public), exit_on_stop=True
+    )
+    with mqtt_client(mosquitto_broker, "attacker") as attacker, client_thread(client) as thread:
+        attacker.subscribe_wait(TOPICS.status(DEVICE), qos=1)
+        attacker.collector.wait_for(TOPICS.status(DEVICE), timeout=30)  # the board is up
+        stop = JobControl(JOB, "stopped", time.time() + 1, "forged")
+        # Execute: a forged stop, unsigned and then signed by another key
+        for forged in (stop.to_json(), stranger.control(stop)):
+            attacker.publish_wait(TOPICS.control, forged, qos=1, retain=True)
+        thread.join(3)
+        # Assert: the board is still running; the job's own stop ends it
+        assert thread.is_alive(), "a forged control message stopped the board"
+        attacker.publish_wait(TOPICS.control, signer.control(stop), qos=1, retain=True)
+        thread.join(20)
+        assert not thread.is_alive(), "the signed stop did not stop the board"
+        attacker.publish_wait(TOPICS.control, b"", qos=1, retain=True)  # clear the retained stop

@@ -186,13 +186,19 @@ async function loadConfig() {
     ...items.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v === null ? "–" : typeof v === "object" ? JSON.stringify(v) : v)])));
 }
 
+function pausedText(c) {
+  const who = c.by ? ` by ${c.by}` : "";
+  const until = c.until ? ` It resumes by itself at ${clock(c.until)} (the job's --max-pause) unless an admin resumes it sooner.` : " No new round opens until an admin resumes it.";
+  return `The job was paused${who} at ${clock(c.time)}${c.detail ? ` (${c.detail})` : ""}.${until}`;
+}
+
 function renderBanner(s) {
   const b = $("banner");
   let text = "";
   if (!s.connected) text = "The dashboard is not connected to the broker; reconnecting…";
   else if (!s.seen) text = `No message from job “${s.job}” on ${s.broker} yet. Is the job running, and is the job name right?`;
   else if (s.coordinator_lost) text = "The coordinator lost its connection to the broker (Last Will). Is it still running?";
-  else if (s.control && s.control.state === "paused") text = "The job is paused: no new round opens until an admin resumes it.";
+  else if (s.control && s.control.state === "paused") text = pausedText(s.control);
   else if (s.control && s.control.state === "stopped") text = `The job is stopped${s.control.detail ? ` (${s.control.detail})` : ""}.`;
   b.textContent = text;
   b.hidden = !text;

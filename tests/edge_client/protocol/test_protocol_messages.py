@@ -63,6 +63,7 @@ MESSAGES = [
     ),
     RoundMetrics(job="demo", round=0),
     JobControl(job="demo", state="paused", time=9.5, detail="operator"),
+    JobControl(job="demo", state="paused", time=9.5, by="dashboard admin at ::1", until=1809.5),
 ]
 
 
