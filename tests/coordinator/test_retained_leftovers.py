@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from coordinator.config import JobConfig
 from coordinator.job import run_job
 from coordinator.retained import retained_chunk_counts
@@ -57,6 +59,7 @@ def one_run(broker, tmp_path, export_dir, max_chunk: int) -> None:  # noqa: ANN0
     assert state.finished
 
 
+@pytest.mark.slow
 def test_a_new_run_clears_the_longer_retained_messages_of_an_earlier_run(
     mosquitto_broker, tmp_path, export_dir
 ):
