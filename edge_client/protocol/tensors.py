@@ -33,7 +33,8 @@ _MAX_NAME = 256
 class TensorSpec:
     """One tensor of a weights body: ``body[offset : offset + nbytes]`` holds it.
 
-    ``scale`` is set only for int8-quantized floating tensors (value = int8 * scale).
+    ``scale`` is set only for int8-quantized floating tensors: value = float32(int8) *
+    float32(scale), computed in float32 (docs/protocol.md has a test vector).
     """
 
     name: str
