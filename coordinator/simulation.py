@@ -64,7 +64,13 @@ def device_ids(n: int) -> list[str]:
 
 
 def device_command(
-    fleet: FleetConfig, job: JobConfig, broker: BrokerConfig, index: int, state_dir: Path
+    fleet: FleetConfig,
+    job: JobConfig,
+    broker: BrokerConfig,
+    index: int,
+    state_dir: Path,
+    *,
+    device_id: str | None = None,  # default: sim-NN
 ) -> list[str]:
     cmd = [
         fleet.client_python,
@@ -76,7 +82,7 @@ def device_command(
         "--job",
         job.job,
         "--device-id",
-        device_ids(fleet.devices)[index],
+        device_id or device_ids(fleet.devices)[index],
         "--dataset",
         fleet.dataset,
         "--partition",
@@ -151,11 +157,22 @@ def simulate(
     on_round: Callable[[RoundMetrics], None] | None = None,
 ) -> RunState:
     """Run a whole job with ``fleet.devices`` simulated boards; returns the final state."""
+    job, fleet = prepared(job, fleet)
+    with broker_for(job) as broker, fleet_processes(fleet, job, broker, job.run_path):
+        return run_job(job, resume=resume, on_round=on_round, broker=broker)
+
+
+def prepared(
+    job: JobConfig, fleet: FleetConfig, *, min_devices: int | None = None
+) -> tuple[JobConfig, FleetConfig]:
+    """The job and fleet a simulation runs: evaluation on the data set's test split, the
+    fleet awaited before round 1 (``min_devices``, default all), the devices trusting the
+    coordinator's signing key and CA."""
     changes: dict[str, Any] = {}
     if job.test_data is None:
         changes["test_data"] = fleet.dataset
     if job.min_devices == JobConfig.min_devices:
-        changes["min_devices"] = fleet.devices  # wait for the whole fleet before round 1
+        changes["min_devices"] = fleet.devices if min_devices is None else min_devices
     job = dataclasses.replace(job, **changes)
     extra: list[str] = []
     if job.signing_key:  # the devices trust the key the coordinator signs with
@@ -164,6 +181,4 @@ def simulate(
         extra += ["--trust-key", Signer.from_file(job.signing_key).public_b64]
     if job.ca_file:
         extra += ["--ca-file", job.ca_file]
-    fleet = dataclasses.replace(fleet, extra_args=(*fleet.extra_args, *extra))
-    with broker_for(job) as broker, fleet_processes(fleet, job, broker, job.run_path):
-        return run_job(job, resume=resume, on_round=on_round, broker=broker)
+    return job, dataclasses.replace(fleet, extra_args=(*fleet.extra_args, *extra))

@@ -29,6 +29,8 @@ The shared contract:
 - ``edge_client.data``: data sets, the registry of named data sets, normalization,
   partitions and batches. Import it from the package.
 - ``edge_client.cli_support``: what both command lines share.
+- ``edge_client.pacing``: ``ENV``, the variable through which the fleet simulator slows a
+  simulated board down (docs/fleet-simulation.md).
 - ``edge_client`` itself: ``__version__``.
 """
 
@@ -46,5 +48,6 @@ SHARED_MODULES: tuple[str, ...] = (
     "edge_client.runtime",
     "edge_client.data",
     "edge_client.cli_support",
+    "edge_client.pacing",
 )
 """The modules other packages may import from ``edge_client`` (see the module docstring)."""

@@ -15,6 +15,8 @@ import time
 
 from edge_client.errors import ConfigError
 
+__all__ = ["ENV", "Pacer", "slowdown_from_env"]
+
 ENV = "EDGEFL_SIM_SLOWDOWN"  # the slow-down factor (>= 1); set by the fleet simulator only
 
 
@@ -33,8 +35,11 @@ def slowdown_from_env() -> float:
 
 
 class Pacer:
-    """``tick()`` after each piece of compute: waits ``(factor - 1)`` x its wall time.
+    """``tick()`` after each piece of compute: waits ``(factor - 1)`` x its compute time.
 
+    The compute time of a step is its wall time, or the process's CPU time over it when
+    that is less: on a machine shared with other work the wall time includes waiting for a
+    core, which the simulated board would not do, and must not be multiplied by the factor.
     Waits are batched (at least ``MIN_WAIT_S``, the last one on ``tick(flush=True)``) and
     measured, so sleep overshoot on a loaded machine does not add up over many small steps.
     """
@@ -43,16 +48,17 @@ class Pacer:
 
     def __init__(self, factor: float | None = None) -> None:
         self.factor = slowdown_from_env() if factor is None else factor
-        self.compute_s = 0.0  # measured compute wall time since construction
+        self.compute_s = 0.0  # measured compute time since construction
         self.waited_s = 0.0  # time slept to simulate the slower board
         self._mark = time.monotonic()
+        self._cpu_mark = time.process_time()
 
     def tick(self, *, flush: bool = False) -> None:
-        now = time.monotonic()
-        self.compute_s += now - self._mark
-        self._mark = now
+        now, cpu = time.monotonic(), time.process_time()
+        self.compute_s += min(now - self._mark, cpu - self._cpu_mark)
+        self._mark, self._cpu_mark = now, cpu
         owed = self.compute_s * (self.factor - 1) - self.waited_s
         if owed > 0 and (flush or owed >= self.MIN_WAIT_S):
             time.sleep(owed)
-            self._mark = time.monotonic()
+            self._mark, self._cpu_mark = time.monotonic(), time.process_time()
             self.waited_s += self._mark - now

@@ -60,9 +60,32 @@ from edge_client.data import dataset_names
     type=int,
     help="Interpreter threads per device.",
 )
+@click.option(
+    "--fleet",
+    "fleet_file",
+    default=None,
+    metavar="FILE|PRESET",
+    help="A simulated fleet (TOML, or a preset: mixed-pi, homogeneous): boards with their "
+    "own speed, availability, dropouts and network link, instead of --devices identical "
+    "ones. See docs/fleet-simulation.md.",
+)
+@click.option(
+    "--fleet-seed",
+    default=None,
+    type=int,
+    help="Override the fleet file's seed (availability sessions and dropouts).",
+)
+@click.option(
+    "--allow-oversubscribed",
+    is_flag=True,
+    help="Run a --fleet whose estimated CPU demand exceeds this machine's limit anyway "
+    "(its wall times then measure this machine, not the fleet).",
+)
 @click.option("--resume", is_flag=True, help="Continue the job in --run-dir after a crash.")
 @job_options()
+@click.pass_context
 def simulate(
+    ctx: click.Context,
     devices: int,
     dataset: str,
     partition: str,
@@ -70,6 +93,9 @@ def simulate(
     client_python: str,
     device_runtime: str | None,
     device_threads: int,
+    fleet_file: str | None,
+    fleet_seed: int | None,
+    allow_oversubscribed: bool,
     resume: bool,
     job_file: str | None,
     **kwargs: Any,
@@ -82,6 +108,10 @@ def simulate(
     Example (the README's job):
       fedcoord simulate --devices 5 --rounds 20 --dataset fashion-mnist \\
           --partition sequential --run-dir runs/fashion-mnist
+
+    \b
+    A mixed fleet of slow, flaky Raspberry Pis behind throttled links:
+      fedcoord simulate --fleet mixed-pi --rounds 20 --round-timeout 120
     """
     from coordinator.simulation import FleetConfig
     from coordinator.simulation import simulate as run
@@ -97,6 +127,11 @@ def simulate(
     fleet = FleetConfig(
         devices, dataset, partition, partition_seed, client_python, device_runtime, device_threads
     )
+    if fleet_file is not None:
+        if ctx.get_parameter_source("devices") != click.core.ParameterSource.DEFAULT:
+            raise click.UsageError("give either --devices or --fleet (the fleet sets the boards)")
+        _simulate_fleet(cfg, fleet, fleet_file, fleet_seed, allow_oversubscribed, resume)
+        return
     click.echo(
         f"simulating {devices} devices on {dataset} ({partition}), {cfg.rounds} rounds, "
         f"strategy {cfg.strategy}; run directory {cfg.run_path}"
@@ -109,4 +144,48 @@ def simulate(
         f"done: {state.round} rounds"
         + (f", final accuracy {100 * acc:.2f} %" if acc is not None else "")
         + f"; metrics in {cfg.run_path / 'metrics.jsonl'}"
+    )
+
+
+def _simulate_fleet(
+    cfg: job_config.JobConfig,
+    fleet: Any,
+    fleet_file: str,
+    seed: int | None,
+    allow_oversubscribed: bool,
+    resume: bool,
+) -> None:
+    from coordinator.fleet.runner import simulate_fleet
+    from coordinator.fleet.spec import load_fleet
+
+    spec = load_fleet(fleet_file, seed=seed)
+    click.echo(
+        f"simulating {spec.describe()} on {fleet.dataset} ({fleet.partition}), "
+        f"{cfg.rounds} rounds, strategy {cfg.strategy}; run directory {cfg.run_path}"
+    )
+
+    def on_estimate(cal: Any, demand: Any) -> None:
+        click.echo(
+            f"calibration: {1000 * cal.train_step_s:.2f} ms per train step of {cal.batch_size} "
+            f"on one core here; {demand.describe()}"
+        )
+
+    state, summary = simulate_fleet(
+        cfg,
+        fleet,
+        spec,
+        allow_oversubscribed=allow_oversubscribed,
+        resume=resume,
+        on_round=lambda m: click.echo(format_round(m, cfg.rounds)),
+        on_estimate=on_estimate,
+    )
+    m = summary["measured"]
+    last = state.history[-1] if state.history else {}
+    acc = last.get("accuracy")
+    click.echo(
+        f"done: {state.round} rounds"
+        + (f", final accuracy {100 * acc:.2f} %" if acc is not None else "")
+        + f"; ran at {100 * m['utilisation']:.0f} % of {summary['cores']} cores "
+        f"(estimated {100 * summary['estimate']['utilisation']:.0f} %); "
+        f"fleet record in {cfg.run_path / 'fleet'}"
     )
