@@ -27,7 +27,7 @@ class BoardProcess:
         self.cpu_s = 0.0  # user + system CPU time of every finished incarnation
         self.starts = 0
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._exited = threading.Event()
         self._exited.set()
 
@@ -50,7 +50,7 @@ class BoardProcess:
             self._exited.clear()
             threading.Thread(target=self._reap, args=(self._proc,), daemon=True).start()
 
-    def _reap(self, proc: subprocess.Popen) -> None:
+    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
         # The only waiter on this pid: Popen.poll/wait are never called, so no one else reaps.
         _, status, usage = os.wait4(proc.pid, 0)
         with self._lock:

@@ -19,8 +19,11 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +189,7 @@ class LinkHub:
             self._links[name] = link
         return self
 
-    def _run(self, coro) -> object:  # noqa: ANN001 - a coroutine
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
     def port(self, name: str) -> int:

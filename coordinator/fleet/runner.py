@@ -293,6 +293,14 @@ def simulate_fleet(
             )
         for _ in range(3):
             log.warning("OVERSUBSCRIBED FLEET: %s; wall times are not faithful", demand.describe())
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5 * demand.cores:
+        log.warning(
+            "this machine is busy with other work (load average %.1f on %d cores): boards "
+            "wait for cores, and wall times will be slower than the fleet's",
+            load_before,
+            demand.cores,
+        )
     out = job.run_path / "fleet"
     out.mkdir(parents=True, exist_ok=True)
     if spec.source and Path(spec.source).exists():
@@ -307,6 +315,8 @@ def simulate_fleet(
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     self_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     summary = _summary(spec, cal, demand, runner, self_cpu, allow_oversubscribed, mode)
+    summary["measured"]["load_average_before"] = round(load_before, 2)  # all work, not ours
+    summary["measured"]["load_average_after"] = round(os.getloadavg()[0], 2)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return state, summary
 

@@ -48,7 +48,8 @@ def random_windows(board: BoardSpec, seed: int, horizon_s: float) -> list[Window
     a = board.availability
     if a.mean_online_s <= 0:
         return []
-    rng, t, out = _rng(seed, board.device_id, 0), 0.0, []
+    rng, t = _rng(seed, board.device_id, 0), 0.0
+    out: list[Window] = []
     while True:
         t += rng.exponential(a.mean_online_s)
         if t >= horizon_s:

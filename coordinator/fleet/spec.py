@@ -178,7 +178,9 @@ def _group(
     return boards
 
 
-def _merged(defaults: dict, group: dict, key: str, where: str, make: Any) -> Any:
+def _merged(
+    defaults: dict[str, Any], group: dict[str, Any], key: str, where: str, make: Any
+) -> Any:
     table = {**defaults.get(key, {}), **group.get(key, {})}
     try:
         return make(table)
@@ -205,7 +207,7 @@ def _check(a: Availability, d: Dropout, where: str) -> None:
         )
 
 
-def _number(table: dict, key: str, default: float, where: str, *, lo: float) -> float:
+def _number(table: dict[str, Any], key: str, default: float, where: str, *, lo: float) -> float:
     value = table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= lo:
         raise ConfigError(f"{where}: {key} must be a number >= {lo}, not {value!r}")

@@ -6,8 +6,10 @@ the middle of training and reboot, and an oversubscribed fleet is refused."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from coordinator.fleet.runner import simulate_fleet
 from coordinator.fleet.spec import parse_fleet
 from coordinator.simulation import ROOT, FleetConfig
 from edge_client.errors import ConfigError
+from tests.fixtures.brokers import mqtt_client
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -69,23 +72,37 @@ def test_a_slow_board_takes_its_factor_and_a_thin_link_takes_size_over_bandwidth
         """
     )
     job = job_for(tmp_path, mosquitto_broker.url, export_dir("mlp"))
+    arrivals: list[tuple[float, str, bytes]] = []  # what reaches the broker from "thin", when
     # Execute
-    state, summary = simulate_fleet(job, FleetConfig(), spec)
+    with mqtt_client(mosquitto_broker, "watcher") as watcher:
+        watcher.on_message = lambda c, u, msg: arrivals.append(
+            (time.monotonic(), msg.topic, bytes(msg.payload))
+        )
+        for topic in ("fl/v1/fleet/status/thin-00", "fl/v1/fleet/update/thin-00/#"):
+            watcher.subscribe_wait(topic, qos=1)
+        state, summary = simulate_fleet(job, FleetConfig(), spec)
     # Assert: every round got all three updates
     rounds = metrics(job.run_path)
     assert state.round == 2 and all(len(m["participants"]) == 3 for m in rounds)
+    trainings = {}  # round -> when "thin" reported it started training
+    for t, topic, body in arrivals:
+        status = json.loads(body) if "status" in topic else {}
+        if status.get("state") == "training":
+            trainings.setdefault(status["round"], t)
     for m in rounds:
         d = m["devices"]
         fast, slow = d["fast-00"]["duration_s"], d["slow-00"]["duration_s"]
-        # the slow board trained for ~8 x the compute calibrated on this machine (CPU time),
-        # (the fast board, 4x faster, also waits for cores when other work loads this machine)
+        # the slow board trained for ~8 x the compute calibrated on this machine (CPU time);
+        # when other work loads this machine, compute alone may take longer than that: the
+        # fast board's time (at least its compute's wall time) bounds the delay then
         expected = 8 * summary["boards"]["slow-00"]["compute_s"]
-        assert 0.75 * expected < slow < 2 * expected + 5, (expected, slow)
-        assert fast < slow, (fast, slow)
-        # the thin board's update took ~8 * size / 300 kbit/s after its training
+        assert 0.75 * expected < slow < 1.5 * max(expected, fast) + 5, (expected, fast, slow)
+        # the thin board's update reached the broker ~8 * size / 300 kbit/s after its training
+        started, until = trainings[m["round"]], trainings.get(m["round"] + 1, math.inf)
+        arrived = max(t for t, topic, _ in arrivals if "update" in topic and started < t < until)
         upload = d["thin-00"]["bytes_up"] * 8 / 300_000
-        after_training = m["duration_s"] - d["thin-00"]["duration_s"]
-        assert 0.8 * upload < after_training < 1.6 * upload + 5, (upload, after_training)
+        after_training = arrived - started - d["thin-00"]["duration_s"]
+        assert 0.8 * upload < after_training < 1.3 * upload + 2, (upload, after_training)
     # the run directory holds the fleet's record and the utilisation it ran at
     record = json.loads((job.run_path / "fleet" / "summary.json").read_text())
     assert record == summary
@@ -117,26 +134,28 @@ def test_boards_go_offline_come_back_and_are_killed_mid_training(
         [[boards]]
         name = "flaky"
         profile = "rpi4-64"
-        slowdown = 15.0
+        slowdown = 6.0
         dropout = { probability = 1.0, kill_share = 1.0, mean_downtime_s = 3 }
         """,
         base=tmp_path,
     )
     job = job_for(
         tmp_path, mosquitto_broker.url, export_dir("mlp"),
-        rounds=6, round_timeout=12, min_results=1, max_retries=0,
+        rounds=5, round_timeout=25, min_results=1, max_retries=3,
     )  # fmt: skip
     # Execute
     state, summary = simulate_fleet(job, FleetConfig(), spec)
     # Assert: the job went on; wifi dropped off the network and came back, then took part
-    assert state.round == 6
+    assert state.round == 5
     ev = events(job.run_path)
     wifi = [(e["event"], e["mode"]) for e in ev if e["device"] == "wifi-00" and "mode" in e]
     assert wifi == [("offline", "network"), ("online", "network")]
     back_at = next(e["t"] for e in ev if e["device"] == "wifi-00" and e["event"] == "online")
     assert summary["boards"]["wifi-00"]["starts"] == 1  # the process lived through it
-    later = [m for m in metrics(job.run_path) if "wifi-00" in m["participants"]]
-    assert len(later) >= 2 and back_at > 20
+    assert back_at > 20
+    trained = [e["t"] for e in ev if e["device"] == "wifi-00" and e["event"] == "training"]
+    assert any(t > back_at for t in trained)  # it trained again once back
+    assert "wifi-00" in metrics(job.run_path)[-1]["participants"]
     # flaky was killed while training, rebooted, and started training again
     kills = [e for e in ev if e["device"] == "flaky-00" and e["event"] == "dropout"]
     assert kills and all(e["mode"] == "power" and e["state"] == "training" for e in kills)

@@ -38,8 +38,11 @@ def test_a_slowed_board_takes_its_factor_in_wall_time_but_not_in_cpu(files, monk
     monkeypatch.setenv(ENV, "4")
     # Execute
     slow_wall, slow_cpu = timed_training(files)
-    # Assert: ~4x the wall time, about the same CPU time
-    assert 3.0 * fast_wall < slow_wall < 6.0 * fast_wall, (fast_wall, slow_wall)
+    # Assert: it took 4x its compute (compute: CPU time, which on a machine loaded by other
+    # work is less than the wall time), unless this machine made it slower, and used no more
+    # CPU than before
+    assert slow_wall > 0.9 * 4 * slow_cpu, (slow_wall, slow_cpu)
+    assert slow_wall < 1.5 * max(fast_wall, 4 * slow_cpu) + 0.5, (fast_wall, slow_wall, slow_cpu)
     assert slow_cpu < 2.0 * fast_cpu + 0.05, (fast_cpu, slow_cpu)
 
 
@@ -54,12 +57,15 @@ def test_the_factor_comes_from_the_environment_and_is_checked(monkeypatch):
             slowdown_from_env()
 
 
-def test_pacer_sleeps_in_proportion_to_the_compute_since_its_last_tick():
-    pacer = Pacer(3.0)
-    end = time.monotonic() + 0.05
-    while time.monotonic() < end:  # 50 ms of "compute"
-        pass
+def test_pacer_waits_until_factor_times_the_compute_has_passed():
     t0 = time.monotonic()
+    pacer = Pacer(3.0)
+    end = time.process_time() + 0.05
+    while time.process_time() < end:  # 50 ms of compute (CPU time: this machine may be busy)
+        pass
+    busy = time.monotonic() - t0
     pacer.tick(flush=True)
-    assert 0.09 < time.monotonic() - t0 < 0.3 and 0.09 < pacer.waited_s < 0.3
-    assert 0.04 < pacer.compute_s < 0.1
+    took = time.monotonic() - t0
+    assert 0.045 < pacer.compute_s < 0.1
+    assert 0.14 < took < max(0.3, busy + 0.05), (busy, took)
+    assert abs(pacer.waited_s - (took - busy)) < 0.02
