@@ -180,8 +180,7 @@ def _simulate_fleet(
         on_estimate=on_estimate,
     )
     m = summary["measured"]
-    last = state.history[-1] if state.history else {}
-    acc = last.get("accuracy")
+    acc = state.history[-1].accuracy if state.history else None
     click.echo(
         f"done: {state.round} rounds"
         + (f", final accuracy {100 * acc:.2f} %" if acc is not None else "")

@@ -44,7 +44,7 @@ from coordinator.run_dir import RunDir, RunState
 from coordinator.simulation import ROOT, STOP_GRACE_S, FleetConfig, device_command, prepared
 from edge_client.errors import ConfigError
 from edge_client.pacing import ENV as SLOWDOWN_ENV
-from edge_client.protocol import DeviceStatus, Topics
+from edge_client.protocol import DeviceStatus, RoundMetrics, Topics
 from edge_client.transport import BrokerConfig, MqttTransport
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def simulate_fleet(
     allow_oversubscribed: bool = False,
     mode: str = "continuous",
     resume: bool = False,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_round: Callable[[RoundMetrics], None] | None = None,
     on_estimate: Callable[[Calibration, Demand], None] | None = None,
 ) -> tuple[RunState, dict[str, Any]]:
     """Run ``job`` on the simulated ``spec`` fleet; returns the final state and the summary
