@@ -310,8 +310,11 @@ stop)
     i=0
     while alive "$PIDF" && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
     if alive "$PIDF"; then
+      loop=$(cat "$PIDF")
       alive "$CHILDF" && kill -KILL "$(cat "$CHILDF")"
-      kill -KILL "$(cat "$PIDF")" 2>/dev/null
+      kill -KILL "$loop" 2>/dev/null
+      i=0
+      while kill -0 "$loop" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
     fi
   fi
   rm -f "$PIDF" "$CHILDF"
@@ -329,12 +332,12 @@ _loop)
     echo "$child" > "$CHILDF"
     rc=0; wait "$child" || rc=$?
     while kill -0 "$child" 2>/dev/null; do rc=0; wait "$child" || rc=$?; done
-    rm -f "$CHILDF"; child=""
+    : > "$CHILDF"; child=""  # a builtin: a killed loop cannot empty a later loop's file
     if [ -n "$stopping" ] || [ "$rc" -eq 0 ]; then break; fi
     echo "$(date '+%F %T') fedge-service: fedge exited with $rc; restarting in $RESTART_S s"
     sleep "$RESTART_S" & wait $! || true
   done
-  rm -f "$PIDF"
+  : > "$PIDF"
   ;;
 *) echo "usage: $0 start|stop|restart|status|client" >&2; exit 2 ;;
 esac
