@@ -58,6 +58,14 @@ class JobConfig:
     # (at least 1): a legitimate round moves the weights by a fraction of their norm, so 10x
     # is absurd yet far from any honest update. 0 disables the check.
     max_update_norm: float = 10.0
+    # Bounded influence (coordinator/influence.py): an update may carry at most this share
+    # of the round's total weight (0.5: no update outweighs all the others together; an
+    # honest 5-board IID round has 0.2 each); 0 disables the cap.
+    max_weight_share: float = 0.5
+    # Reject an update whose change exceeds this many times the median change of the
+    # round's other updates (at least 3 updates); honest ones differ by a few x. 0: off.
+    max_change_ratio: float = 10.0
+    no_sample_check: bool = False  # True: accept sample counts above the device's status
     clip_norm: float = 0.0  # scale each update's change to this L2 norm at most; 0: off
     trim_ratio: float = 0.1  # trimmed_mean: share of values dropped at each end, [0, 0.5)
     krum_byzantine: int = 1  # krum / multi_krum: hostile devices f tolerated (n >= 2f + 3)
@@ -124,6 +132,11 @@ class JobConfig:
 def _robustness_checks(c: JobConfig) -> list[tuple[bool, str]]:
     return [
         (c.max_update_norm >= 0, "max_update_norm must be >= 0 (0 disables the check)"),
+        (
+            0 <= c.max_weight_share <= 1,
+            "max_weight_share must be in [0, 1] (0 disables the cap)",
+        ),
+        (c.max_change_ratio >= 0, "max_change_ratio must be >= 0 (0 disables the check)"),
         (c.clip_norm >= 0, "clip_norm must be >= 0 (0 disables clipping)"),
         (0 <= c.trim_ratio < 0.5, "trim_ratio must be in [0, 0.5)"),
         (c.krum_byzantine >= 0, "krum_byzantine must be >= 0"),

@@ -1,7 +1,10 @@
 """One round's collection: validate each update, fold it into the strategy, dedupe.
 
-Every rejection is logged with its reason and counted; nothing a device sends can
-raise out of ``offer`` or reach the aggregate unless it passed every check.
+Every rejection is logged with its reason and recorded (:class:`Rejection`: the topic's
+device, the payload's sender, the reason, and whether it counted as the device's reply);
+nothing a device sends can raise out of ``offer`` or reach the aggregate unless it passed
+every check. With ``bounds`` (the coordinator's default, coordinator/influence.py) accepted
+updates are held until :meth:`RoundCollector.close` decides on the round as a whole.
 
 Two kinds of rejection: an update that is not this round's business (another job or
 round, a device not selected, a sender that is not the topic's device, a second update)
@@ -12,6 +15,7 @@ also counts as that device's reply, so the round need not wait for its deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -20,10 +24,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from coordinator.aggregation import Strategy
+from coordinator.influence import Held, InfluenceBounds, capped_weights, change_outliers, risk
 from coordinator.robust_strategies import delta_norm
 from edge_client.errors import ProtocolError
 from edge_client.manifest import Manifest
-from edge_client.protocol import DeviceMetrics, Envelope, UpdateDeduper, UpdateKey, UpdateMeta
+from edge_client.protocol import (
+    DeviceMetrics,
+    Envelope,
+    Rejection,
+    UpdateDeduper,
+    UpdateKey,
+    UpdateMeta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +62,25 @@ class RoundCollector:
     global_weights: Mapping[str, np.ndarray] | None = None
     max_update_norm: float = 0.0  # reject a change > this x max(1, ||global||); 0: off
     dtypes: Mapping[str, str] | None = None  # manifest dtypes (None: all float32)
+    # Bounded influence (None: fold each update as it arrives, no round-wide checks)
+    bounds: InfluenceBounds | None = None
+    announced: Mapping[str, int] = field(default_factory=dict)  # device -> status samples
     results: dict[str, DeviceMetrics] = field(default_factory=dict)
-    rejected: dict[str, str] = field(default_factory=dict)  # device -> last reason
+    rejected: dict[str, str] = field(default_factory=dict)  # topic device -> last reason
+    rejections: list[Rejection] = field(default_factory=list)  # every rejection, in order
     invalid: set[str] = field(default_factory=set)  # selected devices that sent bad content
     # Selected devices that went offline (Last Will) before replying: not waited for
     dropped: set[str] = field(default_factory=set)
+    contested: set[str] = field(default_factory=set)  # a second, different update came
     aggregated: int = 0  # updates folded into the strategy (each device at most once)
-    bytes_up: int = 0
+    bytes_up: int = 0  # accepted updates and failures, all chunks
+    bytes_rejected: int = 0  # rejected ones, all chunks
     started: float = field(default_factory=time.time)
     _global_norm: float | None = field(default=None, repr=False)
+    _held: list[Held] = field(default_factory=list, repr=False)
+    _changes: dict[str, float] = field(default_factory=dict, repr=False)
+    _claims: dict[str, int] = field(default_factory=dict, repr=False)
+    _closed: bool = field(default=False, repr=False)
 
     @classmethod
     def open(
@@ -71,9 +93,14 @@ class RoundCollector:
         strategy: Strategy,
         global_weights: Mapping[str, np.ndarray],
         max_update_norm: float,
+        *,
+        bounds: InfluenceBounds | None = None,
+        announced: Mapping[str, int] | None = None,
     ) -> RoundCollector:
         """A round's collector for the manifest's tensors; ``strategy`` begins from
-        ``global_weights`` (the coordinator's rounds and a site's local rounds alike)."""
+        ``global_weights`` (the coordinator's rounds and a site's local rounds alike).
+        ``bounds``: the round-wide checks of coordinator/influence.py, against the sample
+        counts the devices ``announced`` in their statuses."""
         strategy.begin(global_weights)
         return cls(
             job,
@@ -86,6 +113,8 @@ class RoundCollector:
             global_weights=global_weights,
             max_update_norm=max_update_norm,
             dtypes={w.name: w.dtype for w in manifest.weights},
+            bounds=bounds,
+            announced=dict(announced or {}),
         )
 
     @property
@@ -115,24 +144,19 @@ class RoundCollector:
             return False
         try:
             self._check(envelope, device)
-            meta = self._check_content(envelope) if envelope.kind == "update" else None
+            checked = self._check_content(envelope, device) if envelope.kind == "update" else None
         except ProtocolError as exc:
-            self.rejected[device] = str(exc)
-            if isinstance(exc, InvalidUpdate):
-                self.invalid.add(device)
-            log.warning("rejected update from %s: %s", device, exc)
+            self._reject(envelope, device, size, exc)
             return False
         self.deduper.add(key)
         self.bytes_up += size
-        if meta is None:
+        if checked is None:
             self.results[device] = DeviceMetrics(
                 device, failed=envelope.reason or "unspecified", bytes_up=size
             )
             log.warning("device %s failed round %d: %s", device, self.round, envelope.reason)
             return True
-        weights = envelope.weights()
-        self.strategy.accept(weights, envelope.samples)
-        self.aggregated += 1
+        meta, weights, change = checked
         self.invalid.discard(device)
         interpreter = f"{meta.interpreter or ''} {meta.interpreter_version or ''}".strip()
         self.results[device] = DeviceMetrics(
@@ -144,7 +168,78 @@ class RoundCollector:
             interpreter=interpreter[:256],
             bytes_up=size,
         )
+        if self.bounds is None:
+            self._fold(device, weights, envelope.samples)
+        else:
+            self._hold(Held(device, weights, envelope.samples, change))
         return True
+
+    def _reject(self, env: Envelope, device: str, size: int, exc: ProtocolError) -> None:
+        counted = isinstance(exc, InvalidUpdate)  # the device's reply for this round
+        if counted:
+            self.invalid.add(device)
+        if "second, different update" in str(exc) and device in self.results:
+            self.contested.add(device)
+        self.rejected[device] = str(exc)
+        self.rejections.append(Rejection(device, env.sender, env.round, str(exc), counted, size))
+        self.bytes_rejected += size
+        log.warning("rejected update from %s: %s", device, exc)
+
+    # -- folding, holding, closing ----------------------------------------------------------
+    def _fold(self, device: str, weights: Mapping[str, np.ndarray], samples: int) -> None:
+        self.strategy.accept(weights, samples)
+        self.aggregated += 1
+
+    def _hold(self, held: Held) -> None:
+        assert self.bounds is not None
+        self._held.append(held)
+        self._changes[held.device], self._claims[held.device] = held.change, held.samples
+        if len(self._held) <= self.bounds.max_held:
+            return
+        samples_median = float(np.median(list(self._claims.values())))
+        change_median = float(np.median(list(self._changes.values())))
+        first = min(self._held, key=lambda h: risk(h, samples_median, change_median))
+        self._held.remove(first)
+        log.debug(
+            "round %d: %d updates held, %s folded early", self.round, len(self._held), first.device
+        )
+        self._fold(first.device, first.weights, first.samples)
+
+    def close(self) -> None:
+        """Decide on the held updates as a round (bounds), then fold them. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.bounds is None:
+            return
+        held = {h.device: h for h in self._held}
+        self._held = []
+        for device, reason in change_outliers(self._changes, self.bounds.max_change_ratio).items():
+            if device not in held:
+                log.warning(
+                    "round %d: %s was folded before the close: %s", self.round, device, reason
+                )
+                continue
+            size = self.results.pop(device).bytes_up  # its bytes move from up to rejected
+            self.bytes_up, self.bytes_rejected = self.bytes_up - size, self.bytes_rejected + size
+            del held[device], self._claims[device]
+            self.invalid.add(device)
+            self.rejected[device] = reason
+            self.rejections.append(Rejection(device, device, self.round, reason, True, size))
+            log.warning("rejected update from %s: %s", device, reason)
+        devices = list(self._claims)
+        capped = capped_weights([self._claims[d] for d in devices], self.bounds.max_weight_share)
+        for device, weight in zip(devices, capped):
+            if weight != self._claims[device]:
+                log.warning(
+                    "round %d: %s's weight capped from %d to %d samples (a share of at most %g, --max-weight-share)",
+                    self.round, device, self._claims[device], weight, self.bounds.max_weight_share,
+                )  # fmt: skip
+                if device not in held:
+                    continue
+                self.results[device] = dataclasses.replace(self.results[device], samples=weight)
+            if device in held:
+                self._fold(device, held[device].weights, weight)
 
     def _check(self, env: Envelope, device: str) -> None:
         if env.job != self.job:
@@ -163,9 +258,15 @@ class RoundCollector:
         if device not in self.selected:
             raise ProtocolError("device was not selected for this round")
         if device in self.results:
-            raise ProtocolError("a second, different update in the same round")
+            raise ProtocolError(
+                "a second, different update in the same round under this device's name; the "
+                "first one counts (if the device sent only one, the other was not its own)"
+            )
 
-    def _check_content(self, env: Envelope) -> UpdateMeta:
+    def _check_content(
+        self, env: Envelope, device: str
+    ) -> tuple[UpdateMeta, dict[str, np.ndarray], float]:
+        """(meta, weights, change norm) of an update whose content is usable."""
         try:
             meta = env.update_meta()
         except ProtocolError as exc:
@@ -174,6 +275,20 @@ class RoundCollector:
             raise InvalidUpdate("trained from other global weights (base_sha256 mismatch)")
         if not 0 < env.samples <= MAX_SAMPLES:
             raise InvalidUpdate(f"implausible sample count {env.samples}")
+        announced = self.announced.get(device, 0)
+        if self.bounds is not None and self.bounds.check_samples and 0 < announced < env.samples:
+            raise InvalidUpdate(
+                f"claims {env.samples} training samples, its status announced {announced} "
+                "(--no-sample-check turns this check off)"
+            )
+        self._check_tensors(env)
+        weights = env.weights()
+        for name, w in weights.items():
+            if not np.all(np.isfinite(w)):
+                raise InvalidUpdate(f"{name} contains NaN or Inf")
+        return meta, weights, self._check_norm(weights)
+
+    def _check_tensors(self, env: Envelope) -> None:
         specs = {t.name: t for t in env.tensors}
         if len(env.tensors) != len(self.shapes) or list(specs) != list(self.shapes):
             missing = sorted(set(self.shapes) - set(specs))
@@ -196,24 +311,23 @@ class RoundCollector:
                 not want.startswith("float") and spec.dtype != want
             ):
                 raise InvalidUpdate(f"{name} has dtype {spec.dtype}, expected {want}")
-        weights = env.weights()
-        for name, w in weights.items():
-            if not np.all(np.isfinite(w)):
-                raise InvalidUpdate(f"{name} contains NaN or Inf")
-        self._check_norm(weights)
-        return meta
 
-    def _check_norm(self, weights: Mapping[str, np.ndarray]) -> None:
-        if self.max_update_norm <= 0 or self.global_weights is None:
-            return
+    def _check_norm(self, weights: Mapping[str, np.ndarray]) -> float:
+        """The change's L2 norm (0.0 when not needed); rejects an absurd one."""
+        absolute = self.max_update_norm > 0
+        if self.global_weights is None or not (absolute or self.bounds is not None):
+            return 0.0
+        norm = delta_norm(weights, self.global_weights)
+        if not absolute:
+            return norm
         if self._global_norm is None:
             zero = {k: np.zeros_like(v) for k, v in self.global_weights.items()}
             self._global_norm = delta_norm(self.global_weights, zero)
         reference = max(1.0, self._global_norm)
-        norm = delta_norm(weights, self.global_weights)
         if norm > self.max_update_norm * reference:
             raise InvalidUpdate(
                 f"absurd update: it changes the weights by {norm:.4g} (L2), "
                 f"{norm / reference:.1f}x the global weights' norm; the limit is "
                 f"{self.max_update_norm:g}x"
             )
+        return norm

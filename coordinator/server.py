@@ -19,6 +19,7 @@ import numpy as np
 from coordinator.aggregation import Strategy
 from coordinator.config import JobConfig
 from coordinator.evaluation import Evaluator
+from coordinator.influence import InfluenceBounds
 from coordinator.rounds import RoundCollector
 from coordinator.run_dir import RunDir, RunState
 from coordinator.selection import select_devices
@@ -86,6 +87,11 @@ class Coordinator:
         self.publisher = BinaryPublisher(transport, config.max_chunk)
         self.inbox = Inbox(transport, self.topics)
         self.strategy = strategy or build_strategy(config)
+        self.bounds = InfluenceBounds(
+            check_samples=not config.no_sample_check,
+            max_weight_share=config.max_weight_share,
+            max_change_ratio=config.max_change_ratio,
+        )
         self.signer = Signer.from_file(config.signing_key) if config.signing_key else None
         self.run_id = run_dir.run_id()  # in every announcement: boards key progress on it
         # a signing coordinator obeys only control messages signed with its own key
@@ -250,6 +256,12 @@ class Coordinator:
         else:
             weights = dict(self.model.initial_weights)
             log.info("job %s: run %s", self.cfg.job, self.run_id)
+        off = (
+            not self.bounds.check_samples
+            or not self.bounds.max_weight_share
+            or not self.bounds.max_change_ratio
+        )
+        (log.warning if off else log.info)("%s", self.bounds.describe())
         for topic, qos in self.topics.coordinator_subscriptions():
             self.transport.subscribe(topic, qos)
         self._publish_control("running")
@@ -303,18 +315,23 @@ class Coordinator:
     def wait_for_devices(self) -> set[str]:
         need, deadline = self.cfg.min_devices, time.monotonic() + self.cfg.wait_timeout
         last_note = 0.0
-        while len(self.online()) < need:
-            if time.monotonic() > deadline:
-                raise JobError(
-                    f"only {len(self.online())} of {need} devices online after {self.cfg.wait_timeout:.0f} s: "
-                    "start more boards or lower --min-devices"
-                )
-            if time.monotonic() - last_note > 10:
-                log.info("waiting for devices: %d of %d online", len(self.online()), need)
-                last_note = time.monotonic()
-            self._pump(POLL_S)
-        self._drain()  # statuses already queued (e.g. retained ones) count too
-        return self.online()
+        while True:
+            while len(self.online()) < need:
+                if time.monotonic() > deadline:
+                    raise JobError(
+                        f"only {len(self.online())} of {need} devices online after {self.cfg.wait_timeout:.0f} s: "
+                        "start more boards or lower --min-devices"
+                    )
+                if time.monotonic() - last_note > 10:
+                    log.info("waiting for devices: %d of %d online", len(self.online()), need)
+                    last_note = time.monotonic()
+                self._pump(POLL_S)
+            # Statuses already queued count too: after a restart the broker may deliver a
+            # device's old "online" and then its "offline"; only what holds after them counts.
+            self._drain()
+            if len(self.online()) >= need:
+                return self.online()
+            log.info("queued statuses took devices offline: waiting for %d online", need)
 
     def _drain(self, limit: int = 10_000) -> None:
         for _ in range(limit):
@@ -355,14 +372,15 @@ class Coordinator:
         self._wait_while_paused()
         if self.control_state == "stopped":
             raise JobError(f"stopped by the operator before round {round_} opened")
-        online = self.wait_for_devices()
-        selected = select_devices(
-            online,
-            round_,
-            fraction=self.cfg.fraction,
-            k=self.cfg.clients_per_round,
-            seed=self.cfg.seed,
-        )
+        selected: tuple[str, ...] = ()
+        while not selected:  # a round never opens with no device selected
+            selected = select_devices(
+                self.wait_for_devices(),
+                round_,
+                fraction=self.cfg.fraction,
+                k=self.cfg.clients_per_round,
+                seed=self.cfg.seed,
+            )
         payload = encode_weights(
             weights,
             kind="global",
@@ -402,6 +420,8 @@ class Coordinator:
             self.strategy,
             weights,
             self.cfg.max_update_norm,
+            bounds=self.bounds,
+            announced={d: s.samples for d, s in self.devices.items() if s.samples > 0},
         )
         for device in selected:  # went offline between selection and announcement
             if self.devices.get(device, _OFFLINE).state == "offline":
@@ -420,6 +440,7 @@ class Coordinator:
                 ", ".join(sorted(collector.dropped)),
             )
         self._publish_announcement(dataclasses.replace(announcement, state="closed"))
+        collector.close()  # round-wide bounds decide, the held updates are folded
         return collector, sent * len(selected)
 
     def _metrics(
@@ -449,10 +470,13 @@ class Coordinator:
             failed=tuple(sorted(r.device for r in c.results.values() if r.failed)),
             samples=sum(r.samples for r in c.accepted),
             selected=tuple(sorted(c.selected)),
-            rejected=dict(c.rejected),
+            rejected={r.device: r.reason for r in c.rejections if r.counted},
             updates_aggregated=c.aggregated,
             time=time.time(),
             dropped=tuple(sorted(c.dropped - c.replied)),
+            rejections=tuple(c.rejections),
+            contested=tuple(sorted(c.contested & {r.device for r in c.accepted})),
+            bytes_rejected=c.bytes_rejected,
         )
 
 

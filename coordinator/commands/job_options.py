@@ -145,6 +145,26 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         f"0 disables. [default: {D.max_update_norm:g}]",
     ),
     (
+        "--max-weight-share",
+        "max_weight_share",
+        float,
+        "Cap each update's share of the round's total weight (its sample count) at this; "
+        f"0 disables. [default: {D.max_weight_share:g}]",
+    ),
+    (
+        "--max-change-ratio",
+        "max_change_ratio",
+        float,
+        "Reject an update whose change exceeds this many times the median change of the "
+        f"round's other updates (3 or more); 0 disables. [default: {D.max_change_ratio:g}]",
+    ),
+    (
+        "--no-sample-check",
+        "no_sample_check",
+        bool,
+        "Accept updates claiming more samples than their device's status announced.",
+    ),
+    (
         "--clip-norm",
         "clip_norm",
         float,

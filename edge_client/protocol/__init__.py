@@ -42,7 +42,7 @@ from edge_client.protocol.envelope import (
     envelope_bytes,
 )
 from edge_client.protocol.messages import DeviceStatus, JobControl, RoundAnnouncement
-from edge_client.protocol.metrics import DeviceMetrics, RoundMetrics
+from edge_client.protocol.metrics import DeviceMetrics, Rejection, RoundMetrics
 from edge_client.protocol.tensors import TensorSpec, weights_sha256
 from edge_client.protocol.topics import DEFAULT_PREFIX, QOS, ParsedTopic, Topics
 from edge_client.protocol.update_meta import UpdateMeta
@@ -63,6 +63,7 @@ __all__ = [
     "JobControl",
     "ParsedTopic",
     "Reassembler",
+    "Rejection",
     "RoundAnnouncement",
     "RoundMetrics",
     "TensorSpec",

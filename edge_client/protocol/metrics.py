@@ -30,7 +30,14 @@ from edge_client.protocol.validation import (
     loads,
 )
 
-_TYPED_EXTRA = ("devices", "failed", "samples")  # keys of the wire's extra read into fields
+_TYPED_EXTRA = (
+    "devices",
+    "failed",
+    "samples",
+    "rejections",
+    "contested",
+    "bytes_rejected",
+)  # keys of the wire's extra read into fields
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,66 @@ class DeviceMetrics:
         )
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """A message on a device's update topic that the coordinator did not aggregate.
+
+    ``device`` is the topic's device, ``sender`` the payload's: the message was published
+    under ``device``'s name, not necessarily by it (a replay, a late copy, or a forgery when
+    the broker does not bind topics to credentials). ``counted`` says whether it counted as
+    the device's reply for the round (a selected device's update for the open round whose
+    content was unusable); the others (stale or replayed rounds, another job, a mismatched
+    sender, a second update) say nothing about the device."""
+
+    device: str
+    sender: str
+    round: int
+    reason: str
+    counted: bool = False
+    bytes: int = 0  # the message, all chunks
+
+    def __post_init__(self) -> None:
+        check_id(self.device, "rejected device id")
+        check_id(self.sender, "rejected sender id")
+        check_int(self.round, "rejected round")
+        check_str(self.reason, "rejection reason")
+        if not isinstance(self.counted, bool):
+            raise ProtocolError("rejection counted must be true or false")
+        check_int(self.bytes, "rejected bytes")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "sender": self.sender,
+            "round": self.round,
+            "reason": self.reason,
+            "counted": self.counted,
+            "bytes": self.bytes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: object) -> Rejection:
+        if not isinstance(d, dict):
+            raise ProtocolError("a rejection must be a JSON object")
+        missing = [k for k in ("device", "sender", "round", "reason") if k not in d]
+        if missing:
+            raise ProtocolError(f"a rejection is missing field(s) {', '.join(missing)}")
+        return cls(
+            d["device"],
+            d["sender"],
+            d["round"],
+            d["reason"],
+            d.get("counted", False),
+            d.get("bytes", 0),
+        )
+
+
+def _rejections(value: object) -> tuple[Rejection, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ProtocolError("rejections must be a list")
+    return tuple(r if isinstance(r, Rejection) else Rejection.from_dict(r) for r in value)
+
+
 def _devices(value: object) -> tuple[DeviceMetrics, ...]:
     if isinstance(value, dict):
         return tuple(DeviceMetrics.from_dict(check_id(k, "device id"), v) for k, v in value.items())
@@ -112,10 +179,14 @@ class RoundMetrics:
     # On the wire inside extra (None / empty: not known, and then not written)
     devices: tuple[DeviceMetrics, ...] = ()  # every reply, in arrival order
     failed: tuple[str, ...] = ()  # devices that reported a failed round
-    samples: int | None = None  # sum of the participants' sample counts
+    samples: int | None = None  # sum of the participants' sample counts (their FedAvg weights)
+    rejections: tuple[Rejection, ...] = ()  # every message rejected this round, in order
+    contested: tuple[str, ...] = ()  # participants whose name carried a second, different update
+    bytes_rejected: int = 0  # rejected messages, all chunks
     # Only in metrics.jsonl
     selected: tuple[str, ...] = ()
-    rejected: dict[str, str] = field(default_factory=dict)  # device -> last rejection reason
+    # device -> reason its reply for the round was rejected (rejections counted against it)
+    rejected: dict[str, str] = field(default_factory=dict)
     updates_aggregated: int = 0
     time: float | None = None  # unix time the round's metrics were made
     # Selected devices that went offline (Last Will) before replying: the round did not
@@ -134,12 +205,15 @@ class RoundMetrics:
         extra = check_json_dict(self.extra, "extra")
         for key in _TYPED_EXTRA:  # the wire's typed keys become fields
             if key in extra:
-                if getattr(self, key) not in ((), None):
+                if getattr(self, key) not in ((), None, 0):
                     raise ProtocolError(f"round metrics give {key} twice (field and extra)")
                 _set(self, key, extra.pop(key))
         _set(self, "extra", extra)
         _set(self, "devices", _devices(self.devices))
         _set(self, "failed", _ids(self.failed, "failed"))
+        _set(self, "rejections", _rejections(self.rejections))
+        _set(self, "contested", _ids(self.contested, "contested"))
+        check_int(self.bytes_rejected, "bytes_rejected")
         if self.samples is not None:
             check_int(self.samples, "samples")
         _set(self, "selected", _ids(self.selected, "selected"))
@@ -171,6 +245,9 @@ class RoundMetrics:
                 "devices": {d.device: d.to_dict() for d in self.devices},
                 "failed": list(self.failed),
                 "samples": self.samples,
+                "rejections": [r.to_dict() for r in self.rejections],
+                "contested": list(self.contested),
+                "bytes_rejected": self.bytes_rejected,
             }
         body = {
             "v": PROTOCOL_VERSION,
@@ -227,6 +304,9 @@ class RoundMetrics:
             "duration_s": self.duration_s,
             "devices": {d.device: d.to_dict() for d in self.devices},
             "time": self.time,
+            "rejections": [r.to_dict() for r in self.rejections],
+            "contested": list(self.contested),
+            "bytes_rejected": self.bytes_rejected,
         } | self._round_mode_record()
 
     def _round_mode_record(self) -> dict[str, Any]:
@@ -257,6 +337,9 @@ class RoundMetrics:
             "devices",
             "time",
             "dropped",
+            "rejections",
+            "contested",
+            "bytes_rejected",
         )
         values = {k: record[k] for k in keys if record.get(k) is not None}
         return cls(job=job, round=record["round"], **values)

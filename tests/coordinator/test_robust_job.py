@@ -87,6 +87,8 @@ class Lab:
             lr=lr,
             eval_every=rounds,
             max_update_norm=0,  # isolate the aggregators (the norm check has its own tests)
+            max_change_ratio=0,  # ... and bounded influence (tests/.../test_bounded_influence.py)
+            max_weight_share=0,
             **cfg,
         )
         run_dir = RunDir(self.tmp / f"run{next(self.runs)}")

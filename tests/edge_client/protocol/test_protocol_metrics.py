@@ -8,10 +8,11 @@ from dataclasses import replace
 import pytest
 
 from edge_client.errors import ProtocolError
-from edge_client.protocol import DeviceMetrics, RoundMetrics, UpdateMeta
+from edge_client.protocol import DeviceMetrics, Rejection, RoundMetrics, UpdateMeta
 
-# What the coordinator published and wrote before RoundMetrics became typed (the bytes of
-# its earlier dict-based code for this round): the record must reproduce them exactly.
+# What the coordinator published before RoundMetrics became typed (the bytes of its earlier
+# dict-based code for this round), plus the rejections, contested participants and rejected
+# bytes it publishes since (issue 14): the record must reproduce them exactly.
 WIRE = (
     b'{"v":1,"job":"demo","round":3,"accuracy":0.8727,"loss":0.35,"participants":["pi-01",'
     b'"pi-02"],"bytes_up":2001000,"bytes_down":3000000,"duration_s":42.5,"extra":{"devices":'
@@ -21,7 +22,9 @@ WIRE = (
     b'"test_accuracy":null,"bytes_up":1000,"failed":"out of memory"},"pi-02":{"samples":8000,'
     b'"loss":0.72,"accuracy":0.75,"duration_s":2.0,"interpreter":"tflite-runtime 2.14.0",'
     b'"test_accuracy":0.81,"bytes_up":1000000,"failed":null}},"failed":["pi-03"],'
-    b'"samples":20000}}'
+    b'"samples":20000,"rejections":[{"device":"pi-04","sender":"pi-04","round":2,"reason":'
+    b'"stale update for round 2","counted":false,"bytes":700}],"contested":["pi-02"],'
+    b'"bytes_rejected":700}}'
 )
 RECORD = (
     '{"round": 3, "accuracy": 0.8727, "loss": 0.35, "participants": ["pi-01", "pi-02"], '
@@ -34,7 +37,9 @@ RECORD = (
     '"interpreter": "", "test_accuracy": null, "bytes_up": 1000, "failed": "out of memory"}, '
     '"pi-02": {"samples": 8000, "loss": 0.72, "accuracy": 0.75, "duration_s": 2.0, '
     '"interpreter": "tflite-runtime 2.14.0", "test_accuracy": 0.81, "bytes_up": 1000000, '
-    '"failed": null}}, "time": 1767225600.5}'
+    '"failed": null}}, "time": 1767225600.5, "rejections": [{"device": "pi-04", "sender": '
+    '"pi-04", "round": 2, "reason": "stale update for round 2", "counted": false, "bytes": 700}], '
+    '"contested": ["pi-02"], "bytes_rejected": 700}'
 )
 
 
@@ -59,6 +64,9 @@ def _round() -> RoundMetrics:
         samples=20000,
         selected=("pi-01", "pi-02", "pi-03"),
         rejected={"pi-04": "device was not selected for this round"},
+        rejections=(Rejection("pi-04", "pi-04", 2, "stale update for round 2", False, 700),),
+        contested=("pi-02",),
+        bytes_rejected=700,
         updates_aggregated=2,
         time=1767225600.5,
     )
