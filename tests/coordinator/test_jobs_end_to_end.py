@@ -155,7 +155,9 @@ def test_coordinator_killed_mid_round_resumes_to_the_weights_of_an_uninterrupted
         mqtt_client(mosquitto_broker, "watcher") as watcher,
     ):
         watcher.subscribe_wait("fl/v1/cut/update/+/0", qos=1)
-        first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        first_log = tmp_path / "first-coordinator.log"  # a file: a full pipe would block it
+        with first_log.open("wb") as log:
+            first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
         watcher.collector.wait_for("fl/v1/cut/update/+/0", n=3 * (kill_in - 1) + 1, timeout=240)
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -169,7 +171,7 @@ def test_coordinator_killed_mid_round_resumes_to_the_weights_of_an_uninterrupted
             timeout=300,
         )
     # Assert: killed inside round 2 with some of its updates sent, not at a round boundary
-    assert done_before == list(range(1, kill_in)), first.stderr.read().decode()[-2000:]
+    assert done_before == list(range(1, kill_in)), first_log.read_text()[-2000:]
     assert 1 <= in_flight < 3
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"done: {rounds} rounds" in second.stdout

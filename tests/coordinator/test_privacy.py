@@ -144,8 +144,9 @@ def test_every_payload_is_a_known_message_and_no_training_sample_crosses_the_net
     )
     kinds = classify_all(classifier, messages)
     assert EXPECTED <= set(kinds) <= EXPECTED | {"chunk", "cleared retained chunk"}, kinds
-    assert kinds["update"] == 2 * ROUNDS and kinds["global"] == ROUNDS + 1
-    assert classifier.finals == [ROUNDS + 1]  # the final global weights (docs/protocol.md)
+    # (at least: QoS 1 may deliver a copy twice, a reconnect republishes the global weights)
+    assert kinds["update"] >= 2 * ROUNDS and kinds["global"] >= ROUNDS + 1
+    assert set(classifier.finals) == {ROUNDS + 1}  # the final global weights (docs/protocol.md)
     # ... and none of them carries a training sample
     payloads = [m.payload for m in messages if m.payload]
     assert sum(len(p) for p in payloads) > 1_000_000
