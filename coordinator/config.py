@@ -71,7 +71,10 @@ class JobConfig:
     krum_byzantine: int = 1  # krum / multi_krum: hostile devices f tolerated (n >= 2f + 3)
     dp_clip: float = 0.0  # DP-FedAvg: per-update clipping norm C; > 0 turns DP-FedAvg on
     dp_noise_multiplier: float = 0.0  # DP-FedAvg: Gaussian noise std = multiplier * C / n
-    signing_key: str | None = None  # Ed25519 private key (fedcoord keys generate): sign
+    # Ed25519 private key (fedcoord keys generate) that signs the model and every round; None:
+    # the job's own key, made on its first run (coordinator.job_keys)
+    signing_key: str | None = None
+    unsigned: bool = False  # sign nothing: an explicit choice, logged as a warning at start
     # -- evaluation -----------------------------------------------------------------------
     test_data: str | None = None  # data set name (fashion-mnist, mnist, cifar10) or path
     eval_every: int = 1  # evaluate the global model every N rounds (and the last)
@@ -116,6 +119,10 @@ class JobConfig:
                 f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}",
             ),
             *_robustness_checks(self),
+            (
+                not (self.unsigned and self.signing_key),
+                "unsigned and signing_key contradict each other: give one or neither",
+            ),
         ]
         for ok, message in checks:
             if not ok:

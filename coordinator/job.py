@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from coordinator.config import JobConfig
 from coordinator.dashboard import attach_dashboard
 from coordinator.evaluation import Evaluator, load_test_set
+from coordinator.job_keys import with_signing_key
 from coordinator.model_source import prepare_model
 from coordinator.retained import retained_chunk_counts
 from coordinator.run_dir import RunDir, RunState
@@ -70,7 +71,10 @@ def run_job(
 ) -> RunState:
     """Run (or resume) a whole job; returns the final run state.
 
-    With ``dashboard`` settings the web dashboard follows the job from this process."""
+    With ``dashboard`` settings the web dashboard follows the job from this process. The job
+    signs with ``cfg.signing_key``, else with its own key (made on the first run), unless
+    ``cfg.unsigned``."""
+    cfg = with_signing_key(cfg)
     run_dir = RunDir(cfg.run_path)
     run_dir.create(dataclasses.asdict(cfg), resume=resume)
     model = prepare_model(cfg, run_dir)

@@ -54,6 +54,13 @@ POLL_S = 0.2  # inbox poll interval while waiting
 _OFFLINE = DeviceStatus("unknown", "offline", 0.0)
 
 
+UNSIGNED_WARNING = (
+    "UNSIGNED JOB: the model and the round announcements carry no signature, so boards "
+    "cannot tell them from forged ones (anyone who can publish on the job's topics can feed "
+    "boards a model or rounds). Run without --unsigned to sign with the job's key."
+)
+
+
 class JobError(EdgeFLError):
     """The job cannot continue (too few devices or results, operator stop...)."""
 
@@ -228,7 +235,8 @@ class Coordinator:
     ) -> None:
         """Publish the job's state, retained (signed in a signed job); ``by`` None: ours."""
         at = time.time() if at is None else at
-        self._control = JobControl(self.cfg.job, state, at, detail, by, until)
+        signed = self.signer is not None  # says whether boards can authenticate the job
+        self._control = JobControl(self.cfg.job, state, at, detail, by, until, signed=signed)
         self.control_state = state
         self._republish_control()
 
@@ -275,6 +283,7 @@ class Coordinator:
             model_payload = encode_model(
                 self.model.tflite, manifest, job=self.cfg.job, sender=SENDER
             )
+            log.warning(UNSIGNED_WARNING)
         self._retained[self.topics.model] = model_payload
         self.publisher.publish(self.topics.model, model_payload, retain=True)
         for round_ in range(state.round + 1, self.cfg.rounds + 1):

@@ -21,6 +21,7 @@ from typing import Any
 
 from coordinator.config import JobConfig
 from coordinator.job import broker_for, run_job
+from coordinator.job_keys import with_signing_key
 from coordinator.run_dir import RunState
 from edge_client.data import DATASETS, dataset_names
 from edge_client.errors import ConfigError
@@ -173,7 +174,7 @@ def prepared(
         changes["test_data"] = fleet.dataset
     if job.min_devices == JobConfig.min_devices:
         changes["min_devices"] = fleet.devices if min_devices is None else min_devices
-    job = dataclasses.replace(job, **changes)
+    job = with_signing_key(dataclasses.replace(job, **changes))
     extra: list[str] = []
     if job.signing_key:  # the devices trust the key the coordinator signs with
         from edge_client.signing import Signer

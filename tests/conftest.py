@@ -21,6 +21,20 @@ from tests.fixtures.brokers import *  # noqa: E402, F403
 from tests.fixtures.emulation import emulated_board  # noqa: E402, F401
 
 
+@pytest.fixture(scope="session", autouse=True)
+def job_keys_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Jobs sign with their own key by default: keep those keys out of the user's ~/.config
+    (subprocesses inherit the variable)."""
+    path = tmp_path_factory.mktemp("job-keys")
+    saved = os.environ.get("EDGEFL_KEYS_DIR")
+    os.environ["EDGEFL_KEYS_DIR"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("EDGEFL_KEYS_DIR", None)
+    else:
+        os.environ["EDGEFL_KEYS_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def export_dir(tmp_path_factory: pytest.TempPathFactory):
     """Export a model once per (architecture, optimizer) per session: ``export_dir("cnn")``."""

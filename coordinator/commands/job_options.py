@@ -201,8 +201,16 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         "--signing-key",
         "signing_key",
         str,
-        "Ed25519 private key (fedcoord keys generate): sign the model and every round "
-        "announcement; boards verify with fedge run --trust-key.",
+        "Ed25519 private key (fedcoord keys generate) that signs the model and every round "
+        "announcement; boards verify with fedge run --trust-key. Default: the job's own key, "
+        "made on its first run in $EDGEFL_KEYS_DIR/JOB/ (~/.config/edgefl/keys/JOB/).",
+    ),
+    (
+        "--unsigned",
+        "unsigned",
+        bool,
+        "Sign nothing (logged as a warning): boards cannot tell the job's model and rounds "
+        "from forged ones.",
     ),
     (
         "--test-data",

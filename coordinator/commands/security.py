@@ -13,26 +13,41 @@ def keys() -> None:
 @keys.command("generate")
 @click.option(
     "--out",
-    required=True,
+    default=None,
     type=click.Path(file_okay=False),
     help="Directory for signing.key (private, mode 0600) and signing.pub (public).",
 )
+@click.option(
+    "--job",
+    default=None,
+    help="Instead of --out: the job's own key, which fedcoord start uses by default "
+    "($EDGEFL_KEYS_DIR/JOB/, ~/.config/edgefl/keys/JOB/); kept if it exists.",
+)
 @click.option("--force", is_flag=True, help="Overwrite existing key files.")
-def keys_generate(out: str, force: bool) -> None:
+def keys_generate(out: str | None, job: str | None, force: bool) -> None:
     """Make a signing key pair.
 
-    Keep signing.key on the coordinator (fedcoord start --signing-key DIR/signing.key);
-    copy signing.pub to every board (fedge run --trust-key signing.pub, or give the
-    base64 key printed here).
+    fedcoord start signs with the job's own key by default (made on its first run; make it
+    beforehand with --job to install the public key on boards first). Keep signing.key on
+    the coordinator; copy signing.pub to every board (fedge run --trust-key signing.pub, or
+    give the base64 key printed here).
     """
+    from coordinator.job_keys import job_key_dir, job_signing_key
     from coordinator.pki import generate_signing_key
 
-    made = generate_signing_key(out, force=force)
+    if (out is None) == (job is None):
+        raise click.UsageError("give exactly one of --out DIR or --job NAME")
+    if job is not None and not force:
+        made, new = job_signing_key(job)
+        click.echo(f"{'new' if new else 'existing'} key of job {job}")
+    else:
+        made = generate_signing_key(out or job_key_dir(job or ""), force=force)
     click.echo(f"private key  {made.private}  (keep it on the coordinator only)")
     click.echo(f"public key   {made.public}")
     click.echo(f"key id       {made.key_id}")
     click.echo(f"base64       {made.public_b64}")
-    click.echo(f"coordinator: fedcoord start --signing-key {made.private} ...")
+    if job is None:
+        click.echo(f"coordinator: fedcoord start --signing-key {made.private} ...")
     click.echo(f"boards:      fedge run --trust-key {made.public_b64} ...")
 
 

@@ -113,6 +113,7 @@ def simulate(
     A mixed fleet of slow, flaky Raspberry Pis behind throttled links:
       fedcoord simulate --fleet mixed-pi --rounds 20 --round-timeout 120
     """
+    from coordinator.job_keys import with_signing_key
     from coordinator.simulation import FleetConfig
     from coordinator.simulation import simulate as run
     from edge_client.data import parse_scheme
@@ -127,6 +128,7 @@ def simulate(
     fleet = FleetConfig(
         devices, dataset, partition, partition_seed, client_python, device_runtime, device_threads
     )
+    cfg = with_signing_key(cfg)
     if fleet_file is not None:
         if ctx.get_parameter_source("devices") != click.core.ParameterSource.DEFAULT:
             raise click.UsageError("give either --devices or --fleet (the fleet sets the boards)")
@@ -134,7 +136,8 @@ def simulate(
         return
     click.echo(
         f"simulating {devices} devices on {dataset} ({partition}), {cfg.rounds} rounds, "
-        f"strategy {cfg.strategy}; run directory {cfg.run_path}"
+        f"strategy {cfg.strategy}; run directory {cfg.run_path}; "
+        + ("UNSIGNED (--unsigned)" if cfg.unsigned else f"signed with {cfg.signing_key}")
     )
     state = run(
         cfg, fleet, resume=resume, on_round=lambda m: click.echo(format_round(m, cfg.rounds))

@@ -51,6 +51,7 @@ def start(
           --listen 0.0.0.0:1883
     """
     from coordinator.job import run_job
+    from coordinator.job_keys import with_signing_key
 
     flags = job_flags(kwargs)
     if resume_dir:
@@ -66,8 +67,10 @@ def start(
         )
     else:
         cfg = job_config.resolve(flags, job_file)
+    cfg = with_signing_key(cfg)
     click.echo(
-        f"job {cfg.job}: {cfg.rounds} rounds, strategy {cfg.strategy}, run directory {cfg.run_path}"
+        f"job {cfg.job}: {cfg.rounds} rounds, strategy {cfg.strategy}, run directory {cfg.run_path}, "
+        + ("UNSIGNED (--unsigned)" if cfg.unsigned else f"signed with {cfg.signing_key}")
     )
     state = run_job(
         cfg,

@@ -171,7 +171,7 @@ class JobControl(_JsonMessage):
     """Published retained on ``control``: the job is ``running``, ``paused`` or ``stopped``."""
 
     _what: ClassVar[str] = "job control"
-    _omit_none: ClassVar[tuple[str, ...]] = ("by", "until", "signature")
+    _omit_none: ClassVar[tuple[str, ...]] = ("by", "until", "signature", "signed")
 
     job: str
     state: str
@@ -184,6 +184,10 @@ class JobControl(_JsonMessage):
     # Ed25519 signature object, as on announcements (docs/protocol.md section 12); None:
     # unsigned, and then left out of the JSON
     signature: dict[str, Any] | None = None
+    # Set by the coordinator (None, and then left out of the JSON: not said, e.g. an operator
+    # tool): True when it signs the model, rounds and control (the key's id is in
+    # ``signature``); False for a job run with --unsigned, which boards cannot authenticate.
+    signed: bool | None = None
 
     def __post_init__(self) -> None:
         check_id(self.job, "job id")
@@ -195,3 +199,5 @@ class JobControl(_JsonMessage):
         _set(self, "until", _optional_float(self.until, "until"))
         if self.signature is not None:
             _set(self, "signature", check_json_dict(self.signature, "signature"))
+        if self.signed is not None and not isinstance(self.signed, bool):
+            raise ProtocolError("job control signed must be true, false or absent")
