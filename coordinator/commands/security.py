@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from coordinator.commands.job_options import option
+
 
 @click.group()
 def keys() -> None:
@@ -17,9 +19,8 @@ def keys() -> None:
     type=click.Path(file_okay=False),
     help="Directory for signing.key (private, mode 0600) and signing.pub (public).",
 )
-@click.option(
-    "--job",
-    default=None,
+@option(
+    "job",
     help="Instead of --out: the job's own key, which fedcoord start uses by default "
     "($EDGEFL_KEYS_DIR/JOB/, ~/.config/edgefl/keys/JOB/); kept if it exists.",
 )
