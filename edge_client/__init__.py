@@ -31,6 +31,8 @@ The shared contract:
 - ``edge_client.cli_support``: what both command lines share.
 - ``edge_client.pacing``: ``ENV``, the variable through which the fleet simulator slows a
   simulated board down (docs/fleet-simulation.md).
+- ``edge_client.secagg``: secure aggregation's primitives and masking arithmetic
+  (docs/secure-aggregation.md; not wired into rounds yet). Import it from the package.
 - ``edge_client`` itself: ``__version__``.
 """
 
@@ -49,5 +51,6 @@ SHARED_MODULES: tuple[str, ...] = (
     "edge_client.data",
     "edge_client.cli_support",
     "edge_client.pacing",
+    "edge_client.secagg",
 )
 """The modules other packages may import from ``edge_client`` (see the module docstring)."""
