@@ -42,6 +42,9 @@ CTX = RoundContext("job", "run", 1)
 def test_ring_is_the_smallest_that_cannot_overflow() -> None:
     assert QuantConfig(n_devices=10, clip=1.0, scale=2.0**20).ring.bits == 32
     assert QuantConfig(n_devices=10_000, clip=1.0, scale=2.0**20).ring.bits == 64
+    # the boundary: n * Q must stay <= 2^31 - 1 for a 32-bit ring
+    assert QuantConfig(n_devices=1, clip=1.0, scale=2.0**31 - 1).ring.bits == 32
+    assert QuantConfig(n_devices=1, clip=1.0, scale=2.0**31).ring.bits == 64
     with pytest.raises(ConfigError, match="overflow a 64-bit ring"):
         QuantConfig(n_devices=10**6, clip=100.0, scale=2.0**60)
 
