@@ -95,7 +95,10 @@ class FleetRunner:
             ),
         }
         for i, b in enumerate(self.spec.boards):
-            link = BrokerConfig("127.0.0.1", self.hub.port(b.device_id))
+            # the board's own port on the hub; mqtts:// stays mqtts:// (TLS passes through)
+            link = dataclasses.replace(
+                self.broker, host="127.0.0.1", port=self.hub.port(b.device_id)
+            )
             cmd = device_command(
                 self.fleet, self.job, link, i, dev_dir / b.device_id, device_id=b.device_id
             )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def load_fleet(file_or_preset: str, *, seed: int | None = None) -> FleetSpec:
         raise ConfigError(f"cannot read fleet file {path}: {exc}") from None
     spec = parse_fleet(data, source=str(path), base=path.parent)
     if seed is not None:
-        spec = FleetSpec(**{**spec.__dict__, "seed": seed})
+        spec = replace(spec, seed=seed)
     return spec
 
 
