@@ -318,10 +318,15 @@ build() {
   mkdir -p "$CACHE"
   exec 9>"$CACHE/.lock"
   flock 9
+  for env in "${envs[@]}"; do build_rootfs "$env"; done # apt: one at a time
+  # The installs on the emulated boards are single-threaded: run them side by side.
+  local pids=() failed=0
   for env in "${envs[@]}"; do
-    build_rootfs "$env"
-    build_venv "$env"
+    build_venv "$env" &
+    pids+=($!)
   done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  [ "$failed" -eq 0 ] || die "building an emulated board failed (see above)"
   for env in "${envs[@]}"; do echo "$env $CACHE/$env/rootfs"; done
 }
 
