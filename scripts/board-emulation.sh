@@ -149,7 +149,15 @@ build_rootfs() { # $1 = ENV: the Debian userland, from packages only
     awk '/^Inst /{print $2}')
   [ -n "$pkgs" ] || die "apt resolved no packages for $arch"
   # shellcheck disable=SC2046,SC2086
-  (cd "$debs" && apt-get $(apt_opts "$arch") download $pkgs)
+  if ! (cd "$debs" && apt-get $(apt_opts "$arch") download $pkgs); then
+    say "download failed: apt-get update (the package lists may be stale), then once more"
+    apt-get update -qq
+    # shellcheck disable=SC2046
+    pkgs=$(apt-get -s $(apt_opts "$arch") --no-install-recommends install $(env_debs "$env") |
+      awk '/^Inst /{print $2}')
+    # shellcheck disable=SC2046,SC2086
+    (cd "$debs" && apt-get $(apt_opts "$arch") download $pkgs)
+  fi
   say "$env: unpacking $(echo "$pkgs" | wc -w) packages with dpkg-deb -x"
   local deb
   for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$tmp"; done

@@ -14,6 +14,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -213,30 +214,52 @@ def test_a_real_round_with_an_emulated_fedge_run(
     x, y = fashion
     np.savez(tmp_path / "part.npz", x=x[:16], y=y[:16])
     keys = generate_signing_key(tmp_path / "keys")
-    board = emulated_board.popen(
-        "fedge", "run", "--broker", mosquitto_broker.url, "--job", job, "--device-id", device,
-        "--data", str(tmp_path / "part.npz"), "--state-dir", str(tmp_path / "state"),
-        "--trust-key", str(keys.public), "--heartbeat", "5", "--exit-on-stop",
-    )  # fmt: skip
+    log = tmp_path / "board.log"
     config = JobConfig(
         job=job, rounds=1, run_dir=str(tmp_path / "run"), model_dir=str(cnn),
-        epochs=1, lr=LR, min_devices=1, min_results=1, round_timeout=600, wait_timeout=600,
-        signing_key=str(keys.private), broker=mosquitto_broker.url,
+        epochs=1, lr=LR, min_devices=1, min_results=1, round_timeout=300, wait_timeout=300,
+        max_retries=0, signing_key=str(keys.private), broker=mosquitto_broker.url,
     )  # fmt: skip
-    try:
-        # Execute
-        state = run_job(
-            config, broker=BrokerConfig.from_url(mosquitto_broker.url), final_models=False
-        )
-        _, stderr = board.communicate(timeout=120)
-    finally:
-        if board.poll() is None:
-            board.kill()
-            board.communicate()
+    outcome: dict = {}
+
+    def coordinate() -> None:
+        try:
+            outcome["state"] = run_job(
+                config, broker=BrokerConfig.from_url(mosquitto_broker.url), final_models=False
+            )
+        except Exception as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    with log.open("w") as out:
+        board = subprocess.Popen(
+            emulated_board.command(
+                "fedge", "run", "--broker", mosquitto_broker.url, "--job", job,
+                "--device-id", device, "--data", str(tmp_path / "part.npz"),
+                "--state-dir", str(tmp_path / "state"), "--trust-key", str(keys.public),
+                "--heartbeat", "5", "--exit-on-stop",
+            ),
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        # Execute: the coordinator's job, given up as soon as the board dies
+        coordinator = threading.Thread(target=coordinate, daemon=True)
+        coordinator.start()
+        try:
+            while coordinator.is_alive() and board.poll() is None:
+                coordinator.join(0.5)
+            coordinator.join(5)
+            board.wait(timeout=120)
+        finally:
+            if board.poll() is None:
+                board.kill()
+                board.wait()
+    output = log.read_text()
     # Assert: the coordinator accepted the board's update; the board stopped cleanly
-    assert board.returncode == 0, stderr[-3000:]
-    assert "Traceback" not in stderr
-    (entry,) = state.history
+    assert "state" in outcome, (
+        f"{outcome.get('error')!r}; board exit {board.returncode}:\n{output[-3000:]}"
+    )
+    assert board.returncode == 0, output[-3000:]
+    assert "Traceback" not in output
+    (entry,) = outcome["state"].history
     assert entry["participants"] == [device]
     assert entry["devices"][device]["samples"] == 16
 
