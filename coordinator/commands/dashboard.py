@@ -39,7 +39,8 @@ SILENT_NOTE_S = 5.0  # warn when the job sent nothing this long after connecting
     type=click.Path(dir_okay=False),
     default=None,
     help="The job's Ed25519 private key: needed to pause, resume or stop a signed job "
-    "(its coordinator obeys only control messages signed with it).",
+    "(its coordinator obeys only control messages signed with it). [default: the job's own "
+    "key, if this machine has it ($EDGEFL_KEYS_DIR/JOB/signing.key)]",
 )
 @auth_options()
 def dashboard(listen: str, run_dir: str | None, signing_key: str | None, **opts: Any) -> None:
@@ -57,6 +58,12 @@ def dashboard(listen: str, run_dir: str | None, signing_key: str | None, **opts:
     """
     from coordinator.dashboard.server import open_dashboard
 
+    if signing_key is None:  # the job's own key, when the dashboard runs beside the coordinator
+        from coordinator.job_keys import job_key_dir
+        from coordinator.pki import SIGNING_KEY
+
+        own = job_key_dir(opts["job"]) / SIGNING_KEY
+        signing_key = str(own) if own.is_file() else None
     settings = replace(dashboard_settings(opts, listen, run_dir), signing_key=signing_key)
     broker = broker_config(opts)
     stop = threading.Event()

@@ -27,6 +27,7 @@ from coordinator.run_dir import RunDir
 from coordinator.server import Coordinator, ModelBundle
 from edge_client.data import load_dataset
 from edge_client.manifest import Manifest
+from edge_client.messaging import ControlReceived
 from edge_client.protocol import DeviceStatus, JobControl, Topics
 from edge_client.signing import Signer
 from edge_client.trainable_model import TrainableModel
@@ -295,3 +296,25 @@ def test_a_dashboard_without_the_key_refuses_to_control_a_signed_job(
         assert "signing key" in r.get_json()["error"]
     finally:
         follower.stop()
+
+
+def test_the_dashboard_marks_an_unsigned_job():
+    # Prepare: what a coordinator run with --unsigned publishes, and what a signed one does
+    unsigned = JobView("plain", broker="mqtt://test:1883")
+    signed = JobView("safe", broker="mqtt://test:1883")
+    for view, flag in ((unsigned, "false"), (signed, "true")):
+        raw = f'{{"v":1,"job":"{view.job}","state":"running","time":1.0,"signed":{flag}}}'
+        view.apply(ControlReceived(JobControl.from_json(raw), raw=raw.encode()))
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    # Execute
+    shown = {
+        view.job: create_app(view, AuthConfig(ADMIN))
+        .test_client()
+        .get("/api/state", headers=headers)
+        for view in (unsigned, signed)
+    }
+    page = create_app(unsigned, AuthConfig(ADMIN)).test_client().get("/", headers=headers)
+    # Assert
+    assert shown["plain"].get_json()["control"]["unsigned_job"] is True
+    assert shown["safe"].get_json()["control"]["unsigned_job"] is False
+    assert 'id="job-unsigned"' in page.get_data(as_text=True)

@@ -216,6 +216,7 @@ function render(s) {
   last = s;
   const st = s.control ? s.control.state : "unknown";
   badge($("job-state"), st);
+  $("job-unsigned").hidden = !(s.control && s.control.unsigned_job);
   badge($("link-state"), s.connected ? "connected" : "disconnected");
   renderBanner(s);
   const r = s.round;
