@@ -14,6 +14,7 @@ SPARK = "▁▂▃▄▅▆▇█"
 CLEAR = "\x1b[H\x1b[2J"  # cursor home + clear screen
 MAX_HISTORY_ROWS = 12  # rounds listed in the table (all of them feed the sparklines)
 MAX_EVENTS = 6
+MAX_REJECTIONS = 5  # latest rejected updates listed
 
 
 def sparkline(values: Sequence[float | None], width: int = 40) -> str:
@@ -66,6 +67,9 @@ def render(s: Mapping[str, Any], width: int = 100) -> str:
     """The monitor screen for a snapshot (see :meth:`JobView.snapshot`)."""
     now = s["now"]
     lines = [_header(s, width)]
+    trust = _trust_line(s, width)
+    if trust:
+        lines.append(trust)
     if not s["seen"]:
         lines.append(
             f"waiting for job {s['job']!r}: no message under {s['prefix']}/{s['job']}/ yet "
@@ -78,6 +82,10 @@ def render(s: Mapping[str, Any], width: int = 100) -> str:
     lines += _device_lines(s, now, width)
     lines.append("")
     lines += _history_lines(s, width)
+    rejections = _rejection_lines(s, width)
+    if rejections:
+        lines.append("")
+        lines += rejections
     events = s.get("events") or []
     if events:
         lines.append("")
@@ -97,6 +105,42 @@ def _header(s: Mapping[str, Any], width: int) -> str:
     clock = time.strftime("%H:%M:%S", time.localtime(s["now"]))
     text = f"job {s['job']}  {state}  broker {s['broker'] or '-'} {link}  {clock}"
     return text[:width]
+
+
+def _trust_line(s: Mapping[str, Any], width: int) -> str:
+    """``signed`` / ``UNSIGNED (--unsigned)``, and who paused the job, when, until when."""
+    ctl = s.get("control")
+    if not ctl:
+        return ""
+    parts = ["signed" if ctl.get("signed") else "UNSIGNED (--unsigned)"]
+    if ctl["state"] == "paused":
+        text = (
+            "paused" + (f" by {ctl['by']}" if ctl.get("by") else "") + f" at {_clock(ctl['time'])}"
+        )
+        until = ctl.get("until")
+        parts.append(text + (f", resumes by itself at {_clock(until)}" if until else ""))
+    return "  ".join(parts)[:width]
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def _rejection_lines(s: Mapping[str, Any], width: int) -> list[str]:
+    """The latest rejected updates: round, the topic's device and the reason. A message whose
+    sender is not the topic's device is said to be under the device's name, from the sender:
+    the device did not necessarily send it."""
+    recent = s.get("rejections") or []
+    if not recent:
+        return []
+    out = [f"rejected updates (latest {min(len(recent), MAX_REJECTIONS)}):"]
+    for r in recent[-MAX_REJECTIONS:]:
+        who = r["device"]
+        if r["sender"] != r["device"]:
+            who = f"update under {r['device']}'s name from {r['sender']}"
+        counted = " (counted as its reply)" if r.get("counted") else ""
+        out.append(f"round {r['round']}  {who}: {r['reason']}{counted}"[:width])
+    return out
 
 
 def _round_lines(s: Mapping[str, Any], now: float) -> list[str]:
@@ -167,12 +211,30 @@ def _device_lines(s: Mapping[str, Any], now: float, width: int) -> list[str]:
     return [title, *_table(rows, width)]
 
 
+def _count(value: object) -> int:
+    """A history count: an int (``rejected``) or the length of a device list."""
+    if isinstance(value, int):
+        return value
+    return len(value) if isinstance(value, (list, tuple)) else 0
+
+
 def _history_lines(s: Mapping[str, Any], width: int) -> list[str]:
     history = s["history"]
     if not history:
         return ["no finished round yet"]
-    rows = [["ROUND", "ACCURACY", "LOSS", "DEVICES", "UP", "DOWN", "TIME"]]
-    for h in history[-MAX_HISTORY_ROWS:]:
+    shown = history[-MAX_HISTORY_ROWS:]
+    # counts of updates not aggregated: columns only when some listed round has them
+    extra = [
+        (title, key)
+        for title, key in (
+            ("REJECTED", "rejected"),
+            ("CONTESTED", "contested"),
+            ("DROPPED", "dropped"),
+        )
+        if any(_count(h.get(key)) for h in shown)
+    ]
+    rows = [["ROUND", "ACCURACY", "LOSS", "DEVICES", "UP", "DOWN", "TIME", *(t for t, _ in extra)]]
+    for h in shown:
         duration = h.get("duration_s")
         rows.append(
             [
@@ -183,6 +245,7 @@ def _history_lines(s: Mapping[str, Any], width: int) -> list[str]:
                 human_bytes(h["bytes_up"]),
                 human_bytes(h["bytes_down"]),
                 f"{duration:.1f} s" if duration is not None else "-",
+                *(str(_count(h.get(key)) or "-") for _, key in extra),
             ]
         )
     hidden = len(history) - MAX_HISTORY_ROWS

@@ -45,6 +45,7 @@ from edge_client.protocol import (
 
 COORDINATOR = "coordinator"  # the coordinator registers its Last Will as this "device"
 MAX_EVENTS = 50  # recent events kept for display
+MAX_REJECTIONS = 20  # recent rejected updates in the snapshot (from the rounds' metrics)
 STALE_AFTER_HEARTBEATS = 3.0  # a heartbeating device missing this many is shown "stale"
 _MANIFEST_KEYS = (
     "architecture",
@@ -91,6 +92,7 @@ class JobView:
         self._control: JobControl | None = None
         self._round: RoundAnnouncement | None = None
         self._history: dict[int, dict[str, Any]] = {}
+        self._rejections: dict[int, list[dict[str, Any]]] = {}  # round -> its rejections
         self._model: Envelope | None = None
         self._global: Envelope | None = None
         self._traffic: dict[str, int] = {}  # bytes seen per message kind
@@ -138,6 +140,9 @@ class JobView:
                 except ProtocolError:
                     continue  # a line this version cannot read: the live messages still count
                 self._history.setdefault(metrics.round, _history_entry(metrics))
+                self._rejections.setdefault(
+                    metrics.round, [r.to_dict() for r in metrics.rejections]
+                )
             self.version += 1
 
     def set_config(self, config: Mapping[str, Any] | None) -> None:
@@ -211,6 +216,7 @@ class JobView:
                 "round": self._round_dict(now),
                 "devices": devices,
                 "history": history,
+                "rejections": self._recent_rejections(),
                 "summary": {
                     "devices": len(devices),
                     "online": sum(d["presence"] == "online" for d in devices),
@@ -271,15 +277,20 @@ class JobView:
     def _on_metrics(self, m: RoundMetrics, item: Incoming, retained: bool) -> None:
         self._coordinator_lost = None
         entry = _history_entry(m)
-        known = self._history.get(m.round) == entry  # a duplicate, or seeded from the run dir
+        before = self._history.get(m.round)
+        if before and not entry["dropped"]:  # the wire does not carry it; metrics.jsonl does
+            entry["dropped"] = before["dropped"]
+        known = before == entry  # a duplicate, or seeded from the run dir
         self._history[m.round] = entry
+        self._rejections[m.round] = [r.to_dict() for r in m.rejections]
         for device in m.devices:
             self._device_result(device, m.round)
         if not known:
             acc = (
                 f"accuracy {100 * m.accuracy:.2f} %" if m.accuracy is not None else "not evaluated"
             )
-            self._event(f"round {m.round} done: {acc}, {len(m.participants)} update(s)")
+            rejected = f", {len(m.rejections)} rejected" if m.rejections else ""
+            self._event(f"round {m.round} done: {acc}, {len(m.participants)} update(s){rejected}")
 
     def _device_result(self, info: DeviceMetrics, round_: int) -> None:
         row = self._row(info.device)
@@ -386,6 +397,11 @@ class JobView:
             "global_sha256": ann.global_sha256,
         }
 
+    def _recent_rejections(self) -> list[dict[str, Any]]:
+        """The last :data:`MAX_REJECTIONS` rejected messages, oldest first (round order)."""
+        recent = [r for n in sorted(self._rejections) for r in self._rejections[n]]
+        return recent[-MAX_REJECTIONS:]
+
     def _model_dict(self) -> dict[str, Any] | None:
         env = self._model
         if env is None:
@@ -406,13 +422,20 @@ def _history_entry(m: RoundMetrics) -> dict[str, Any]:
         "duration_s": m.duration_s,
         "samples": m.samples,
         "failed": list(m.failed),
+        "rejected": len(m.rejections),  # messages rejected this round (details: rejections)
+        "rejected_counted": sum(r.counted for r in m.rejections),  # counted as a reply
+        "bytes_rejected": m.bytes_rejected,
+        "contested": list(m.contested),
+        "dropped": list(m.dropped),  # known from metrics.jsonl only (not on the wire)
     }
 
 
 def _control_dict(ctl: JobControl | None) -> dict[str, Any] | None:
     """The job's state; ``by`` who decided, ``until`` when a pause ends by itself, ``signed``
-    whether the message carries a signature (a signed job's control must be signed),
-    ``unsigned_job`` whether the coordinator says it runs with --unsigned."""
+    whether the job signs its model, rounds and control: the coordinator says so in its
+    control messages (``false``: run with ``--unsigned``); a message that does not say (an
+    operator tool's) is signed exactly when the job is, since a signed job obeys only signed
+    control. ``unsigned_job``: the coordinator says it runs with ``--unsigned``."""
     if ctl is None:
         return None
     return {
@@ -421,8 +444,8 @@ def _control_dict(ctl: JobControl | None) -> dict[str, Any] | None:
         "detail": ctl.detail,
         "by": ctl.by,
         "until": ctl.until,
-        "signed": ctl.signature is not None,
-        "unsigned_job": getattr(ctl, "signed", None) is False,
+        "signed": ctl.signed if ctl.signed is not None else ctl.signature is not None,
+        "unsigned_job": ctl.signed is False,
     }
 
 

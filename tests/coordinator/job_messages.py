@@ -12,6 +12,7 @@ from edge_client.messaging import Inbox
 from edge_client.protocol import (
     DeviceStatus,
     JobControl,
+    Rejection,
     RoundAnnouncement,
     RoundMetrics,
     Topics,
@@ -112,6 +113,35 @@ def live_round_2(job: str = "demo") -> list[Msg]:
         (t.status("pi-03"), status.to_json(), True),
         *binary(t.update("pi-03"), failure, retain=False),
     ]
+
+
+def unsigned_paused_with_rejections(job: str = "demo") -> list[Msg]:
+    """Retained over :func:`retained_state`: the --unsigned job paused by an admin until
+    T0 + 600, and round 1's metrics with two rejected updates (one under pi-03's name from
+    mallory) and pi-01 contested."""
+    t = Topics(job)
+    control = JobControl(
+        job, "paused", T0 - 10, by="dashboard admin at 10.0.0.5", until=T0 + 600, signed=False
+    )
+    metrics = RoundMetrics(
+        job=job,
+        round=1,
+        accuracy=0.8123,
+        loss=0.5432,
+        participants=("pi-01",),
+        bytes_up=1000,
+        bytes_down=2000,
+        duration_s=1.5,
+        devices=({"pi-01": {"samples": 12000, "loss": 0.61, "bytes_up": 1000}}),
+        samples=12000,
+        rejections=(
+            Rejection("pi-02", "pi-02", 1, "weight share 0.9 over the cap 0.5", True, 1000),
+            Rejection("pi-03", "mallory", 1, "sender is not the topic's device", False, 900),
+        ),
+        contested=("pi-01",),
+        bytes_rejected=1900,
+    )
+    return [(t.control, control.to_json(), True), (t.metrics, metrics.to_json(), True)]
 
 
 def feed(view: JobView, messages: list[Msg], *, retained: bool = False) -> int:

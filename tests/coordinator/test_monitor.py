@@ -4,6 +4,7 @@ presence, rendering, and the command against a real Mosquitto (late join, --json
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -16,7 +17,13 @@ from coordinator.monitoring.view import JobView
 from coordinator.simulation import ROOT
 from edge_client.protocol import DeviceStatus, JobControl, Topics
 from edge_client.transport import MemoryBus, MemoryTransport
-from tests.coordinator.job_messages import T0, feed, live_round_2, retained_state
+from tests.coordinator.job_messages import (
+    T0,
+    feed,
+    live_round_2,
+    retained_state,
+    unsigned_paused_with_rejections,
+)
 from tests.fixtures.brokers import mqtt_client
 
 
@@ -145,6 +152,44 @@ def test_render_shows_round_devices_history_and_bytes():
     assert "accuracy ▁█  81.23 %" in text
 
 
+def test_view_and_render_show_signing_pause_and_rejected_updates():
+    # Prepare: a signed job, then the --unsigned job paused with round 1's rejections
+    view = fixed_view()
+    signed = JobControl("demo", "running", T0 - 100, signed=True)
+    feed(view, [*retained_state(), (Topics("demo").control, signed.to_json(), True)], retained=True)
+    assert render(view.snapshot()).splitlines()[1] == "signed"
+    # Execute
+    feed(view, unsigned_paused_with_rejections(), retained=True)
+    s = view.snapshot()
+    text = render(s, width=120)
+    # Assert: the snapshot
+    assert s["control"]["signed"] is False and s["control"]["until"] == T0 + 600
+    [h1] = s["history"]
+    assert (h1["rejected"], h1["rejected_counted"], h1["bytes_rejected"]) == (2, 1, 1900)
+    assert h1["contested"] == ["pi-01"]
+    assert [(r["device"], r["sender"], r["round"]) for r in s["rejections"]] == [
+        ("pi-02", "pi-02", 1),
+        ("pi-03", "mallory", 1),
+    ]
+    # the screen: signing and the pause under the header, counts per round, the reasons
+    lines = text.splitlines()
+    clock = time.strftime("%H:%M:%S", time.localtime(T0 - 10))
+    until = time.strftime("%H:%M:%S", time.localtime(T0 + 600))
+    assert lines[1] == (
+        f"UNSIGNED (--unsigned)  paused by dashboard admin at 10.0.0.5 at {clock}, "
+        f"resumes by itself at {until}"
+    )
+    header = next(line for line in lines if line.startswith("ROUND"))
+    assert header.split()[-2:] == ["REJECTED", "CONTESTED"]
+    assert next(line for line in lines if line.startswith("1 ")).split()[-2:] == ["2", "1"]
+    assert "rejected updates (latest 2):" in lines
+    assert "round 1  pi-02: weight share 0.9 over the cap 0.5 (counted as its reply)" in lines
+    assert "round 1  update under pi-03's name from mallory: sender is not the topic's device" in (
+        lines
+    )
+    assert "round 1 done: accuracy 81.23 %, 1 update(s), 2 rejected" in text
+
+
 def test_sparkline_scales_and_keeps_gaps():
     assert sparkline([0.0, 0.5, 1.0]) == "▁▅█"  # 0.5 rounds to the 5th of 8 levels
     assert sparkline([None, 2.0, 2.0]) == " ▁▁"
@@ -256,6 +301,28 @@ def test_monitor_once_prints_the_current_state_of_a_running_job(mosquitto_broker
     assert "\x1b[" not in r.stdout
     assert "round 2 open: 2 selected" in r.stdout
     assert "pi-01" in r.stdout and "pi-02" in r.stdout and "81.23 %" in r.stdout
+
+
+def test_monitor_once_shows_an_unsigned_job_and_its_rejected_updates(mosquitto_broker):
+    # Prepare: the retained control and metrics of an --unsigned job with rejections
+    publish_all(mosquitto_broker, retained_state() + unsigned_paused_with_rejections())
+    # Execute
+    r = subprocess.run(
+        monitor_cmd(mosquitto_broker, "--job", "demo", "--once"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "120"},  # the screen's width (lines are cut to it)
+    )
+    # Assert
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[1].startswith("UNSIGNED (--unsigned)  paused by dashboard admin at 10.0.0.5")
+    assert next(line for line in lines if line.startswith("ROUND")).endswith("REJECTED  CONTESTED")
+    assert "round 1  update under pi-03's name from mallory: sender is not the topic's device" in (
+        lines
+    )
 
 
 def test_monitor_of_a_job_that_does_not_exist_fails_with_one_clear_line(mosquitto_broker):

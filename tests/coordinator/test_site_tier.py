@@ -1,13 +1,32 @@
 """Site aggregators behind Mosquitto bridges: two site brokers bridged to a central one, real
 edge clients (threads, TrainableModel mlp) per site, the central coordinator unchanged. The
-global weights of every round equal plain FedAvg over all devices' updates."""
+global weights of every round equal plain FedAvg over all devices' updates.
+
+How equal, from float32 arithmetic (u = 2**-24, float32's unit roundoff): a site sums
+n_i * w_i in float64 (each product of a float32 and an integer below 2**29 is exact; k
+additions and the division add at most (k + 1) * 2**-53 relative to sum_i n_i |w_i| / N_s)
+and rounds the average once to float32: m_s' = m_s (1 + d_s), |d_s| <= u. The central
+coordinator does the same over the sites and rounds once: g' = g (1 + d), |d| <= u, where
+g = sum_s N_s m_s' / N. So, element by element, with M = max_i |w_i| over the devices
+(every average lies within [-M, M]):
+
+    |g' - FedAvg| <= u * sum_s (N_s / N) |m_s| + u * |g| + float64 terms <= 2 u M (1 + u) + ...
+
+The test allows 2**-23 * M + 2**-40 * M (the float64 terms are below 2**-48 * M for a few
+devices) + 2**-149 (float32 rounding of a subnormal result is absolute, not relative).
+Set EDGEFL_SITE_TIER_RECORD=PATH to write the measured figures as JSON
+(bench/results/site_tier.json is such a record).
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections import defaultdict
 from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +54,13 @@ from edge_client.transport import BrokerConfig, MemoryBus, MemoryTransport, Mqtt
 from tests.fixtures.brokers import mqtt_client, start_mosquitto
 
 JOB, SITES, PER_SITE, SAMPLES = "tier", ("site-a", "site-b"), 2, 192
+U = 2.0**-24  # float32 unit roundoff
+
+
+def fedavg_bound(m: np.ndarray) -> np.ndarray:
+    """Largest |two-tier FedAvg - plain FedAvg| float32 allows, element by element, given
+    M = max_i |w_i| over the devices' updates."""
+    return 2 * U * m + 2.0**-40 * m + 2.0**-149
 
 
 def wait_until(condition, timeout: float, what: str) -> None:
@@ -143,7 +169,7 @@ def test_two_bridged_sites_give_plain_fedavg_over_all_devices(export_dir, tmp_pa
         # Execute
         state = Coordinator(cfg, transport, bundle, run_dir).run()
         # Assert: each round's global = FedAvg over the four devices' own updates
-        previous, worst = initial, 0.0
+        previous, worst, worst_ratio, per_round = initial, 0.0, 0.0, []
         for h in state.history:
             r = h["round"]
             assert h["participants"] == list(SITES)
@@ -153,13 +179,28 @@ def test_two_bridged_sites_give_plain_fedavg_over_all_devices(export_dir, tmp_pa
             assert h["samples"] == total
             with np.load(tmp_path / f"run/checkpoints/round-{r:04d}.npz") as ckpt:
                 got = {k[2:]: ckpt[k] for k in ckpt.files if k.startswith("w/")}
+            round_worst, elements = 0.0, 0
             for name, w0 in previous.items():
                 direct = sum(w[name].astype(np.float64) * n for w, n in sent.values()) / total
-                worst = max(worst, float(np.abs(got[name] - direct).max()))
+                diff = np.abs(got[name].astype(np.float64) - direct)
+                m = np.max(np.abs(np.stack([w[name] for w, _ in sent.values()])), axis=0)
+                m = m.astype(np.float64)
+                bound = fedavg_bound(m)
+                assert np.all(diff <= bound), (name, float((diff / bound).max()))
+                round_worst = max(round_worst, float(diff.max()))
+                in_u = np.divide(diff, U * m, out=np.zeros_like(diff), where=m > 0)
+                worst_ratio = max(worst_ratio, float(in_u.max()))
+                elements += diff.size
                 assert not np.allclose(got[name], w0)  # the devices really trained
+            worst = max(worst, round_worst)
+            per_round.append({"round": r, "max_abs_difference": round_worst, "elements": elements})
             previous = got
-        print(f"largest difference from plain FedAvg over all devices: {worst:.2e}")
-        assert worst < 2e-6
+        print(
+            f"largest difference from plain FedAvg over all devices: {worst:.2e} "
+            f"({worst_ratio:.2f} u M at worst; float32 allows 2 u M)"
+        )
+        if os.environ.get("EDGEFL_SITE_TIER_RECORD"):
+            _record(Path(os.environ["EDGEFL_SITE_TIER_RECORD"]), per_round, worst, worst_ratio)
         for a in aggregators:
             assert [x.round for x in a.sent] == [1, 2]
             assert all(len(x.devices) == PER_SITE and not x.failed for x in a.sent)
@@ -171,6 +212,24 @@ def test_two_bridged_sites_give_plain_fedavg_over_all_devices(export_dir, tmp_pa
         spies.close()
         for broker in [*brokers.values(), central]:
             broker.stop()
+
+
+def _record(path: Path, per_round: list, worst: float, worst_ratio: float) -> None:
+    record = {
+        "command": "EDGEFL_SITE_TIER_RECORD=bench/results/site_tier.json .venv/bin/python -m "
+        "pytest -q -p no:cacheprovider tests/coordinator/test_site_tier.py -k two_bridged",
+        "what": "two site brokers bridged to a central Mosquitto, 2 real edge clients per site "
+        f"training mlp on {SAMPLES} and {SAMPLES + 32} Fashion-MNIST images, 2 rounds: central "
+        "global weights vs plain FedAvg (float64) over the four devices' own updates",
+        "unit_roundoff_u": U,
+        "max_abs_difference": worst,
+        "max_difference_in_u_times_M": worst_ratio,
+        "allowed_in_u_times_M": 2.0,
+        "M": "element-wise max |w_i| over the devices' updates of that round",
+        "rounds": per_round,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def test_a_site_without_devices_reports_a_failure_upstream(tmp_path):
