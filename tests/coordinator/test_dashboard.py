@@ -20,7 +20,12 @@ from edge_client.data.registry import DATASETS, load_dataset
 from edge_client.errors import ConfigError
 from edge_client.protocol import JobControl
 from edge_client.trainable_model import TrainableModel
-from tests.coordinator.job_messages import T0, feed, retained_state
+from tests.coordinator.job_messages import (
+    T0,
+    feed,
+    retained_state,
+    unsigned_paused_with_rejections,
+)
 
 ADMIN = "admin-secret-1234"
 VIEWER = "viewer-secret-5678"
@@ -130,6 +135,33 @@ def test_pages_carry_security_headers():
     r = client.get("/api/state", headers=bearer(VIEWER))
     assert "script-src 'self'" in r.headers["Content-Security-Policy"]
     assert r.headers["X-Frame-Options"] == "DENY" and r.headers["Cache-Control"] == "no-store"
+
+
+def test_state_and_page_carry_signing_pause_and_rejected_updates():
+    # Prepare: an --unsigned job, paused, whose round 1 rejected two updates
+    view = JobView("demo", broker="mqtt://test:1883")
+    feed(view, retained_state() + unsigned_paused_with_rejections(), retained=True)
+    client, _, _ = make_client(view)
+    # Execute
+    state = client.get("/api/state", headers=bearer(VIEWER)).get_json()
+    login(client, VIEWER)
+    page = client.get("/").get_data(as_text=True)
+    # Assert: what the page's script shows
+    control = state["control"]
+    assert control["signed"] is False and control["by"] == "dashboard admin at 10.0.0.5"
+    assert control["until"] == T0 + 600
+    [round1] = state["history"]
+    assert round1["rejected"] == 2 and round1["contested"] == ["pi-01"]
+    assert [(r["device"], r["sender"], r["reason"], r["counted"]) for r in state["rejections"]] == [
+        ("pi-02", "pi-02", "weight share 0.9 over the cap 0.5", True),
+        ("pi-03", "mallory", "sender is not the topic's device", False),
+    ]
+    # and where it shows it: the badge (hidden until the state says unsigned) and the panel
+    assert re.search(
+        r'<span id="job-unsigned" class="badge unsigned"[^>]* hidden>unsigned job<', page
+    )
+    assert '<table id="rejections"' in page and "<th>Rejected</th>" not in page
+    assert '<th class="num">Rejected</th>' in page
 
 
 # -- job control ----------------------------------------------------------------------------

@@ -26,12 +26,14 @@ from PIL import Image
 
 from coordinator.config import JobConfig
 from coordinator.dashboard.auth import AuthConfig
-from coordinator.dashboard.server import DashboardSettings
+from coordinator.dashboard.server import DashboardSettings, open_dashboard
 from coordinator.job import run_job
 from coordinator.simulation import ROOT, FleetConfig, fleet_processes
 from edge_client.data.registry import DATASETS, load_dataset
+from edge_client.protocol import JobControl, Topics
 from edge_client.transport import BrokerConfig
-from tests.fixtures.brokers import free_port, wait_for_port
+from tests.coordinator.job_messages import retained_state, unsigned_paused_with_rejections
+from tests.fixtures.brokers import free_port, mqtt_client, wait_for_port
 
 pytestmark = pytest.mark.slow  # over ~5 s: left out of the fast loop (pytest -m "not slow")
 
@@ -258,6 +260,42 @@ def test_dashboard_of_a_real_job_in_chromium(
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
         for name in ("desktop", "phone-top", "phone-devices", "phone-predict", "login-phone"):
             small_png(shots / f"dashboard-{name}.png", DOCS_IMG / f"dashboard-{name}.png")
+
+
+def test_unsigned_job_and_rejected_updates_in_chromium(browser, mosquitto_broker) -> None:
+    # Prepare: the retained state of an --unsigned job whose round 1 rejected two updates
+    driver = browser
+    with mqtt_client(mosquitto_broker) as client:
+        for topic, payload, retain in retained_state() + unsigned_paused_with_rejections():
+            client.publish_wait(topic, payload, qos=1, retain=retain)
+    settings = DashboardSettings("127.0.0.1", 0, AuthConfig(ADMIN, VIEWER))
+    with open_dashboard(settings, BrokerConfig.from_url(mosquitto_broker.url), "demo") as server:
+        # Execute
+        log_in(driver, server.url, VIEWER)
+        viewport(driver, *DESKTOP)
+        wait_until(driver, lambda d: css(d, "#rejections tr.rejection"), 20, "rejections")
+        # Assert: the badge, the panel (newest first, no blame on pi-03), the round's counts
+        badge = driver.find_element("id", "job-unsigned")
+        assert badge.is_displayed() and badge.text == "unsigned job"
+        rows = [
+            [td.text for td in tr.find_elements("css selector", "td")]
+            for tr in css(driver, "#rejections tr.rejection")
+        ]
+        assert rows == [
+            ["1", "update under pi-03's name from mallory", "sender is not the topic's device"],
+            ["1", "pi-02", "weight share 0.9 over the cap 0.5 (counted as its reply)"],
+        ]
+        cell = css(driver, '#rounds tr.round td[data-label="Rejected"]')[0]
+        assert cell.text == "2 rejected, 1 contested"
+        point = css(driver, "#chart-accuracy circle.pt title")[0]
+        assert point.get_attribute("textContent").endswith("(2 rejected, 1 contested)")
+        # a signed job's control: the badge goes
+        signed = JobControl("demo", "running", time.time(), signed=True)
+        with mqtt_client(mosquitto_broker) as client:
+            client.publish_wait(Topics("demo").control, signed.to_json(), qos=1, retain=True)
+        wait_until(driver, lambda d: not badge.is_displayed(), 20, "no unsigned badge")
+        errors = page_errors(driver)
+    assert errors == []
 
 
 def _as_viewer(driver, base: str, shots: Path, image: Path, not_image: Path) -> None:

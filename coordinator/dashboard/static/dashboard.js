@@ -104,20 +104,28 @@ function lineChart(box, points, o) {
   for (const p of data) {
     const c = svg("circle", { cx: sx(p.x), cy: sy(p.y), r: data.length > 40 ? 2.5 : 4.5,
       class: "pt", fill: o.color, "data-round": p.x, "data-value": p.y });
-    c.append(svg("title", {}, `round ${p.x}: ${o.fmt(p.y, decimals + 2)}`));
+    c.append(svg("title", {}, `round ${p.x}: ${o.fmt(p.y, decimals + 2)}${p.note || ""}`));
     root.append(c);
   }
 }
 
+// "2 rejected, 1 contested, 1 dropped" for a round; "" when it had none
+function notAggregated(h) {
+  const parts = [[h.rejected || 0, "rejected"], [(h.contested || []).length, "contested"],
+    [(h.dropped || []).length, "dropped"]].filter(([n]) => n > 0);
+  return parts.map(([n, what]) => `${n} ${what}`).join(", ");
+}
+
 function drawCharts(history) {
-  const key = JSON.stringify(history.map((h) => [h.round, h.accuracy, h.loss])) + $("chart-loss").clientWidth;
+  const key = JSON.stringify(history.map((h) => [h.round, h.accuracy, h.loss, notAggregated(h)])) + $("chart-loss").clientWidth;
   if (key === chartKey) return;
   chartKey = key;
   const css = getComputedStyle(document.documentElement);
-  lineChart($("chart-accuracy"), history.map((h) => ({ x: h.round, y: h.accuracy === null ? null : 100 * h.accuracy })),
+  const note = (h) => (notAggregated(h) ? ` (${notAggregated(h)})` : "");
+  lineChart($("chart-accuracy"), history.map((h) => ({ x: h.round, y: h.accuracy === null ? null : 100 * h.accuracy, note: note(h) })),
     { color: css.getPropertyValue("--accent").trim() || "#2563eb", fmt: (v, d) => `${v.toFixed(d)} %`,
       min: 0, max: 100, cls: "accuracy", empty: "No evaluated round yet" });
-  lineChart($("chart-loss"), history.map((h) => ({ x: h.round, y: h.loss })),
+  lineChart($("chart-loss"), history.map((h) => ({ x: h.round, y: h.loss, note: note(h) })),
     { color: css.getPropertyValue("--accent-2").trim() || "#d97706", fmt: (v, d) => v.toFixed(d),
       min: 0, cls: "loss", empty: "No evaluated round yet" });
 }
@@ -156,8 +164,21 @@ function renderRounds(history) {
     ["Round", h.round], ["Accuracy", pct(h.accuracy), "num"], ["Loss", num(h.loss), "num"],
     ["Devices", h.participants.length, "num"], ["Up", bytes(h.bytes_up), "num"],
     ["Down", bytes(h.bytes_down), "num"], ["Time", h.duration_s === null ? "–" : `${h.duration_s.toFixed(1)} s`, "num"],
+    ["Rejected", notAggregated(h) || "–", "num"],
   ], "round"));
-  body.replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: 7 }, "No finished round yet."))]));
+  body.replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: 8 }, "No finished round yet."))]));
+}
+
+// Newest first. The topic's device is not blamed for a message another sender put under its name.
+function renderRejections(list) {
+  const rows = (list || []).slice().reverse().map((r) => row([
+    ["Round", r.round],
+    ["Device", r.sender === r.device ? r.device : `update under ${r.device}'s name from ${r.sender}`, "wide"],
+    ["Reason", r.counted ? `${r.reason} (counted as its reply)` : r.reason, "wide"],
+  ], "rejection"));
+  $("rejections").tBodies[0].replaceChildren(...(rows.length ? rows
+    : [el("tr", { class: "empty" }, el("td", { colspan: 3 }, "No update rejected."))]));
+  $("rejections-count").textContent = rows.length ? `(latest ${rows.length})` : "";
 }
 
 function renderModel(s) {
@@ -233,6 +254,7 @@ function render(s) {
   drawCharts(s.history);
   renderDevices(s);
   renderRounds(s.history);
+  renderRejections(s.rejections);
   renderModel(s);
   $("events").replaceChildren(...(s.events.length ? s.events.slice(-12).reverse().map((e) =>
     el("li", {}, el("time", {}, clock(e.time)), e.text)) : [el("li", { class: "muted" }, "Nothing yet.")]));
