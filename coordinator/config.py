@@ -21,6 +21,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "EDGEFL_"
+LATE_UPDATES = ("discard", "fold")  # what a job does with an update for a closed round
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,12 @@ class JobConfig:
     # seconds an operator's pause lasts before the job resumes by itself (a forgotten or
     # hostile pause must not hold the fleet forever); 0: no limit
     max_pause: float = 1800.0
+    # -- semi-synchronous rounds (docs/round-modes.md) ---------------------------------------
+    # Select ceil(over_select x N) devices, N from fraction / clients_per_round, and close the
+    # round once N updates are in. 1.0: synchronous, wait for every selected device.
+    over_select: float = 1.0
+    late_updates: str = "discard"  # an update for a closed round: discard | fold
+    max_staleness: int = 2  # fold: the most rounds behind a folded late update may be
     seed: int = 0  # participant selection (and the initial weights of an export)
     # -- aggregation ----------------------------------------------------------------------
     strategy: str = "fedavg"  # one of coordinator.strategies.STRATEGIES
@@ -104,6 +111,20 @@ class JobConfig:
             (self.round_timeout > 0, "round_timeout must be positive"),
             (self.max_retries >= 0, "max_retries must be >= 0"),
             (self.max_pause >= 0, "max_pause must be >= 0 (0: a pause lasts until resumed)"),
+            (
+                1.0 <= self.over_select <= 10.0,
+                "over_select must be in [1, 10] (1 selects exactly the devices a round needs)",
+            ),
+            (
+                self.late_updates in LATE_UPDATES,
+                f"late_updates must be one of {', '.join(LATE_UPDATES)}",
+            ),
+            (self.max_staleness >= 1, "max_staleness must be at least 1"),
+            (
+                self.over_select == 1 or self.fraction < 1 or self.clients_per_round > 0,
+                "over_select selects more devices than a round needs: set fraction < 1 or "
+                "clients_per_round (with fraction 1 every online device is needed already)",
+            ),
             (self.eval_every >= 1, "eval_every must be at least 1"),
             (
                 self.strategy in STRATEGIES,

@@ -72,6 +72,15 @@ class RoundCollector:
     # Selected devices that went offline (Last Will) before replying: not waited for
     dropped: set[str] = field(default_factory=set)
     contested: set[str] = field(default_factory=set)  # a second, different update came
+    # Semi-synchronous: close once this many updates are accepted (0: wait for every one)
+    target: int = 0
+    # Updates for rounds that had closed when they arrived (coordinator.late): device ->
+    # why it was discarded, and device -> the round of a late update folded into this one
+    late_discarded: dict[str, str] = field(default_factory=dict)
+    late_folded: dict[str, int] = field(default_factory=dict)
+    wasted: int = 0  # late updates discarded while this round was open (trained for nothing)
+    late: set[str] = field(default_factory=set)  # devices whose late update was handled
+    cancelled: set[str] = field(default_factory=set)  # still training at the target
     aggregated: int = 0  # updates folded into the strategy (each device at most once)
     bytes_up: int = 0  # accepted updates and failures, all chunks
     bytes_rejected: int = 0  # rejected ones, all chunks
@@ -126,7 +135,28 @@ class RoundCollector:
         return set(self.results)
 
     def complete(self) -> bool:
+        if self.target and len(self.accepted) >= self.target:
+            return True
         return self.selected <= self.replied | self.invalid | self.dropped
+
+    def still_training(self) -> set[str]:
+        """Selected devices not waited for because the round reached its target (the
+        coordinator records them as :attr:`cancelled` when it closes the round)."""
+        if not (self.target and len(self.accepted) >= self.target):
+            return set()
+        return set(self.selected - self.replied - self.invalid - self.dropped)
+
+    def check_late(self, envelope: Envelope, device: str) -> UpdateMeta:
+        """Validate an update that arrived after this round closed exactly as if it had come
+        in time (ProtocolError says why not); it is then marked seen, never taken twice."""
+        key = UpdateKey.of(envelope)
+        if self.deduper.seen(key):
+            raise ProtocolError("a duplicate of an update already handled")
+        self._check(envelope, device)
+        meta, _, _ = self._check_content(envelope, device)
+        self.deduper.add(key)
+        self.late.add(device)
+        return meta
 
     def drop(self, device: str) -> bool:
         """``device`` went offline: stop waiting for it (its update is still taken if it comes
@@ -257,7 +287,7 @@ class RoundCollector:
             raise ProtocolError(f"update for round {env.round}, the open round is {self.round}")
         if device not in self.selected:
             raise ProtocolError("device was not selected for this round")
-        if device in self.results:
+        if device in self.results or device in self.late:
             raise ProtocolError(
                 "a second, different update in the same round under this device's name; the "
                 "first one counts (if the device sent only one, the other was not its own)"

@@ -20,9 +20,10 @@ from coordinator.aggregation import Strategy
 from coordinator.config import JobConfig
 from coordinator.evaluation import Evaluator
 from coordinator.influence import InfluenceBounds
+from coordinator.late import LateUpdates
 from coordinator.rounds import RoundCollector
 from coordinator.run_dir import RunDir, RunState
-from coordinator.selection import select_devices
+from coordinator.selection import round_size, select_devices
 from coordinator.strategies import STRATEGIES, build_strategy
 from edge_client.errors import EdgeFLError, ProtocolError
 from edge_client.manifest import Manifest
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 SENDER = "coordinator"
 POLL_S = 0.2  # inbox poll interval while waiting
+MAX_PENDING = 1000  # updates held while no round is open (late ones, handled when one opens)
 _OFFLINE = DeviceStatus("unknown", "offline", 0.0)
 
 
@@ -104,6 +106,8 @@ class Coordinator:
         # a signing coordinator obeys only control messages signed with its own key
         self.verifier = self.signer.verifier() if self.signer else None
         self.devices: dict[str, DeviceStatus] = {}
+        self.late = LateUpdates(config.late_updates, config.max_staleness)
+        self._pending: list[UpdateReceived] = []  # arrived while no round was open
         self.started = time.time()
         self.control_state = "running"
         self._control = JobControl(config.job, "running", self.started)  # last published
@@ -137,7 +141,13 @@ class Coordinator:
                     )
             case UpdateReceived(envelope, device, size) if device:
                 if collector is None:
-                    log.info("update from %s outside a round ignored", device)
+                    if len(self._pending) < MAX_PENDING:
+                        self._pending.append(item)  # handled once the next round opens
+                    else:
+                        log.warning("update from %s outside a round ignored", device)
+                    return
+                if envelope.job == self.cfg.job and envelope.round < collector.round:
+                    self.late.offer(envelope, device, size, collector)
                     return
                 accepted = collector.offer(envelope, device, size)
                 if (
@@ -354,10 +364,12 @@ class Coordinator:
         self, round_: int, weights: Mapping[str, np.ndarray]
     ) -> tuple[dict[str, np.ndarray], RoundMetrics]:
         t0 = time.time()
+        previous: RoundCollector | None = None
         for attempt in range(self.cfg.max_retries + 1):
-            collector, bytes_down = self._collect(round_, weights, attempt)
+            collector, bytes_down = self._collect(round_, weights, attempt, previous)
             if len(collector.accepted) >= self.cfg.min_results:
                 break
+            previous = collector
             log.warning(
                 "round %d attempt %d closed with %d of %d required updates",
                 round_,
@@ -371,25 +383,39 @@ class Coordinator:
                 "attempts: check the devices' status and logs, or lower --min-results"
             )
         new_weights = self.strategy.finish()
+        self.late.closed(collector)
         metrics = self._metrics(round_, collector, bytes_down, time.time() - t0, new_weights)
         return new_weights, metrics
 
     def _collect(
-        self, round_: int, weights: Mapping[str, np.ndarray], attempt: int
+        self,
+        round_: int,
+        weights: Mapping[str, np.ndarray],
+        attempt: int,
+        previous: RoundCollector | None = None,
     ) -> tuple[RoundCollector, int]:
         self._drain()  # an operator's pause or stop that arrived since the last round
         self._wait_while_paused()
         if self.control_state == "stopped":
             raise JobError(f"stopped by the operator before round {round_} opened")
         selected: tuple[str, ...] = ()
+        online: set[str] = set()
         while not selected:  # a round never opens with no device selected
+            online = self.wait_for_devices()
             selected = select_devices(
-                self.wait_for_devices(),
+                online,
                 round_,
                 fraction=self.cfg.fraction,
                 k=self.cfg.clients_per_round,
                 seed=self.cfg.seed,
+                over_select=self.cfg.over_select,
             )
+        target = 0
+        if self.cfg.over_select > 1:
+            needed = round_size(
+                len(online), fraction=self.cfg.fraction, k=self.cfg.clients_per_round
+            )
+            target = max(needed, self.cfg.min_results) if needed < len(selected) else 0
         payload = encode_weights(
             weights,
             kind="global",
@@ -415,9 +441,10 @@ class Coordinator:
         )
         self._publish_announcement(announcement)
         log.info(
-            "round %d: %d devices selected, deadline in %.0f s",
+            "round %d: %d devices selected%s, deadline in %.0f s",
             round_,
             len(selected),
+            f" (closes at {target} updates)" if target else "",
             self.cfg.round_timeout,
         )
         collector = RoundCollector.open(
@@ -432,9 +459,18 @@ class Coordinator:
             bounds=self.bounds,
             announced={d: s.samples for d, s in self.devices.items() if s.samples > 0},
         )
+        collector.target = target
+        if previous is not None:  # late updates an earlier attempt of this round handled
+            self._carry_late(previous, collector)
         for device in selected:  # went offline between selection and announcement
             if self.devices.get(device, _OFFLINE).state == "offline":
                 collector.drop(device)
+        pending, self._pending = self._pending, []
+        for item in pending:  # arrived while no round was open (kept if it closed already)
+            if collector.complete():
+                self._pending.append(item)
+            else:
+                self._handle(item, collector)
         while not collector.complete() and time.time() < deadline:
             self._pump(POLL_S, collector)
             if self.control_state == "stopped":
@@ -442,6 +478,14 @@ class Coordinator:
         if not collector.complete():
             missing = sorted(collector.selected - collector.replied - collector.dropped)
             log.warning("round %d closed at its deadline without %s", round_, ", ".join(missing))
+        collector.cancelled = collector.still_training()
+        if collector.cancelled:
+            log.info(
+                "round %d reached its %d updates: closed without waiting for %s",
+                round_,
+                target,
+                ", ".join(sorted(collector.cancelled)),
+            )
         if collector.dropped:
             log.info(
                 "round %d: not waited for %s (offline)",
@@ -451,6 +495,19 @@ class Coordinator:
         self._publish_announcement(dataclasses.replace(announcement, state="closed"))
         collector.close()  # round-wide bounds decide, the held updates are folded
         return collector, sent * len(selected)
+
+    @staticmethod
+    def _carry_late(previous: RoundCollector, collector: RoundCollector) -> None:
+        """The earlier attempt got too few updates and its aggregate is dropped: late updates
+        it folded are lost with it (counted as wasted), those it discarded stay counted."""
+        collector.late_discarded.update(previous.late_discarded)
+        collector.wasted += previous.wasted
+        for device, late_round in previous.late_folded.items():
+            collector.late_discarded[device] = (
+                f"late update for round {late_round} was folded into an earlier attempt "
+                f"of round {previous.round}, which got too few updates"
+            )
+            collector.wasted += 1
 
     def _metrics(
         self,
@@ -486,6 +543,11 @@ class Coordinator:
             rejections=tuple(c.rejections),
             contested=tuple(sorted(c.contested & {r.device for r in c.accepted})),
             bytes_rejected=c.bytes_rejected,
+            target_updates=c.target,
+            cancelled=tuple(sorted(c.cancelled)),
+            wasted=c.wasted,
+            late_discarded=dict(c.late_discarded),
+            late_folded=dict(c.late_folded),
         )
 
 

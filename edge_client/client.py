@@ -10,7 +10,9 @@ A device trains round ``r`` when it holds the announced model (by sha256) and gl
 deadline has not passed: :mod:`edge_client.round_machine` holds these rules as a transition
 table, :mod:`edge_client.round_work` does the training and sending. Whatever goes wrong in a
 round is published as a ``failure`` envelope with its reason; bad messages are logged and
-dropped. Only weights leave the device.
+dropped. Between training batches the client looks ahead in its queue (:class:`Lookahead`)
+for the announcement that closes its round (a semi-synchronous round that has its updates,
+docs/round-modes.md) and then stops without sending. Only weights leave the device.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from edge_client.config import ClientConfig
 from edge_client.data import Dataset
 from edge_client.errors import ConfigError, EdgeFLError, ProtocolError
 from edge_client.holdings import Holdings
-from edge_client.local_training import TrainingAborted, load_local_data
+from edge_client.local_training import RoundClosed, TrainingAborted, load_local_data
 from edge_client.messaging import (
     AnyIncoming,
     BinaryPublisher,
     ControlReceived,
     GlobalReceived,
     Inbox,
+    Lookahead,
     ModelReceived,
     RoundReceived,
 )
@@ -56,6 +59,7 @@ from edge_client.transport import MqttTransport, Transport
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # longest wait for a message in run(), so stop() and heartbeats stay prompt
+LOOK_AHEAD_S = 0.25  # training looks for an announcement closing its round this often
 
 
 def mqtt_transport(config: ClientConfig) -> MqttTransport:
@@ -86,7 +90,10 @@ class EdgeClient:
         self.transport = transport
         self.clock = clock
         self.topics = Topics(config.job, config.prefix)
-        self.inbox = Inbox(transport, self.topics, max_bytes=config.max_message_bytes)
+        # Training looks ahead in the queue for the announcement that closes its round
+        self.lookahead = Lookahead(transport)
+        self.inbox = Inbox(self.lookahead, self.topics, max_bytes=config.max_message_bytes)
+        self._last_look = 0.0  # monotonic time training last looked ahead
         self.publisher = BinaryPublisher(transport, config.max_chunk)
         # With a trusted key, unsigned or badly signed models and announcements are refused
         self.verifier = Verifier.from_spec(config.trust_key) if config.trust_key else None
@@ -357,3 +364,31 @@ class EdgeClient:
             raise TrainingAborted("the client is shutting down")
         if self.clock() >= ann.deadline:
             raise TrainingAborted(f"the deadline of round {ann.round} passed during training")
+        if time.monotonic() - self._last_look >= LOOK_AHEAD_S:
+            self._last_look = time.monotonic()
+            closing = self._closing_announcement(ann)
+            if closing is not None:
+                raise RoundClosed(
+                    f"round {ann.round} closed before this device finished"
+                    f" ({'a newer round opened' if closing.round > ann.round else 'the coordinator had the updates it needed'})"
+                )
+
+    def _closing_announcement(self, ann: RoundAnnouncement) -> RoundAnnouncement | None:
+        """A queued announcement that closes ``ann``'s attempt (its ``closed`` copy, or a
+        newer round of the same run), if one arrived during training; it stays queued."""
+        for message in self.lookahead.look():
+            if message.topic != self.topics.round or not message.payload:
+                continue
+            try:
+                if self.verifier is not None:
+                    newer = self.verifier.announcement(message.payload)
+                else:
+                    newer = RoundAnnouncement.from_json(message.payload)
+            except ProtocolError:
+                continue  # the inbox logs it when it gets there
+            if newer.job != ann.job or newer.run != ann.run:
+                continue
+            same_attempt = newer.round == ann.round and newer.deadline == ann.deadline
+            if newer.round > ann.round or (same_attempt and newer.state != "open"):
+                return newer
+        return None

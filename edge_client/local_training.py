@@ -47,6 +47,10 @@ class TrainingAborted(EdgeFLError):
     """Local training stopped before the end (deadline, divergence, shutdown)."""
 
 
+class RoundClosed(TrainingAborted):
+    """The coordinator closed the round being trained (it had the updates it needed)."""
+
+
 @dataclass(frozen=True)
 class RoundSettings:
     epochs: int

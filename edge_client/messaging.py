@@ -10,6 +10,7 @@ item's type (``match item: case RoundReceived(ann): ...``).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar, Generic, Protocol, TypeVar
 
@@ -100,6 +101,34 @@ class MessageSource(Protocol):
     def get(self, timeout: float | None = None) -> Message | None: ...
 
     def pending(self) -> int: ...
+
+
+class Lookahead:
+    """A :class:`MessageSource` whose queued messages can be looked at without taking them:
+    a board in the middle of training looks for the announcement that closes its round."""
+
+    def __init__(self, source: MessageSource) -> None:
+        self.source = source
+        self._held: deque[Message] = deque()
+
+    def get(self, timeout: float | None = None) -> Message | None:
+        if self._held:
+            return self._held.popleft()
+        return self.source.get(timeout)
+
+    def pending(self) -> int:
+        return len(self._held) + self.source.pending()
+
+    def look(self, limit: int = 10_000) -> list[Message]:
+        """Messages queued since the last look (they stay queued for :meth:`get`)."""
+        new: list[Message] = []
+        while len(new) < limit and self.source.pending():
+            message = self.source.get(0)
+            if message is None:
+                break
+            new.append(message)
+        self._held.extend(new)
+        return new
 
 
 class BinaryPublisher:

@@ -16,6 +16,7 @@ from edge_client.data import Dataset
 from edge_client.errors import EdgeFLError
 from edge_client.holdings import Holdings
 from edge_client.local_training import (
+    RoundClosed,
     batch_seed,
     round_settings,
     train_local,
@@ -98,6 +99,10 @@ class RoundWork:
                 meta=update_meta(result, ann.global_sha256, self.runtime, settings.lr),
                 encoding=ann.encoding,
             )
+        except RoundClosed as exc:  # the coordinator no longer waits: nothing to send
+            log.info("round %d: training stopped: %s", r, exc)
+            self.status.set("idle", round_=r, detail=str(exc))
+            return False
         except EdgeFLError as exc:
             self.fail(ann, str(exc))
             return False

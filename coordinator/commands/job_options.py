@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from coordinator.config import JobConfig
+from coordinator.config import LATE_UPDATES, JobConfig
 from coordinator.strategies import STRATEGY_NAMES, strategy_help
 from edge_client.cli_support import CONNECTION_OPTIONS
 from edge_client.data import dataset_names
@@ -97,6 +97,29 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         "min_results",
         int,
         f"Updates needed to close a round; fewer retries the round. [default: {D.min_results}]",
+    ),
+    (
+        "--over-select",
+        "over_select",
+        float,
+        "Semi-synchronous rounds: select this many times the devices --fraction or "
+        "--clients-per-round name and close the round once that many updates are in; the "
+        f"others are told the round closed. 1 waits for every selected device. [default: {D.over_select:g}]",
+    ),
+    (
+        "--late-updates",
+        "late_updates",
+        click.Choice(LATE_UPDATES),
+        "An update for a round that already closed: discard it (counted as wasted) or fold "
+        "its change into the open round, weighted 1/sqrt(1+s) for s rounds of staleness. "
+        f"[default: {D.late_updates}]",
+    ),
+    (
+        "--max-staleness",
+        "max_staleness",
+        int,
+        "With --late-updates fold: the most rounds behind a folded update may be. "
+        f"[default: {D.max_staleness}]",
     ),
     (
         "--round-timeout",

@@ -230,6 +230,9 @@ def _history_lines(s: Mapping[str, Any], width: int) -> list[str]:
             ("REJECTED", "rejected"),
             ("CONTESTED", "contested"),
             ("DROPPED", "dropped"),
+            ("CANCELLED", "cancelled"),  # over-selection: still training at the target
+            ("LATE", "late_folded"),  # late updates folded in
+            ("WASTED", "wasted"),  # late updates discarded
         )
         if any(_count(h.get(key)) for h in shown)
     ]

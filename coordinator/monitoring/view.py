@@ -427,6 +427,11 @@ def _history_entry(m: RoundMetrics) -> dict[str, Any]:
         "bytes_rejected": m.bytes_rejected,
         "contested": list(m.contested),
         "dropped": list(m.dropped),  # known from metrics.jsonl only (not on the wire)
+        # round mode (docs/round-modes.md): over-selection, late updates
+        "target_updates": m.target_updates,
+        "cancelled": list(m.cancelled),
+        "wasted": m.wasted,
+        "late_folded": len(m.late_folded),
     }
 
 

@@ -9,6 +9,10 @@
 - ``to_record`` / ``from_record``: one line of the run directory's ``metrics.jsonl``, which
   also holds what the topic leaves out (``selected``, ``rejected``, ``updates_aggregated``,
   ``time``) and no ``job`` (the run directory belongs to one job).
+
+Both forms carry the round-mode keys (``dropped``, ``target_updates``, ``cancelled``,
+``wasted``, ``late_discarded``, ``late_folded``; docs/round-modes.md) only when not empty, so a
+synchronous round's line and message are what they always were.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ from edge_client.protocol.validation import (
     loads,
 )
 
+# Keys of the round mode (dropped devices, semi-synchronous rounds): on the wire inside extra
+# and in metrics.jsonl, both only when not empty (docs/protocol.md section 5)
+_ROUND_MODE = ("dropped", "target_updates", "cancelled", "wasted", "late_discarded", "late_folded")
+# keys of the wire's extra read into fields
 _TYPED_EXTRA = (
     "devices",
     "failed",
@@ -37,7 +45,8 @@ _TYPED_EXTRA = (
     "rejections",
     "contested",
     "bytes_rejected",
-)  # keys of the wire's extra read into fields
+    *_ROUND_MODE,
+)
 
 
 @dataclass(frozen=True)
@@ -189,9 +198,14 @@ class RoundMetrics:
     rejected: dict[str, str] = field(default_factory=dict)
     updates_aggregated: int = 0
     time: float | None = None  # unix time the round's metrics were made
-    # Selected devices that went offline (Last Will) before replying: the round did not
-    # wait for them
+    # Round mode (wire extra and metrics.jsonl, only when not empty; docs/round-modes.md)
+    # Selected devices that went offline (Last Will) before replying: not waited for
     dropped: tuple[str, ...] = ()
+    target_updates: int = 0  # over-selection: the round closed at this many updates; 0: off
+    cancelled: tuple[str, ...] = ()  # selected, still training when the target was reached
+    wasted: int = 0  # updates for closed rounds discarded while this round was open
+    late_discarded: dict[str, str] = field(default_factory=dict)  # device -> why
+    late_folded: dict[str, int] = field(default_factory=dict)  # device -> round it trained
 
     def __post_init__(self) -> None:
         check_id(self.job, "job id")
@@ -205,7 +219,7 @@ class RoundMetrics:
         extra = check_json_dict(self.extra, "extra")
         for key in _TYPED_EXTRA:  # the wire's typed keys become fields
             if key in extra:
-                if getattr(self, key) not in ((), None, 0):
+                if getattr(self, key) not in ((), None, 0, {}):
                     raise ProtocolError(f"round metrics give {key} twice (field and extra)")
                 _set(self, key, extra.pop(key))
         _set(self, "extra", extra)
@@ -218,6 +232,17 @@ class RoundMetrics:
             check_int(self.samples, "samples")
         _set(self, "selected", _ids(self.selected, "selected"))
         _set(self, "dropped", _ids(self.dropped, "dropped"))
+        _set(self, "cancelled", _ids(self.cancelled, "cancelled"))
+        check_int(self.target_updates, "target_updates")
+        check_int(self.wasted, "wasted")
+        discarded = check_json_dict(self.late_discarded, "late_discarded")
+        for device, reason in discarded.items():
+            check_str(reason, f"late update reason of {device!r}")
+        _set(self, "late_discarded", discarded)
+        folded = check_json_dict(self.late_folded, "late_folded")
+        for device, round_ in folded.items():
+            check_int(round_, f"late update round of {device!r}")
+        _set(self, "late_folded", folded)
         rejected = check_json_dict(self.rejected, "rejected")
         for device, reason in rejected.items():
             check_str(reason, f"rejection reason of {device!r}")
@@ -259,7 +284,7 @@ class RoundMetrics:
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
             "duration_s": self.duration_s,
-            "extra": extra | self.extra,
+            "extra": extra | self._round_mode_record() | self.extra,
         }
         return dumps(body, self._what)
 
@@ -313,8 +338,10 @@ class RoundMetrics:
         """The keys of dropped devices and of semi-synchronous rounds, only when they say
         something (a synchronous round without them writes the line it always wrote)."""
         out: dict[str, Any] = {}
-        if self.dropped:
-            out["dropped"] = list(self.dropped)
+        for key in _ROUND_MODE:
+            value = getattr(self, key)
+            if value:
+                out[key] = list(value) if isinstance(value, tuple) else value
         return out
 
     @classmethod
@@ -336,10 +363,10 @@ class RoundMetrics:
             "duration_s",
             "devices",
             "time",
-            "dropped",
             "rejections",
             "contested",
             "bytes_rejected",
+            *_ROUND_MODE,
         )
         values = {k: record[k] for k in keys if record.get(k) is not None}
         return cls(job=job, round=record["round"], **values)

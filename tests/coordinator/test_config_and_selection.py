@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coordinator.config import JobConfig, resolve
-from coordinator.selection import select_devices
+from coordinator.selection import round_size, select_devices
 from edge_client.errors import ConfigError
 
 
@@ -29,6 +29,10 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path):
         ({"env": {"EDGEFL_INSECURE": "maybe"}}, "EDGEFL_INSECURE: insecure = 'maybe'"),
         ({"flags": {"fraction": 1.5}}, "fraction must be in"),
         ({"flags": {"strategy": "fedsgd"}}, "unknown strategy 'fedsgd'"),
+        ({"flags": {"over_select": 0.5}}, "over_select must be in"),
+        ({"flags": {"over_select": 1.3}}, "over_select selects more devices than a round"),
+        ({"file": "late_updates = 'keep'"}, "late_updates must be one of discard, fold"),
+        ({"env": {"EDGEFL_MAX_STALENESS": "0"}}, "max_staleness must be at least 1"),
     ],
 )
 def test_bad_configuration_names_the_problem(tmp_path, source, message):
@@ -59,3 +63,28 @@ def test_selection_all_fraction_and_k():
         select_devices(online, r, fraction=1.0, k=4, seed=7) for r in range(1, 20)
     ]  # seeded
     assert select_devices(set(), 1, fraction=1.0, k=0, seed=0) == ()
+
+
+def test_over_selection_picks_more_devices_and_the_same_ones_again():
+    online = {f"d{i}" for i in range(20)}
+    # Prepare: what a synchronous round selects, and its size
+    plain = select_devices(online, 3, fraction=1.0, k=10, seed=1)
+    assert round_size(20, fraction=1.0, k=10) == 10 and round_size(20, fraction=0.25, k=0) == 5
+    # Execute
+    over = select_devices(online, 3, fraction=1.0, k=10, seed=1, over_select=1.3)
+    # Assert: 13 devices, seeded (a resumed job selects the same), capped at the online ones
+    assert len(over) == 13 and over == select_devices(
+        online, 3, fraction=1.0, k=10, seed=1, over_select=1.3
+    )
+    assert select_devices(online, 3, fraction=1.0, k=10, seed=1, over_select=1.0) == plain
+    assert len(select_devices(online, 3, fraction=0.5, k=0, seed=1, over_select=3)) == 20
+
+
+def test_over_selection_and_late_updates_from_a_job_file(tmp_path):
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(
+        "[participants]\nclients_per_round = 10\nover-select = 1.3\n"
+        "late-updates = 'fold'\nmax_staleness = 3\n"
+    )
+    cfg = resolve({}, str(job_file), {})
+    assert (cfg.over_select, cfg.late_updates, cfg.max_staleness) == (1.3, "fold", 3)

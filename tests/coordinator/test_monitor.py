@@ -350,3 +350,21 @@ def test_monitor_rejects_an_invalid_job_name_in_one_line(mosquitto_broker):
     )
     assert r.returncode == 1 and r.stderr.startswith("error: invalid job id"), r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_history_rows_say_what_a_semi_synchronous_round_did_not_wait_for() -> None:
+    from coordinator.monitoring.render import _history_lines
+    from coordinator.monitoring.view import _history_entry
+    from edge_client.protocol import RoundMetrics
+
+    plain = RoundMetrics(job="j", round=1, participants=("a", "b"))
+    semi = RoundMetrics(
+        job="j", round=2, participants=("a", "b"), cancelled=("d", "e"),
+        target_updates=2, wasted=1, late_folded={"f": 1},
+    )  # fmt: skip
+    only_plain = "\n".join(_history_lines({"history": [_history_entry(plain)]}, 120))
+    both = _history_lines({"history": [_history_entry(plain), _history_entry(semi)]}, 120)
+    assert "CANCELLED" not in only_plain and "WASTED" not in only_plain
+    header = next(line for line in both if "ROUND" in line).split()
+    row = next(line for line in both if line.split()[:1] == ["2"]).split()
+    assert header[-3:] == ["CANCELLED", "LATE", "WASTED"] and row[-3:] == ["2", "1", "1"]

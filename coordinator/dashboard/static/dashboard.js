@@ -158,11 +158,21 @@ function renderDevices(s) {
   $("devices-count").textContent = `(${s.summary.online} online of ${s.summary.devices})`;
 }
 
+// Late updates folded, selected devices not waited for, late updates wasted (docs/round-modes.md)
+function roundNote(h) {
+  const parts = [];
+  if (h.late_folded) parts.push(`+${h.late_folded} late`);
+  const cut = (h.dropped || []).length + (h.cancelled || []).length;
+  if (cut) parts.push(`${cut} not waited for`);
+  if (h.wasted) parts.push(`${h.wasted} wasted`);
+  return parts.length ? ` (${parts.join(", ")})` : "";
+}
+
 function renderRounds(history) {
   const body = $("rounds").tBodies[0];
   const rows = history.slice(-50).reverse().map((h) => row([
     ["Round", h.round], ["Accuracy", pct(h.accuracy), "num"], ["Loss", num(h.loss), "num"],
-    ["Devices", h.participants.length, "num"], ["Up", bytes(h.bytes_up), "num"],
+    ["Devices", h.participants.length + roundNote(h), "num"], ["Up", bytes(h.bytes_up), "num"],
     ["Down", bytes(h.bytes_down), "num"], ["Time", h.duration_s === null ? "–" : `${h.duration_s.toFixed(1)} s`, "num"],
     ["Rejected", notAggregated(h) || "–", "num"],
   ], "round"));

@@ -148,3 +148,27 @@ def test_update_meta_writes_a_boards_meta_as_before_and_round_trips() -> None:
 def test_update_meta_rejects_wrong_types(meta: dict, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         UpdateMeta.from_dict(meta)
+
+
+def test_round_mode_keys_travel_only_when_set_and_round_trip() -> None:
+    # Prepare: a semi-synchronous round (over-selection, a board offline, late updates)
+    semi = replace(
+        _round(),
+        dropped=("pi-05",),
+        target_updates=2,
+        cancelled=("pi-04",),
+        wasted=1,
+        late_discarded={"pi-06": "late update for round 2: discarded"},
+        late_folded={"pi-07": 2},
+    )
+    # Execute
+    wire, record = semi.to_json(), semi.to_record()
+    # Assert: both forms carry them and read them back; a synchronous round has none of them
+    assert RoundMetrics.from_record("demo", json.loads(json.dumps(record))) == semi
+    back = RoundMetrics.from_json(wire)
+    assert (back.dropped, back.target_updates, back.cancelled) == (("pi-05",), 2, ("pi-04",))
+    assert (back.wasted, back.late_folded, back.extra) == (1, {"pi-07": 2}, {})
+    assert back.late_discarded == semi.late_discarded
+    assert "late_folded" not in _round().to_record() and b"wasted" not in _round().to_json()
+    with pytest.raises(ProtocolError, match="late update round"):
+        replace(semi, late_folded={"pi-07": "two"})

@@ -1,0 +1,130 @@
+"""Updates that arrive after their round closed: discarded with a reason, or folded.
+
+A round closes before every selected device answered when it reaches its over-selection
+target (``--over-select``) or its deadline; a device still training then sends an update
+for a closed round. By default (``--late-updates discard``) the update is discarded, its
+reason recorded and counted as wasted in the open round's metrics. With ``fold`` it is
+validated exactly as it would have been in time (against its own round: selection, base
+weights, tensors, norm), and its change is applied to the open round's global weights,
+scaled by the staleness weight ``1 / sqrt(1 + s)`` (``s``: rounds behind), before it goes
+through the job's strategy like any update (so clipping, robust strategies and DP see it
+as one more update). Beyond ``--max-staleness`` rounds it is discarded.
+
+Closed rounds are kept in memory only: after a coordinator restart, a late update for a
+round closed before the restart is discarded, so no update is ever counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from coordinator.rounds import RoundCollector
+from edge_client.errors import ProtocolError
+from edge_client.protocol import Envelope
+
+log = logging.getLogger(__name__)
+
+
+def staleness_weight(staleness: int) -> float:
+    """How much of a late update's change is applied: 1/sqrt(1+s) (FedBuff's polynomial)."""
+    return 1.0 / math.sqrt(1.0 + staleness)
+
+
+def stale_change(
+    current: Mapping[str, np.ndarray],
+    base: Mapping[str, np.ndarray],
+    trained: Mapping[str, np.ndarray],
+    weight: float,
+) -> dict[str, np.ndarray]:
+    """``current + weight * (trained - base)``: a late update re-based on today's weights."""
+    return {
+        k: (
+            np.asarray(current[k], np.float64)
+            + weight * (np.asarray(trained[k], np.float64) - np.asarray(base[k], np.float64))
+        ).astype(np.float32)
+        for k in current
+    }
+
+
+class LateUpdates:
+    """Remembers the last closed rounds and decides what happens to their late updates."""
+
+    def __init__(self, mode: str, max_staleness: int) -> None:
+        self.mode = mode
+        self.max_staleness = max_staleness
+        self._closed: dict[int, RoundCollector] = {}
+
+    def closed(self, collector: RoundCollector) -> None:
+        """``collector``'s round closed (and was aggregated): remember it for late updates."""
+        self._closed[collector.round] = collector
+        keep = self.max_staleness + 1  # a round's late updates stay checkable this long
+        for r in [r for r in self._closed if r <= collector.round - keep]:
+            del self._closed[r]
+
+    def offer(self, envelope: Envelope, device: str, size: int, open_: RoundCollector) -> None:
+        """An update or failure for a round before ``open_``'s: discard it or fold it."""
+        if envelope.kind != "update":
+            log.info("failure report from %s for closed round %d ignored", device, envelope.round)
+            return
+        staleness = open_.round - envelope.round
+        closed = self._closed.get(envelope.round)
+        if closed is None:
+            self._discard(
+                open_,
+                device,
+                self._too_stale(envelope.round, staleness)
+                if self.mode == "fold" and staleness > self.max_staleness
+                else f"late update for round {envelope.round}: that round closed before this "
+                "coordinator started (or is no longer kept)",
+            )
+            return
+        try:
+            closed.check_late(envelope, device)
+        except ProtocolError as exc:  # not a wasted training: an invalid or duplicate update
+            open_.rejected[device] = f"late update for round {envelope.round}: {exc}"
+            log.warning("rejected late update from %s: %s", device, exc)
+            return
+        if self.mode != "fold":
+            self._discard(
+                open_,
+                device,
+                f"late update for round {envelope.round}, which closed before it arrived "
+                f"({staleness} round(s) behind): discarded (--late-updates discard)",
+            )
+            return
+        if staleness > self.max_staleness:
+            self._discard(open_, device, self._too_stale(envelope.round, staleness))
+            return
+        assert closed.global_weights is not None and open_.global_weights is not None
+        weight = staleness_weight(staleness)
+        folded = stale_change(
+            open_.global_weights, closed.global_weights, envelope.weights(), weight
+        )
+        open_.strategy.accept(folded, envelope.samples)
+        open_.aggregated += 1
+        open_.bytes_up += size
+        open_.late_folded[device] = envelope.round
+        log.info(
+            "folded %s's late update for round %d into round %d (staleness %d, weight %.3f)",
+            device,
+            envelope.round,
+            open_.round,
+            staleness,
+            weight,
+        )
+
+    def _too_stale(self, late_round: int, staleness: int) -> str:
+        return (
+            f"late update for round {late_round} is {staleness} rounds stale, over "
+            f"--max-staleness {self.max_staleness}: discarded"
+        )
+
+    @staticmethod
+    def _discard(open_: RoundCollector, device: str, reason: str) -> None:
+        open_.late_discarded[device] = reason
+        open_.wasted += 1
+        log.warning("%s from %s", reason, device)
