@@ -6,9 +6,12 @@ staleness."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import signal
 import subprocess
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -148,3 +151,49 @@ def test_a_late_update_is_discarded_folded_or_refused_as_too_stale(
     weights, _ = RunDir(tmp_path / "run").load_weights(state)
     assert all(np.all(np.isfinite(w)) for w in weights.values())
     assert math.isfinite(sum(float(np.abs(w).sum()) for w in weights.values()))
+
+
+def test_a_killed_semi_synchronous_coordinator_resumes_without_counting_an_update_twice(
+    mosquitto_broker, export_dir, tmp_path
+):
+    # Prepare: 3 boards; a `fedcoord start` process selecting 3, closing rounds at 2 updates
+    # and folding late ones; it is killed (SIGKILL) after round 2, then resumed
+    run_dir = tmp_path / "run"
+    model = str(export_dir("mlp"))
+    job = JobConfig(job="semiresume", rounds=5, min_devices=3, model_dir=model, epochs=1)
+    broker = BrokerConfig.from_url(mosquitto_broker.url)
+    cmd = [sys.executable, "-m", "coordinator.cli", "start", "--broker", mosquitto_broker.url]
+    cmd += ["--job", "semiresume", "--rounds", "5", "--min-devices", "3", "--model-dir", model]
+    cmd += ["--run-dir", str(run_dir), "--epochs", "1", "--lr", "0.05", "--min-results", "2"]
+    cmd += ["--clients-per-round", "2", "--over-select", "1.5", "--late-updates", "fold"]
+    procs = start_boards(job, broker, tmp_path, 3, {})
+    try:
+        first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 180
+        while len(lines_of(run_dir)) < 2 and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        # Execute
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        assert 2 <= len(lines_of(run_dir)) < 5, first.stderr.read().decode()[-2000:]
+        second = subprocess.run(
+            [sys.executable, "-m", "coordinator.cli", "start", "--resume", str(run_dir)],
+            cwd=ROOT, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+    finally:
+        stop(procs)
+    # Assert: every round once, each closed at 2 updates, no (device, round) counted twice
+    assert second.returncode == 0, second.stderr[-3000:]
+    lines = lines_of(run_dir)
+    assert [m["round"] for m in lines] == [1, 2, 3, 4, 5]
+    counted = [(d, m["round"]) for m in lines for d in m["participants"]]
+    counted += [(d, r) for m in lines for d, r in m.get("late_folded", {}).items()]
+    assert len(counted) == len(set(counted))
+    for m in lines:
+        assert m["target_updates"] == 2 and len(m["participants"]) == 2
+        assert m["updates_aggregated"] == 2 + len(m.get("late_folded", {}))
+
+
+def lines_of(run_dir: Path) -> list[dict]:
+    p = run_dir / "metrics.jsonl"
+    return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
