@@ -158,12 +158,12 @@ function renderDevices(s) {
   $("devices-count").textContent = `(${s.summary.online} online of ${s.summary.devices})`;
 }
 
-// Late updates folded, selected devices not waited for, late updates wasted (docs/round-modes.md)
+// Semi-synchronous rounds (docs/round-modes.md): late updates folded, over-selected devices
+// still training at the target, late updates wasted (dropped devices: the Rejected column)
 function roundNote(h) {
   const parts = [];
   if (h.late_folded) parts.push(`+${h.late_folded} late`);
-  const cut = (h.dropped || []).length + (h.cancelled || []).length;
-  if (cut) parts.push(`${cut} not waited for`);
+  if ((h.cancelled || []).length) parts.push(`${h.cancelled.length} cancelled`);
   if (h.wasted) parts.push(`${h.wasted} wasted`);
   return parts.length ? ` (${parts.join(", ")})` : "";
 }
