@@ -1,9 +1,13 @@
 """Bytes on the wire and accuracy cost of update/global-weight encodings.
 
 Runs the README job (Fashion-MNIST, cnn, 5 simulated boards, file-order split) once per
-encoding, all in one invocation, and records bench/results/compression.json:
+encoding and seed (``fedcoord simulate --seed``: initial weights and device selection), all
+in one invocation, and records bench/results/compression.json: every (seed, encoding) run,
+each encoding's accuracy cost against float32 of the same seed, and per encoding the mean,
+sample sd, min and max of that cost over the seeds:
 
     .venv/bin/python bench/compression.py [--rounds 20] [--encodings float32,float16,int8]
+        [--seeds 0]
 
 Bytes are per device per round (update up, global weights down), chunk headers included.
 """
@@ -20,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(encoding: str, rounds: int, out_root: Path) -> dict:
-    run_dir = out_root / encoding
+def run(encoding: str, rounds: int, out_root: Path, seed: int) -> dict:
+    run_dir = out_root / f"{encoding}-seed{seed}"
     t0 = time.time()
     subprocess.run(
         [
@@ -41,6 +45,8 @@ def run(encoding: str, rounds: int, out_root: Path) -> dict:
             str(run_dir),
             "--job",
             f"compress-{encoding}",
+            "--seed",
+            str(seed),
         ],
         check=True,
         stdout=subprocess.DEVNULL,
@@ -50,6 +56,7 @@ def run(encoding: str, rounds: int, out_root: Path) -> dict:
     up = sum(m["bytes_up"] / len(m["participants"]) for m in metrics) / len(metrics)
     down = sum(m["bytes_down"] / len(m["selected"]) for m in metrics) / len(metrics)
     return {
+        "seed": seed,
         "encoding": encoding,
         "final_accuracy": metrics[-1]["accuracy"],
         "best_accuracy": max(m["accuracy"] for m in metrics),
@@ -65,33 +72,74 @@ def main() -> int:
     )
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--encodings", default="float32,float16,int8")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (fedcoord simulate --seed)")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/compression.json")
     args = p.parse_args()
     out_root = ROOT / "runs" / f"bench-compression-{time.strftime('%Y%m%d-%H%M%S')}"
     rows = []
-    for enc in args.encodings.split(","):
-        rows.append(run(enc, args.rounds, out_root))
-        r = rows[-1]
+    for seed in (int(x) for x in args.seeds.split(",")):
+        for enc in args.encodings.split(","):
+            rows.append(run(enc, args.rounds, out_root, seed))
+            r = rows[-1]
+            print(
+                f"seed {seed} {enc:8s} accuracy {100 * r['final_accuracy']:.2f} %  up "
+                f"{r['bytes_up_per_device_round'] / 1e6:.3f} MB  down "
+                f"{r['bytes_down_per_device_round'] / 1e6:.3f} MB per device per round",
+                flush=True,
+            )
+        base = next((r for r in rows if r["seed"] == seed and r["encoding"] == "float32"), None)
+        if base:
+            for r in rows:
+                if r["seed"] == seed:
+                    r["bytes_ratio_vs_float32"] = (
+                        base["bytes_up_per_device_round"] / r["bytes_up_per_device_round"]
+                    )
+                    r["accuracy_cost_points"] = 100 * (base["final_accuracy"] - r["final_accuracy"])
+    summary = summarise(rows)
+    for e in summary:
         print(
-            f"{enc:8s} accuracy {100 * r['final_accuracy']:.2f} %  up {r['bytes_up_per_device_round'] / 1e6:.3f} MB"
-            f"  down {r['bytes_down_per_device_round'] / 1e6:.3f} MB per device per round",
+            f"{e['encoding']:8s} over {e['seeds']} seeds: accuracy {e['final_accuracy']['mean']:.2f} %"
+            + (
+                f", cost {e['accuracy_cost_points']['mean']:.2f} points (sd "
+                f"{e['accuracy_cost_points']['sd']:.2f}, min {e['accuracy_cost_points']['min']:.2f},"
+                f" max {e['accuracy_cost_points']['max']:.2f})"
+                if "accuracy_cost_points" in e
+                else ""
+            ),
             flush=True,
         )
-    base = next((r for r in rows if r["encoding"] == "float32"), None)
-    if base:
-        for r in rows:
-            r["bytes_ratio_vs_float32"] = (
-                base["bytes_up_per_device_round"] / r["bytes_up_per_device_round"]
-            )
-            r["accuracy_cost_points"] = 100 * (base["final_accuracy"] - r["final_accuracy"])
     record = {
         "command": "python bench/compression.py " + " ".join(sys.argv[1:]),
         "rounds": args.rounds,
+        "seeds": sorted({r["seed"] for r in rows}),
         "rows": rows,
+        "summary": summary,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     return 0
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per encoding over the seeds: final accuracy (percent) and cost (points) statistics."""
+    import statistics
+
+    def stats(values: list[float]) -> dict:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return {"mean": statistics.fmean(values), "sd": sd, "min": min(values), "max": max(values)}
+
+    out = []
+    for enc in dict.fromkeys(r["encoding"] for r in rows):
+        mine = [r for r in rows if r["encoding"] == enc]
+        entry = {
+            "encoding": enc,
+            "seeds": len(mine),
+            "final_accuracy": stats([100 * r["final_accuracy"] for r in mine]),
+        }
+        if all("accuracy_cost_points" in r for r in mine):
+            entry["accuracy_cost_points"] = stats([r["accuracy_cost_points"] for r in mine])
+        out.append(entry)
+    return out
 
 
 if __name__ == "__main__":
