@@ -308,13 +308,7 @@ def plan_lines(inventory: Inventory, device: Device, options: FlashOptions) -> l
         f"  wheels    {wheels}",
         f"  broker    {fleet.broker}, job {fleet.job}, user {device.id}, password "
         f"{pw} ({'exists' if pw.exists() else 'would be generated'})",
-        "  signing   "
-        + (
-            f"boards trust {fleet.trust_key} (EDGEFL_TRUST_KEY): unsigned models and rounds "
-            "are refused"
-            if fleet.trust_key is not None
-            else "none: boards accept unsigned models and rounds (set trust_key in [fleet])"
-        ),
+        "  signing   " + _signing_plan(fleet.trust_key),
         f"  1. check the board: {profile.arch}, Python {profile.python}, glibc >= {profile.glibc}"
         "; stop here if it already runs the same release (up to date)",
         f"  2. upload the release to {root}/releases/<id>, missing wheels to {root}/wheelhouse",
@@ -325,3 +319,12 @@ def plan_lines(inventory: Inventory, device: Device, options: FlashOptions) -> l
         f"  6. check that the client still runs after {options.check_s:g} s and connected to "
         f"{fleet.broker} within {options.connect_s:g} s, else go back to the previous release",
     ]
+
+
+def _signing_plan(trust_key: Path | None) -> str:
+    if trust_key is None:
+        return "none (unsigned = true): boards accept unsigned models and rounds"
+    made = "" if trust_key.exists() else " (made on the first flash)"
+    return (
+        f"boards trust {trust_key}{made} (EDGEFL_TRUST_KEY): unsigned models and rounds are refused"
+    )

@@ -79,8 +79,10 @@ class FleetSettings:
     secrets_dir: Path = Path("secrets")  # per-device MQTT passwords (mode 600), kept here
     broker_dir: Path = Path("broker")  # where `devices broker-files` writes
     # The coordinator's public signing key (signing.pub), installed on every board, which then
-    # refuses unsigned models and rounds. None: boards accept anything (an unsigned job).
+    # refuses unsigned models and rounds. None: the job's own key (`fedcoord devices flash`
+    # makes it if needed, as `fedcoord start` does), unless `unsigned`.
     trust_key: Path | None = None
+    unsigned: bool = False  # boards get no key and accept unsigned models (an explicit choice)
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,10 @@ def _fleet(path: Path, table: dict[str, Any], base: Path) -> FleetSettings:
         raise InventoryError(f"{path}: [fleet] {exc}") from None
     for key in ("ca_file", "trust_key"):
         kw[key] = _local_path(kw[key], base, key, path) if key in kw else None
+    if not isinstance(kw.get("unsigned", False), bool):
+        raise InventoryError(f"{path}: [fleet] unsigned must be true or false")
+    if kw.get("unsigned") and kw["trust_key"] is not None:
+        raise InventoryError(f"{path}: [fleet] give trust_key or unsigned = true, not both")
     for key in ("secrets_dir", "broker_dir"):
         default = getattr(FleetSettings, key)
         kw[key] = _local_path(str(kw.get(key, default)), base, key, path)

@@ -9,9 +9,12 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from devices.inventory import Inventory
 
 inventory_option = click.option(
     "-i",
@@ -139,7 +142,7 @@ def flash(
 
     if bool(device_ids) == all_devices:
         raise click.UsageError("name the devices to flash, or give --all (not both)")
-    inv = load_inventory(inventory_path)
+    inv = with_trust_key(load_inventory(inventory_path), dry_run)
     targets = inv.select(device_ids, all_devices)
     options = FlashOptions(
         cache_dir or default_cache_dir(), refresh, check_seconds, connect_seconds, client_wheel
@@ -183,6 +186,30 @@ def client_wheel(out: Path) -> None:
 
     wheel = build_board_wheel(out)
     click.echo(f"wrote {wheel} ({wheel.stat().st_size / 1e3:.0f} kB: edge_client and fedge)")
+
+
+def with_trust_key(inv: Inventory, dry_run: bool) -> Inventory:
+    """The inventory with the key boards will trust: its trust_key, else the job's own key
+    (made now unless it exists or this is a dry run), or none when it says unsigned."""
+    import dataclasses
+
+    from coordinator.job_keys import job_key_dir, job_signing_key
+    from coordinator.pki import SIGNING_PUB
+
+    fleet = inv.fleet
+    if fleet.unsigned or fleet.trust_key is not None:
+        return inv
+    if dry_run:
+        public = job_key_dir(fleet.job) / SIGNING_PUB
+    else:
+        keys, made = job_signing_key(fleet.job)
+        if made:
+            click.echo(
+                f"made job {fleet.job}'s signing key {keys.private} (key id {keys.key_id}); "
+                f"fedcoord start --job {fleet.job} signs with it"
+            )
+        public = keys.public
+    return dataclasses.replace(inv, fleet=dataclasses.replace(fleet, trust_key=public))
 
 
 @devices.command()

@@ -130,6 +130,8 @@ def test_dry_run_prints_the_plan_and_touches_nothing(lab):
     assert f"{lab.board.install_dir}/current" in done.stdout
     assert not lab.ssh.known_hosts.exists()
     assert not lab.board.install_dir.exists() and not lab.board.unit_dir.exists()
+    assert "signing.pub (made on the first flash)" in done.stdout
+    assert not (Path(os.environ["EDGEFL_KEYS_DIR"]) / "lab").exists()  # no key made either
 
 
 def test_flash_installs_the_client_and_it_joins_the_job(lab):
@@ -151,6 +153,12 @@ def test_flash_installs_the_client_and_it_joins_the_job(lab):
     env = (root / "current" / "fedge.env").read_text()
     assert 'EDGEFL_MQTT_USERNAME="board-1"' in env and 'EDGEFL_JOB="lab"' in env
     assert read_password(lab.tmp / "fleet" / "secrets", "board-1") not in env
+    # Assert: signed by default: the job's own key was made and the board trusts it
+    job_pub = Path(os.environ["EDGEFL_KEYS_DIR"]) / "lab" / "signing.pub"
+    assert "made job lab's signing key" in done.stdout
+    assert (root / "current" / "signing.pub").read_bytes() == job_pub.read_bytes()
+    assert f'EDGEFL_TRUST_KEY="{root}/current/signing.pub"' in env
+    assert "signatures   enforced" in (root / "current" / "fedge-info.txt").read_text()
     unit = (lab.board.unit_dir / "fedge-board-1.service").read_text()
     assert f"ExecStart={root}/current/venv/bin/fedge run" in unit and "Restart=on-failure" in unit
     if shutil.which("systemd-analyze"):  # the unit a Raspberry Pi would run is valid
@@ -276,7 +284,7 @@ def test_a_first_install_that_fails_leaves_nothing_enabled(lab):
     assert not (board.install_dir / "fedge-service").exists() and board.client_pid() is None
 
 
-def test_flashing_a_trusted_key_makes_the_board_enforce_signatures(lab):
+def test_flashing_a_trusted_key_makes_the_board_enforce_signatures_unless_unsigned(lab):
     # Prepare: the coordinator's signing key pair
     keys = lab.tmp / "keys"
     made = fedcoord("keys", "generate", "--out", str(keys))
@@ -310,6 +318,14 @@ def test_flashing_a_trusted_key_makes_the_board_enforce_signatures(lab):
     line = error_line(failed)
     assert line.startswith("error: trust_key ") and "bad.pub is not an Ed25519 public key" in line
     assert lab.board.current() == current.resolve().name
+    # Execute: an unsigned fleet, by explicit choice
+    lab.write(device_extra=f'python = "{python}"', fleet_extra="unsigned = true")
+    unsigned = lab.flash("board-1")
+    # Assert: no key on the board, and fedge info says nothing is enforced
+    assert unsigned.returncode == 0, unsigned.stdout + unsigned.stderr
+    assert not (current / "signing.pub").exists()
+    assert "EDGEFL_TRUST_KEY" not in (current / "fedge.env").read_text()
+    assert "signatures   not enforced" in (current / "fedge-info.txt").read_text()
 
 
 @pytest.mark.parametrize(

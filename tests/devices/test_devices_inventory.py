@@ -83,6 +83,9 @@ def test_example_inventory_merges_defaults_and_resolves_paths(tmp_path):
         (('data = "/srv/edgefl/data"', 'data = "data"'), "must be an absolute path on the board"),
         (("threads = 2", 'threads = "2"'), "threads must be a positive integer"),
         (("[devices.pi-01]", "[devices.'pi 01']"), "device id"),
+        (('ca_file = "ca.crt"', 'unsigned = "yes"'), "[fleet] unsigned must be true or false"),
+        (('ca_file = "ca.crt"', 'unsigned = true\ntrust_key = "k.pub"'), "not both"),
+        (("EDGEFL_HEARTBEAT = 30", 'EDGEFL_TRUST_KEY = "k"'), "EDGEFL_TRUST_KEY is set from"),
     ],
 )
 def test_inventory_mistakes_are_one_clear_line(tmp_path, edit, message):
