@@ -240,6 +240,7 @@ def test_old_queued_statuses_after_a_restart_never_open_a_round_with_no_device(
         for device in ("gone0", "gone1"):
             status = DeviceStatus(device, state, 1.0, samples=500)
             other.publish(Topics(job).status(device), status.to_json(), qos=1, retain=True)
+    assert other.wait_published(10)  # all four queued before the coordinator comes back
     other.close()
     coord = _coordinator(url, kit, tmp_path, job=job, rounds=1, max_retries=0, wait_timeout=60)
     late = board(url, job, "late", kit, kit.parts[1].subset(np.arange(300)), tmp_path)
