@@ -50,13 +50,7 @@ class _JsonMessage:
 
     @classmethod
     def from_json(cls: type[_M], data: bytes | bytearray | memoryview | str) -> _M:
-        obj = loads(data, cls._what)
-        if not isinstance(obj, dict):
-            raise ProtocolError(f"{cls._what} must be a JSON object")
-        if "v" not in obj:
-            raise ProtocolError(f"{cls._what} is missing field 'v'")
-        if check_int(obj["v"], f"{cls._what} v") != PROTOCOL_VERSION:
-            raise ProtocolError(f"unsupported {cls._what} version {obj['v']}")
+        obj = _versioned_object(data, cls._what)
         kwargs: dict[str, Any] = {}
         for f in fields(cls):  # type: ignore[arg-type]
             if f.name in obj:
@@ -64,6 +58,18 @@ class _JsonMessage:
             elif f.default is MISSING and f.default_factory is MISSING:
                 raise ProtocolError(f"{cls._what} is missing field {f.name!r}")
         return cls(**kwargs)
+
+
+def _versioned_object(data: bytes | bytearray | memoryview | str, what: str) -> dict[str, Any]:
+    """A message's JSON object, with its protocol version ``v`` checked."""
+    obj = loads(data, what)
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{what} must be a JSON object")
+    if "v" not in obj:
+        raise ProtocolError(f"{what} is missing field 'v'")
+    if check_int(obj["v"], f"{what} v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported {what} version {obj['v']}")
+    return obj
 
 
 def _set(obj: object, name: str, value: object) -> None:

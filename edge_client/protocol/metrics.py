@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from edge_client.errors import ProtocolError
-from edge_client.protocol.messages import _ids, _optional_float, _set
+from edge_client.protocol.messages import _ids, _optional_float, _set, _versioned_object
 from edge_client.protocol.validation import (
     PROTOCOL_VERSION,
     check_float,
@@ -31,7 +31,6 @@ from edge_client.protocol.validation import (
     check_json_dict,
     check_str,
     dumps,
-    loads,
 )
 
 # Keys of the round mode (dropped devices, semi-synchronous rounds): on the wire inside extra
@@ -290,13 +289,7 @@ class RoundMetrics:
 
     @classmethod
     def from_json(cls, data: bytes | bytearray | memoryview | str) -> RoundMetrics:
-        obj = loads(data, cls._what)
-        if not isinstance(obj, dict):
-            raise ProtocolError(f"{cls._what} must be a JSON object")
-        if "v" not in obj:
-            raise ProtocolError(f"{cls._what} is missing field 'v'")
-        if check_int(obj["v"], f"{cls._what} v") != PROTOCOL_VERSION:
-            raise ProtocolError(f"unsupported {cls._what} version {obj['v']}")
+        obj = _versioned_object(data, cls._what)
         for name in ("job", "round"):
             if name not in obj:
                 raise ProtocolError(f"{cls._what} is missing field {name!r}")
