@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from seed_stats import spread
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -102,12 +104,6 @@ def main() -> int:
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Per runtime: mean, sample sd, min and max over the seeds, in percent / points."""
-    import statistics
-
-    def stats(values: list[float]) -> dict:
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return {"mean": statistics.fmean(values), "sd": sd, "min": min(values), "max": max(values)}
-
     out = []
     for runtime in dict.fromkeys(r["runtime"] for r in rows):
         mine = [r for r in rows if r["runtime"] == runtime]
@@ -115,10 +111,10 @@ def summarise(rows: list[dict]) -> list[dict]:
             {
                 "runtime": runtime,
                 "seeds": len(mine),
-                "interpreter_accuracy": stats([100 * r["interpreter_accuracy"] for r in mine]),
-                "keras_fit_accuracy": stats([100 * r["keras_fit_accuracy"] for r in mine]),
-                "gap_points": stats([r["gap_points"] for r in mine]),
-                "signed_gap_points": stats([r["signed_gap_points"] for r in mine]),
+                "interpreter_accuracy": spread([100 * r["interpreter_accuracy"] for r in mine]),
+                "keras_fit_accuracy": spread([100 * r["keras_fit_accuracy"] for r in mine]),
+                "gap_points": spread([r["gap_points"] for r in mine]),
+                "signed_gap_points": spread([r["signed_gap_points"] for r in mine]),
             }
         )
     return out

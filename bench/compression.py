@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from seed_stats import spread
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -122,22 +124,16 @@ def main() -> int:
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Per encoding over the seeds: final accuracy (percent) and cost (points) statistics."""
-    import statistics
-
-    def stats(values: list[float]) -> dict:
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return {"mean": statistics.fmean(values), "sd": sd, "min": min(values), "max": max(values)}
-
     out = []
     for enc in dict.fromkeys(r["encoding"] for r in rows):
         mine = [r for r in rows if r["encoding"] == enc]
         entry = {
             "encoding": enc,
             "seeds": len(mine),
-            "final_accuracy": stats([100 * r["final_accuracy"] for r in mine]),
+            "final_accuracy": spread([100 * r["final_accuracy"] for r in mine]),
         }
         if all("accuracy_cost_points" in r for r in mine):
-            entry["accuracy_cost_points"] = stats([r["accuracy_cost_points"] for r in mine])
+            entry["accuracy_cost_points"] = spread([r["accuracy_cost_points"] for r in mine])
         out.append(entry)
     return out
 
