@@ -35,12 +35,14 @@ from coordinator.fleet.budget import (
     measured_utilisation,
     partition_sizes,
 )
+from coordinator.fleet.deadline import WallClockStop
 from coordinator.fleet.link import LinkHub
 from coordinator.fleet.schedule import Schedule
 from coordinator.fleet.spec import FleetSpec
 from coordinator.job import broker_for, run_job
 from coordinator.model_source import prepare_model
 from coordinator.run_dir import RunDir, RunState
+from coordinator.server import JobError
 from coordinator.simulation import ROOT, STOP_GRACE_S, FleetConfig, device_command, prepared
 from edge_client.errors import ConfigError
 from edge_client.pacing import ENV as SLOWDOWN_ENV
@@ -80,6 +82,7 @@ class FleetRunner:
         self._stop = threading.Event()
         self._last: dict[str, tuple[str, int | None]] = {}
         self.t0 = 0.0
+        self.started_at = 0.0  # unix time the boards were started
         self.wall_s = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -106,7 +109,7 @@ class FleetRunner:
             self.boards[b.device_id] = BoardProcess(
                 b.device_id, cmd, env, dev_dir / f"{b.device_id}.log"
             )
-        self.t0 = time.monotonic()
+        self.t0, self.started_at = time.monotonic(), time.time()
         for device, windows in self.schedule.windows.items():
             for n, w in enumerate(windows):
                 self._push(w.start_s, "away", device, (w.mode, f"session-{n}"))
@@ -264,12 +267,15 @@ def simulate_fleet(
     resume: bool = False,
     on_round: Callable[[RoundMetrics], None] | None = None,
     on_estimate: Callable[[Calibration, Demand], None] | None = None,
+    stop_after_s: float | None = None,
 ) -> tuple[RunState, dict[str, Any]]:
     """Run ``job`` on the simulated ``spec`` fleet; returns the final state and the summary
     written to ``RUN_DIR/fleet/summary.json``. ``mode`` is the CPU estimate's model of how
     boards wait (budget.estimate_demand): "continuous" (the default, whatever the job's
     rounds: boards that train back to back, the most they can ask for; in a synchronous
-    round they all train at the same time) or "sync" (averaged over rounds)."""
+    round they all train at the same time) or "sync" (averaged over rounds).
+    ``stop_after_s``: stop the job that many seconds after the boards started, as an
+    operator would (coordinator/fleet/deadline.py); the run keeps its completed rounds."""
     fleet = dataclasses.replace(fleet, devices=len(spec.boards))
     schedule = Schedule(spec)
     ids = [b.device_id for b in spec.boards]
@@ -313,11 +319,18 @@ def simulate_fleet(
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     with broker_for(job) as broker:
         runner = FleetRunner(spec, schedule, fleet, job, broker, out, training_s)
-        with runner:
-            state = run_job(job, resume=resume, on_round=on_round, broker=broker)
+        with runner, WallClockStop(job, broker, stop_after_s) as deadline:
+            try:
+                state = run_job(job, resume=resume, on_round=on_round, broker=broker)
+            except JobError:
+                if not deadline.reached.is_set():
+                    raise
+                state = run_dir.load_state(job.job)  # stopped at the end of the budget
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     self_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     summary = _summary(spec, cal, demand, runner, self_cpu, allow_oversubscribed, mode)
+    summary["measured"]["started_at"] = round(runner.started_at, 3)
+    summary["measured"]["stopped_after_s"] = stop_after_s if deadline.reached.is_set() else None
     summary["measured"]["load_average_before"] = round(load_before, 2)  # all work, not ours
     summary["measured"]["load_average_after"] = round(os.getloadavg()[0], 2)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -1,0 +1,245 @@
+"""The figures of bench/fleet.py, recomputed from the raw records alone.
+
+Every run of the bench leaves a directory under bench/results/fleet/ (its ``metrics.jsonl``,
+``config.json``, the simulator's ``summary.json`` and ``events.jsonl``, and the bench's own
+``bench.json``: mode, budget, load-average samples). ``figures(raw_dir)`` reads only those
+files and returns what bench/results/fleet.json and docs/benchmarks.md quote:
+
+    .venv/bin/python bench/fleet_figures.py bench/results/fleet     # prints the tables
+
+Definitions (time is wall time since the simulator started the boards, after the model
+was loaded and the CPU calibrated):
+- time to X %: the first evaluated global model at or above X % within the budget;
+- accuracy at the budget: the last global model evaluated within the budget;
+- accepted updates: updates aggregated into a global model within the budget (late ones
+  folded included);
+- accuracy after the same number of accepted updates: N = the fewest accepted updates any
+  mode of the same fleet and partition reached within the budget; each mode's first global
+  model that had at least N updates behind it;
+- wasted updates: trained and sent, then discarded (late for a closed round, too stale, or
+  rejected); trainings cancelled when a round closed early are counted apart;
+- bytes per accepted update: everything the boards' links carried, both directions, over
+  the whole run, divided by the updates accepted over the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+LABELS = {"sync": "synchronous FedAvg", "semi": "semi-synchronous", "fedbuff": "FedBuff"}
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    lines = (
+        (path / "metrics.jsonl").read_text().splitlines()
+        if (path / "metrics.jsonl").exists()
+        else []
+    )
+    return {
+        "name": path.name,
+        "bench": json.loads((path / "bench.json").read_text()),
+        "summary": json.loads((path / "summary.json").read_text()),
+        "config": json.loads((path / "config.json").read_text()),
+        "metrics": [json.loads(x) for x in lines if x.strip()],
+    }
+
+
+def accepted_in(m: dict[str, Any]) -> int:
+    """Updates aggregated into this global model (a round, or a buffered version)."""
+    n = m.get("updates_aggregated")
+    return int(n) if n is not None else len(m.get("participants", ()))
+
+
+def wasted_in(m: dict[str, Any]) -> int:
+    return int(m.get("wasted", 0)) + len(m.get("rejected", {}))
+
+
+def timeline(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """(t, accuracy, cumulative accepted updates) of every global model, in order."""
+    t0 = run["summary"]["measured"]["started_at"]
+    out, total = [], 0
+    for m in run["metrics"]:
+        total += accepted_in(m)
+        out.append({"t": m["time"] - t0, "accuracy": m["accuracy"], "accepted": total})
+    return out
+
+
+def run_figures(run: dict[str, Any], targets: list[float]) -> dict[str, Any]:
+    bench, summary = run["bench"], run["summary"]
+    budget = bench["budget_s"]
+    line = timeline(run)
+    within = [p for p in line if p["t"] <= budget]
+    evaluated = [p for p in within if p["accuracy"] is not None]
+    measured, estimate = summary["measured"], summary["estimate"]
+    link_bytes = sum(b["bytes_up"] + b["bytes_down"] for b in summary["boards"].values())
+    accepted_all = line[-1]["accepted"] if line else 0
+    loads = [s[1] for s in bench["load_samples"]]
+    return {
+        "name": run["name"],
+        "fleet": bench["fleet"],
+        "partition": bench["partition"],
+        "mode": bench["mode"],
+        "repeat": bench.get("repeat", 0),
+        "budget_s": budget,
+        "time_to": {
+            f"{100 * x:g}": next((round(p["t"], 1) for p in evaluated if p["accuracy"] >= x), None)
+            for x in targets
+        },
+        "accuracy_at_budget": evaluated[-1]["accuracy"] if evaluated else None,
+        "global_models": len(within),
+        "accepted_updates": within[-1]["accepted"] if within else 0,
+        "wasted_updates": sum(wasted_in(m) for m in run["metrics"]),
+        "cancelled_trainings": sum(len(m.get("cancelled", ())) for m in run["metrics"]),
+        "trainings_started": sum(b["trainings"] for b in summary["boards"].values()),
+        "link_bytes_per_accepted_update": round(link_bytes / accepted_all)
+        if accepted_all
+        else None,
+        "update_bytes_per_accepted_update": (
+            round(sum(m["bytes_up"] for m in run["metrics"]) / accepted_all)
+            if accepted_all
+            else None
+        ),
+        "wall_s": measured["wall_s"],
+        "device_cpu_s": measured["device_cpu_s"],
+        "coordinator_process_cpu_s": measured["coordinator_process_cpu_s"],
+        "utilisation_estimated": estimate["utilisation"],
+        "utilisation_measured": measured["utilisation"],
+        "oversubscribed": estimate["oversubscribed"],
+        "load_average": {
+            "before": measured.get("load_average_before"),
+            "after": measured.get("load_average_after"),
+            "min": min(loads) if loads else None,
+            "median": statistics.median(loads) if loads else None,
+            "max": max(loads) if loads else None,
+        },
+        "cores": summary["cores"],
+        "_timeline": line,
+    }
+
+
+def same_updates(runs: list[dict[str, Any]]) -> None:
+    """Accuracy after N accepted updates, N the fewest any mode of the group reached (in place)."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["fleet"], r["partition"], r["repeat"]), []).append(r)
+    for group in groups.values():
+        n = min(r["accepted_updates"] for r in group)
+        for r in group:
+            hit = next(
+                (p for p in r["_timeline"] if p["accepted"] >= n and p["accuracy"] is not None),
+                None,
+            )
+            r["same_updates"] = {
+                "n": n,
+                "accepted": hit["accepted"] if hit else None,
+                "accuracy": hit["accuracy"] if hit else None,
+                "t": round(hit["t"], 1) if hit else None,
+            }
+
+
+def acceptance(runs: list[dict[str, Any]], fleet: str = "mixed-pi") -> list[dict[str, Any]]:
+    """Issue 12's acceptance, per partition (and repeat) of ``fleet``: FedBuff reaches 85 %
+    at least 3x sooner than synchronous FedAvg; its accuracy after the same number of
+    accepted updates is within 1 point of FedAvg's."""
+    out = []
+    by = {(r["partition"], r["repeat"], r["mode"]): r for r in runs if r["fleet"] == fleet}
+    for part, rep, mode in sorted(by):
+        if mode != "fedbuff" or (part, rep, "sync") not in by:
+            continue
+        fb, sync = by[(part, rep, "fedbuff")], by[(part, rep, "sync")]
+        t_fb, t_sync = fb["time_to"].get("85"), sync["time_to"].get("85")
+        speedup: float | None = None
+        bound = ""
+        if t_fb is not None and t_sync is not None:
+            speedup = t_sync / t_fb
+        elif t_fb is not None:  # FedAvg did not get there within its budget: a lower bound
+            speedup, bound = sync["budget_s"] / t_fb, ">="
+        a_fb, a_sync = fb["same_updates"]["accuracy"], sync["same_updates"]["accuracy"]
+        gap = None if a_fb is None or a_sync is None else 100 * (a_fb - a_sync)
+        out.append(
+            {
+                "fleet": fleet,
+                "partition": part,
+                "repeat": rep,
+                "speedup_to_85": None if speedup is None else round(speedup, 2),
+                "speedup_bound": bound,
+                "speedup_met": speedup is not None and speedup >= 3,
+                "same_updates_gap_points": None if gap is None else round(gap, 2),
+                "same_updates_met": gap is not None and gap >= -1.0,
+            }
+        )
+    return out
+
+
+def figures(raw_dir: Path, targets: list[float]) -> dict[str, Any]:
+    runs = [run_figures(read_run(p), targets) for p in sorted(raw_dir.iterdir()) if p.is_dir()]
+    fleets, modes = ["mixed-pi", "homogeneous"], list(LABELS)
+    runs.sort(
+        key=lambda r: (
+            fleets.index(r["fleet"]) if r["fleet"] in fleets else 2,
+            r["partition"],
+            r["repeat"],
+            modes.index(r["mode"]) if r["mode"] in modes else 3,
+        )
+    )
+    same_updates(runs)
+    result = {"runs": runs, "acceptance": acceptance(runs)}
+    for r in runs:
+        r.pop("_timeline")
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f} %"
+
+
+def _time(t: float | None, budget: float) -> str:
+    return f"> {budget:g} s" if t is None else f"{t:.0f} s"
+
+
+def table(result: dict[str, Any], targets: list[float]) -> str:
+    """The Markdown table docs/benchmarks.md quotes."""
+    heads = [f"to {100 * x:g} %" for x in targets]
+    rows = [
+        "| fleet | partition | mode | "
+        + " | ".join(heads)
+        + " | accuracy at budget | accepted | same updates (N) | wasted (cancelled) | "
+        "link bytes / accepted update | wall, device CPU, coordinator CPU | utilisation est. / measured | load avg (median, max) |",
+        "|---" * (10 + len(heads)) + "|",
+    ]
+    for r in result["runs"]:
+        su = r["same_updates"]
+        la = r["load_average"]
+        rows.append(
+            f"| {r['fleet']} | {r['partition']} | {LABELS.get(r['mode'], r['mode'])} | "
+            + " | ".join(_time(r["time_to"][f"{100 * x:g}"], r["budget_s"]) for x in targets)
+            + f" | {_pct(r['accuracy_at_budget'])} ({r['budget_s']:g} s) | {r['accepted_updates']} | "
+            f"{_pct(su['accuracy'])} ({su['n']}) | {r['wasted_updates']} ({r['cancelled_trainings']}) | "
+            + (
+                "—"
+                if r["link_bytes_per_accepted_update"] is None
+                else f"{r['link_bytes_per_accepted_update'] / 1e6:.2f} MB"
+            )
+            + f" | {r['wall_s']:.0f} s, {r['device_cpu_s']:.0f} s, {r['coordinator_process_cpu_s']:.0f} s"
+            f" | {100 * r['utilisation_estimated']:.0f} % / {100 * r['utilisation_measured']:.0f} %"
+            f" | {la['median']:.1f}, {la['max']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    raw = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results/fleet"
+    targets = [0.85, 0.88]
+    result = figures(raw, targets)
+    print(table(result, targets))
+    for a in result["acceptance"]:
+        print(json.dumps(a))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""bench/fleet.py --quick end to end: real simulated boards (a 4-board fleet, mlp), the real
+coordinator and broker, each mode for a short wall-clock budget; the record has every figure
+and recomputes from the raw records it copied."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from coordinator.simulation import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import fleet_figures  # noqa: E402
+
+RUN_FILES = {"bench.json", "config.json", "events.jsonl", "metrics.jsonl", "summary.json"}
+
+
+def available_modes() -> list[str]:
+    from dataclasses import fields
+
+    from coordinator.config import JobConfig
+
+    names = {f.name for f in fields(JobConfig)}
+    return ["sync", "semi"] + (["fedbuff"] if "buffer_size" in names else [])
+
+
+@pytest.mark.slow
+def test_quick_bench_records_every_figure_and_recomputes_from_its_raw_records(export_dir, tmp_path):
+    # Prepare
+    modes = available_modes()
+    out = tmp_path / "fleet.json"
+    cmd = [sys.executable, str(ROOT / "bench/fleet.py"), "--quick", "--modes", ",".join(modes)]
+    cmd += ["--model-dir", str(export_dir("mlp", "adam")), "--out", str(out)]
+    cmd += ["--work", str(tmp_path / "work"), "--budget", "quick=15", "--targets", "0.5,0.99"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Execute
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=150, env=env, cwd=ROOT)
+    # Assert: one run per mode, each with its figures
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["command"].startswith("python bench/fleet.py --quick")
+    assert sorted(x["mode"] for x in record["runs"]) == sorted(modes)
+    for run in record["runs"]:
+        assert run["budget_s"] == 15.0
+        assert run["accepted_updates"] >= 1, run
+        assert run["accuracy_at_budget"] > 0.5, run  # mlp on Fashion-MNIST after 1 round
+        assert run["time_to"]["50"] is not None and 0 < run["time_to"]["50"] <= 15, run
+        assert run["time_to"]["99"] is None  # not reached: reported as beyond the budget
+        assert run["same_updates"]["n"] >= 1 and run["same_updates"]["accuracy"] is not None
+        assert run["wasted_updates"] >= 0 and run["cancelled_trainings"] >= 0
+        assert run["trainings_started"] >= run["accepted_updates"]
+        assert run["link_bytes_per_accepted_update"] > run["update_bytes_per_accepted_update"]
+        assert run["update_bytes_per_accepted_update"] > 100_000  # an mlp update is ~0.8 MB
+        assert 0 < run["utilisation_measured"] < 1 and not run["oversubscribed"]
+        assert run["device_cpu_s"] > 0 and run["coordinator_process_cpu_s"] > 0
+        assert run["wall_s"] >= 15  # the budget, then the boards' exit
+        assert run["load_average"]["median"] is not None and run["cores"] >= 1
+        assert set(os.listdir(tmp_path / "fleet" / run["name"])) == RUN_FILES
+    # ...and the figures recompute from the raw records alone
+    again = fleet_figures.figures(tmp_path / "fleet", [0.5, 0.99])
+    assert again["runs"] == record["runs"]
+    assert "| quick | iid | synchronous FedAvg |" in fleet_figures.table(again, [0.5, 0.99])
+
+
+def test_an_unknown_mode_is_a_one_line_error(tmp_path):
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench/fleet.py"), "--quick", "--modes", "sync,async"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == ["error: unknown mode 'async': use sync, semi, fedbuff"]
