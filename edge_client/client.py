@@ -37,6 +37,7 @@ from edge_client.messaging import (
     Lookahead,
     ModelReceived,
     RoundReceived,
+    SecAggReceived,
 )
 from edge_client.protocol import JobControl, RoundAnnouncement, Topics
 from edge_client.round_machine import (
@@ -51,6 +52,7 @@ from edge_client.round_machine import (
 )
 from edge_client.round_work import RoundWork
 from edge_client.runtime import Runtime, load_runtime
+from edge_client.secure_round import SecureRounds
 from edge_client.signing import Verifier
 from edge_client.state import NO_ROUND, ClientState, Completed
 from edge_client.status import StatusReporter, device_will
@@ -123,6 +125,14 @@ class EdgeClient:
             status=self.status,
             clock=clock,
         )
+        self.secure = SecureRounds(
+            config.device_id,
+            config.job,
+            lambda env: self.publisher.publish(
+                self.topics.secagg(config.device_id), env.to_bytes()
+            ),
+            verify=self.verifier.secagg if self.verifier else None,
+        )
         self.rounds = RoundTracker()
         self._connections = 0  # transport connections seen by step()
         self._stop = threading.Event()
@@ -165,7 +175,7 @@ class EdgeClient:
         if self.status.enabled:
             return
         self._started_at = self.clock()
-        for topic_filter, qos in self.topics.device_subscriptions():
+        for topic_filter, qos in self.topics.device_subscriptions(self.config.device_id):
             self.transport.subscribe(topic_filter, qos)
         if not self.transport.connected:
             self.transport.connect(timeout=self.config.connect_timeout_s)
@@ -245,6 +255,8 @@ class EdgeClient:
                 self._on_round(ann, raw)
             case ControlReceived(ctl):
                 self._on_control(ctl, item.raw)
+            case SecAggReceived(env, raw=raw):
+                self.secure.on_envelope(env, raw)
 
     def _model_changed(self) -> None:
         if self.holdings.data_problem is not None:
@@ -271,6 +283,7 @@ class EdgeClient:
                 current.connection = connection
                 self._resend_after_reconnect(ann)
             return  # a retained copy or a QoS 1 duplicate
+        self.secure.on_announcement(ann)
         self.rounds.announce(ann, connection)
         log.info(
             "round %d %s: %d device(s) selected%s, deadline in %.0f s",
@@ -329,7 +342,8 @@ class EdgeClient:
             refused=None if holds_model else held.refused.get(ann.model_sha256),
             data_problem=held.data_problem if holds_model else None,
             missing=tuple(held.missing(ann)),
-            load_saved_update=lambda: self.work.saved_update(ann),
+            # a secure round never resends: nothing but its masked vector leaves the board
+            load_saved_update=lambda: None if ann.secure else self.work.saved_update(ann),
         )
 
     def _carry_out(self, t: Transition, facts: RoundFacts, attempt: RoundAttempt) -> None:
@@ -344,15 +358,34 @@ class EdgeClient:
                 log.info("%s", t.says(facts))
             case Action.FAIL:
                 self.work.fail(ann, t.says(facts))
+            case Action.TRAIN if ann.secure is not None:
+                self._train_secure(ann)
+                self.rounds.enter(attempt, Phase.DONE)
             case Action.TRAIN:
                 self.work.train(ann, lambda: self._between_batches(ann))
                 self.rounds.enter(attempt, Phase.DONE)
+
+    def _train_secure(self, ann: RoundAnnouncement) -> None:
+        """Train, then take part in the secure round's stages with the change (never sent)."""
+        trained = self.work.train_only(ann, lambda: self._between_batches(ann))
+        if trained is None:
+            return
+        held = self.holdings
+        assert held.model is not None and held.global_weights is not None
+        names = [w.name for w in held.model.manifest.weights]
+        try:
+            result = trained[0]
+            self.secure.begin(ann, result.weights, held.global_weights, names, result.samples)
+        except EdgeFLError as exc:  # e.g. no cryptography package, inconsistent parameters
+            self.work.fail(ann, f"secure aggregation: {exc}")
+            return
+        self.status.set("idle", round_=ann.round, detail=f"round {ann.round}: secure stages")
 
     def _resend_after_reconnect(self, ann: RoundAnnouncement) -> None:
         """The announcement came again over a new connection: the update this device sent
         for the open round may have been lost with the connection (or a restarted broker),
         so send it again; the coordinator drops duplicates."""
-        if ann.state == "open" and self.state.has_completed(Completed.of(ann)):
+        if ann.state == "open" and not ann.secure and self.state.has_completed(Completed.of(ann)):
             saved = self.work.saved_update(ann)
             if saved is not None:
                 self.work.resend(saved)

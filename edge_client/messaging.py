@@ -64,6 +64,15 @@ class UpdateReceived(Incoming[Envelope]):
 
 
 @dataclass(frozen=True)
+class SecAggReceived(Incoming[Envelope]):
+    """A secure-aggregation stage message (``secagg`` envelope): from ``device`` on its
+    ``secagg`` topic, or from the coordinator on ``secagg-all`` / ``secagg-to/{device}``
+    (``device`` is then the recipient, or None); ``read_stage(value)`` types it."""
+
+    kind: ClassVar[str] = "secagg"
+
+
+@dataclass(frozen=True)
 class RoundReceived(Incoming[RoundAnnouncement]):
     kind: ClassVar[str] = "round"
 
@@ -91,6 +100,7 @@ AnyIncoming = (
     | StatusReceived
     | MetricsReceived
     | ControlReceived
+    | SecAggReceived
 )
 """Every item an :class:`Inbox` returns."""
 
@@ -217,17 +227,24 @@ class Inbox:
             return None
         size = self._sizes.pop(parsed.base, size)
         item_type, kinds = _BINARY_KINDS[parsed.kind]
+        # on the coordinator's stage topics the device level names the recipient
+        sender = "coordinator" if parsed.kind in _FROM_COORDINATOR else device
         envelope = decode(
-            whole, expect_job=self.topics.job, expect_kind=kinds, expect_sender=device
+            whole, expect_job=self.topics.job, expect_kind=kinds, expect_sender=sender
         )
         return item_type(envelope, device, size, whole)
 
 
 _BINARY_KINDS: dict[
-    str, tuple[type[ModelReceived | GlobalReceived | UpdateReceived], tuple[str, ...]]
+    str,
+    tuple[type[ModelReceived | GlobalReceived | UpdateReceived | SecAggReceived], tuple[str, ...]],
 ] = {
     "model": (ModelReceived, ("model",)),
     "global": (GlobalReceived, ("global",)),
     "update": (UpdateReceived, ("update", "failure")),
+    "secagg": (SecAggReceived, ("secagg",)),
+    "secagg-all": (SecAggReceived, ("secagg",)),
+    "secagg-to": (SecAggReceived, ("secagg",)),
 }
 """Binary topic kind: the item it decodes to and the envelope kinds allowed on it."""
+_FROM_COORDINATOR = ("secagg-all", "secagg-to")

@@ -17,6 +17,8 @@ from edge_client.errors import EdgeFLError
 from edge_client.holdings import Holdings
 from edge_client.local_training import (
     RoundClosed,
+    RoundSettings,
+    TrainingResult,
     batch_seed,
     round_settings,
     train_local,
@@ -61,6 +63,45 @@ class RoundWork:
 
     def train(self, ann: RoundAnnouncement, between_batches: BetweenBatches) -> bool:
         """Train ``ann``'s round and send the update; False when it failed (and was reported)."""
+        r = ann.round
+        trained = self.train_only(ann, between_batches)
+        if trained is None:
+            return False
+        result, settings = trained
+        try:
+            payload = encode_weights(
+                result.weights,
+                kind="update",
+                job=self.config.job,
+                round=r,
+                sender=self.config.device_id,
+                samples=result.samples,
+                meta=update_meta(result, ann.global_sha256, self.runtime, settings.lr),
+                encoding=ann.encoding,
+            )
+        except EdgeFLError as exc:
+            self.fail(ann, str(exc))
+            return False
+        sent = self.publisher.publish(self.update_topic, payload)
+        self.state.save_update(payload)
+        self.state.save_completed(Completed.of(ann))
+        accuracy = "" if result.accuracy is None else f", local accuracy {result.accuracy:.4f}"
+        log.info(
+            "round %d: update sent (%d bytes, loss %.4f%s, %.1f s)",
+            r,
+            sent,
+            result.loss,
+            accuracy,
+            result.duration_s,
+        )
+        self.status.set("idle", round_=r, detail=f"round {r} sent")
+        return True
+
+    def train_only(
+        self, ann: RoundAnnouncement, between_batches: BetweenBatches
+    ) -> tuple[TrainingResult, RoundSettings] | None:
+        """Train ``ann``'s round from the held global weights and send nothing (a secure round
+        masks the result first); None when training stopped or failed (failures reported)."""
         r, held = ann.round, self.holdings
         model, weights, norm = held.model, held.global_weights, held.normalization
         assert model is not None and weights is not None and norm is not None
@@ -89,41 +130,18 @@ class RoundWork:
                 evaluate=self.config.evaluate,
                 between_batches=lambda epoch, batch, total: between_batches(),
             )
-            payload = encode_weights(
-                result.weights,
-                kind="update",
-                job=self.config.job,
-                round=r,
-                sender=self.config.device_id,
-                samples=result.samples,
-                meta=update_meta(result, ann.global_sha256, self.runtime, settings.lr),
-                encoding=ann.encoding,
-            )
         except RoundClosed as exc:  # the coordinator no longer waits: nothing to send
             log.info("round %d: training stopped: %s", r, exc)
             self.status.set("idle", round_=r, detail=str(exc))
-            return False
+            return None
         except EdgeFLError as exc:
             self.fail(ann, str(exc))
-            return False
+            return None
         except Exception as exc:  # an interpreter or numpy bug: report it, keep running
             log.exception("round %d: unexpected error while training", r)
             self.fail(ann, f"internal error: {type(exc).__name__}: {exc}")
-            return False
-        sent = self.publisher.publish(self.update_topic, payload)
-        self.state.save_update(payload)
-        self.state.save_completed(Completed.of(ann))
-        accuracy = "" if result.accuracy is None else f", local accuracy {result.accuracy:.4f}"
-        log.info(
-            "round %d: update sent (%d bytes, loss %.4f%s, %.1f s)",
-            r,
-            sent,
-            result.loss,
-            accuracy,
-            result.duration_s,
-        )
-        self.status.set("idle", round_=r, detail=f"round {r} sent")
-        return True
+            return None
+        return result, settings
 
     def saved_update(self, ann: RoundAnnouncement) -> bytes | None:
         """The update this device sent for ``ann.round`` from the same global weights, if it

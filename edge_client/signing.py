@@ -125,6 +125,11 @@ class Signer:
         template = dataclasses.replace(ctl, signature=signature_template(self.key_id))
         return self.sign_template(template.to_json())
 
+    def secagg(self, env: Envelope) -> bytes:
+        """A coordinator's secure-aggregation stage message with ``meta.signature``."""
+        meta = {**env.meta, "signature": signature_template(self.key_id)}
+        return self.sign_template(dataclasses.replace(env, meta=meta).to_bytes())
+
     def verifier(self) -> Verifier:
         """A verifier of this signer's own signatures."""
         return Verifier(self.public_raw)
@@ -213,6 +218,13 @@ class Verifier:
         env = decode(raw, expect_kind="model")
         signed = self.signed_bytes(raw, env.meta.get("signature"), "the model")
         return decode(signed, expect_kind="model")
+
+    def secagg(self, raw: bytes) -> Envelope:
+        """Decode and verify a coordinator's secure-aggregation stage message."""
+        env = decode(raw, expect_kind="secagg")
+        what = f"the secure-aggregation {str(env.meta.get('stage'))[:20]!r} message"
+        signed = self.signed_bytes(raw, env.meta.get("signature"), what)
+        return decode(signed, expect_kind="secagg")
 
     def announcement(self, raw: bytes) -> RoundAnnouncement:
         """Parse and verify a round announcement (from the verified bytes)."""

@@ -53,10 +53,11 @@ _PREFIX = struct.Struct("<4sB3sI")  # magic, version, reserved, header length
 PREFIX_SIZE = _PREFIX.size  # 12
 DEFAULT_MAX_HEADER = 1 << 20  # 1 MiB: ~10,000 tensors or a large manifest; bounds a hostile length
 
-KINDS = ("model", "global", "update", "failure")
+KINDS = ("model", "global", "update", "failure", "secagg")
 WEIGHT_KINDS = ("global", "update")
 MODEL_ENCODING = "tflite"  # body of kind "model": the raw .tflite bytes
 FAILURE_ENCODING = "none"  # body of kind "failure": empty
+SECAGG_ENCODING = "secagg"  # body of kind "secagg": a stage message (protocol/secagg.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +109,8 @@ class Envelope:
             check_choice(self.encoding, f"{self.kind} encoding", WEIGHT_ENCODINGS)
         elif self.kind == "model":
             check_choice(self.encoding, "model encoding", (MODEL_ENCODING,))
+        elif self.kind == "secagg":
+            check_choice(self.encoding, "secagg encoding", (SECAGG_ENCODING,))
         else:
             check_choice(self.encoding, "failure encoding", (FAILURE_ENCODING,))
             check_str(self.meta.get("reason"), "failure meta.reason")

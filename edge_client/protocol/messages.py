@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 from edge_client.errors import ProtocolError
+from edge_client.protocol.secagg import SECAGG, SecAggParams
 from edge_client.protocol.tensors import WEIGHT_ENCODINGS
 from edge_client.protocol.validation import (
     PROTOCOL_VERSION,
@@ -27,6 +28,9 @@ from edge_client.protocol.validation import (
 )
 
 ROUND_STATES = ("open", "closed", "aborted")
+# What devices send: weights in one of these, or a masked vector of a secure round (boards
+# that predate secure aggregation refuse such an announcement, so they never send weights)
+UPDATE_ENCODINGS = (*WEIGHT_ENCODINGS, SECAGG)
 DEVICE_STATES = ("online", "offline", "training", "idle", "failed")
 JOB_STATES = ("running", "paused", "stopped")
 _MAX_SELECTED = 100_000
@@ -100,7 +104,7 @@ class RoundAnnouncement(_JsonMessage):
     """
 
     _what: ClassVar[str] = "round announcement"
-    _omit_none: ClassVar[tuple[str, ...]] = ("run", "signature")
+    _omit_none: ClassVar[tuple[str, ...]] = ("run", "signature", "secagg")
 
     job: str
     round: int
@@ -109,7 +113,9 @@ class RoundAnnouncement(_JsonMessage):
     hyperparams: dict[str, Any]
     model_sha256: str
     global_sha256: str
-    encoding: str = "float32"  # how devices should encode their updates
+    # how devices send their updates: float32 / float16 / int8 weights, or "secagg": a
+    # masked vector through the stages of secure aggregation (then ``secagg`` is set)
+    encoding: str = "float32"
     state: str = "open"
     # Identity of this run of the job, made by the coordinator when the run starts and kept
     # by --resume: boards key their progress on it, so a second run of the same job and
@@ -118,10 +124,19 @@ class RoundAnnouncement(_JsonMessage):
     # Ed25519 signature object {"alg", "key", "sig"} (docs/protocol.md section 12); None:
     # unsigned, and then left out of the JSON
     signature: dict[str, Any] | None = None
+    # A secure round's parameters (SecAggParams.to_dict(); protocol/secagg.py), with
+    # encoding "secagg"; None otherwise, and then left out of the JSON
+    secagg: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_id(self.job, "job id")
         check_int(self.round, "round")
+        if (self.secagg is not None) != (self.encoding == SECAGG):
+            raise ProtocolError(
+                "a secure round has encoding 'secagg' and a secagg object, or neither"
+            )
+        if self.secagg is not None:
+            _set(self, "secagg", SecAggParams.from_dict(self.secagg).to_dict())
         if self.run is not None:
             check_id(self.run, "run id")
         if self.signature is not None:
@@ -131,8 +146,13 @@ class RoundAnnouncement(_JsonMessage):
         _set(self, "hyperparams", check_json_dict(self.hyperparams, "hyperparams"))
         check_sha256(self.model_sha256, "model_sha256")
         check_sha256(self.global_sha256, "global_sha256")
-        check_choice(self.encoding, "encoding", WEIGHT_ENCODINGS)
+        check_choice(self.encoding, "encoding", UPDATE_ENCODINGS)
         check_choice(self.state, "round state", ROUND_STATES)
+
+    @property
+    def secure(self) -> SecAggParams | None:
+        """The secure round's parameters; None for a plain round."""
+        return None if self.secagg is None else SecAggParams.from_dict(self.secagg)
 
     def is_selected(self, device: str) -> bool:
         return device in self.selected

@@ -9,6 +9,9 @@ Every topic of a job lives under ``{prefix}/{job}/``::
     fl/v1/demo/status/{device}      JSON, retained, Last Will    device -> everyone
     fl/v1/demo/metrics              JSON, retained (latest)      coordinator -> everyone
     fl/v1/demo/control              JSON, retained               coordinator/operator -> all
+    fl/v1/demo/secagg/{device}/{i}  binary chunks                device -> coordinator
+    fl/v1/demo/secagg-all/{i}       binary chunks                coordinator -> devices
+    fl/v1/demo/secagg-to/{device}/{i} binary chunks              coordinator -> one device
 
 Binary messages are always split into chunks (see :mod:`.chunking`): a message of one
 chunk is published on ``<base>/0``. The device id sits at a fixed level so a broker ACL
@@ -37,11 +40,14 @@ MODEL, ROUND, GLOBAL, UPDATE, STATUS, METRICS, CONTROL = (
     "metrics",
     "control",
 )
-BINARY_KINDS = frozenset({MODEL, GLOBAL, UPDATE})
+SECAGG, SECAGG_ALL, SECAGG_TO = "secagg", "secagg-all", "secagg-to"  # secure rounds' stages
+BINARY_KINDS = frozenset({MODEL, GLOBAL, UPDATE, SECAGG, SECAGG_ALL, SECAGG_TO})
 """Kinds whose payloads are envelopes published as chunks on ``<base>/<index>``."""
 JSON_KINDS = frozenset({ROUND, STATUS, METRICS, CONTROL})
 RETAINED_KINDS = frozenset({MODEL, GLOBAL, ROUND, STATUS, METRICS, CONTROL})
-"""Everything but updates is retained, so late joiners see the current state."""
+"""Everything but updates and secure-aggregation stages is retained, so late joiners see the
+current state (a stage message is for the devices of one round attempt, at that moment)."""
+_DEVICE_LEVEL = (UPDATE, STATUS, SECAGG, SECAGG_TO)  # kinds with a device id level
 
 _PREFIX_LEVEL_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MAX_PREFIX_LEVELS = 8
@@ -65,8 +71,9 @@ def check_prefix(prefix: object) -> str:
 class ParsedTopic:
     """What a topic of this job is.
 
-    ``kind`` is one of ``model round global update status metrics control``; ``device`` is set
-    for ``update`` and ``status``; ``chunk`` is the chunk index of binary kinds; ``base`` is the
+    ``kind`` is one of ``model round global update status metrics control secagg secagg-all
+    secagg-to``; ``device`` is set for ``update``, ``status``, ``secagg`` (the sender) and
+    ``secagg-to`` (the recipient); ``chunk`` is the chunk index of binary kinds; ``base`` is the
     topic without the chunk level (the key to feed a :class:`~.chunking.Reassembler`).
     """
 
@@ -124,6 +131,19 @@ class Topics:
         """Device presence and progress (JSON, retained; the Last Will sets ``offline``)."""
         return f"{self.root}/{STATUS}/{check_id(device, 'device id')}"
 
+    def secagg(self, device: str) -> str:
+        """Base topic of a device's secure-aggregation stage messages (binary, not retained)."""
+        return f"{self.root}/{SECAGG}/{check_id(device, 'device id')}"
+
+    @property
+    def secagg_all(self) -> str:
+        """Base topic of the coordinator's stage messages to every device of a secure round."""
+        return f"{self.root}/{SECAGG_ALL}"
+
+    def secagg_to(self, device: str) -> str:
+        """Base topic of the coordinator's stage messages to one device (its routed shares)."""
+        return f"{self.root}/{SECAGG_TO}/{check_id(device, 'device id')}"
+
     @property
     def metrics(self) -> str:
         """Metrics of the latest finished round (JSON, retained)."""
@@ -134,14 +154,18 @@ class Topics:
         """Job state ``running`` / ``paused`` / ``stopped`` (JSON, retained)."""
         return f"{self.root}/{CONTROL}"
 
-    def device_subscriptions(self) -> list[tuple[str, int]]:
-        """(filter, qos) pairs a device subscribes to in ``on_connect``."""
-        return [
+    def device_subscriptions(self, device: str | None = None) -> list[tuple[str, int]]:
+        """(filter, qos) pairs a device subscribes to in ``on_connect``; with its id, also the
+        secure-aggregation stages (to every device, and to it)."""
+        filters = [
             (f"{self.model}/#", QOS),
             (f"{self.global_weights}/#", QOS),
             (self.round, QOS),
             (self.control, QOS),
         ]
+        if device is not None:
+            filters += [(f"{self.secagg_all}/#", QOS), (f"{self.secagg_to(device)}/#", QOS)]
+        return filters
 
     def coordinator_subscriptions(self) -> list[tuple[str, int]]:
         """(filter, qos) pairs the coordinator subscribes to in ``on_connect``.
@@ -154,6 +178,7 @@ class Topics:
             (f"{self.root}/{UPDATE}/+/#", QOS),
             (f"{self.root}/{STATUS}/+", QOS),
             (self.control, QOS),
+            (f"{self.root}/{SECAGG}/+/#", QOS),
         ]
 
     def parse(self, topic: str) -> ParsedTopic:
@@ -179,12 +204,15 @@ def _classify(topic: str, rest: list[str]) -> ParsedTopic:
         ROUND: 0,
         METRICS: 0,
         CONTROL: 0,
+        SECAGG: 2,
+        SECAGG_ALL: 1,
+        SECAGG_TO: 2,
     }.get(kind)
     if expected is None:
         raise ProtocolError(f"topic {_show(topic)} has unknown kind {kind!r}")
     if len(args) != expected:
         raise ProtocolError(f"topic {_show(topic)} is malformed: {kind} takes {expected} level(s)")
-    device = check_id(args[0], "device id") if kind in (UPDATE, STATUS) else None
+    device = check_id(args[0], "device id") if kind in _DEVICE_LEVEL else None
     chunk = _chunk_index(topic, args[-1]) if kind in BINARY_KINDS else None
     base = topic.rsplit("/", 1)[0] if chunk is not None else topic
     return ParsedTopic(kind=kind, device=device, chunk=chunk, base=base)

@@ -33,6 +33,14 @@ from edge_client.secagg.quantize import (
     to_signed,
 )
 from edge_client.secagg.shamir import Share, pack_pair, reconstruct, split, unpack_pair
+from edge_client.secagg.updates import (
+    choose_quantization,
+    clip_l2,
+    encode_change,
+    flat_change,
+    mean_weights,
+    quant_config,
+)
 
 __all__ = [
     "SEED_BYTES",
@@ -47,14 +55,20 @@ __all__ = [
     "TooFewSurvivorsError",
     "build_graph",
     "choose_parameters",
+    "choose_quantization",
+    "clip_l2",
     "decrypt_share",
     "dequantize_mean",
     "dequantize_sum",
+    "encode_change",
     "encrypt_share",
+    "flat_change",
     "mask",
     "mask_input",
+    "mean_weights",
     "pack_pair",
     "pairwise_seed",
+    "quant_config",
     "quantize",
     "reconstruct",
     "share_key",

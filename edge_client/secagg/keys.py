@@ -30,6 +30,12 @@ class RoundContext:
     run: str
     round: int
 
+    @classmethod
+    def of_session(cls, job: str, run: str | None, round_: int, session: str) -> RoundContext:
+        """A secure round attempt's context: ``run`` is ``<run id>.<session>`` (``-`` for a
+        coordinator without run ids), so a retried round never reuses a key or ciphertext."""
+        return cls(job, f"{run or '-'}.{session}", round_)
+
     def info(self, purpose: str, a: str, b: str) -> bytes:
         """HKDF info / AEAD associated data: purpose, round and two device ids."""
         fields = (purpose, self.job, self.run, str(self.round), a, b)

@@ -134,6 +134,7 @@ def test_subscriptions_cover_what_each_side_reads() -> None:
 
     # Execute
     device = topics.device_subscriptions()
+    board = topics.device_subscriptions("pi-01")
     coordinator = topics.coordinator_subscriptions()
 
     # Assert
@@ -143,8 +144,14 @@ def test_subscriptions_cover_what_each_side_reads() -> None:
         ("fl/v1/demo/round", 1),
         ("fl/v1/demo/control", 1),
     ]
+    assert board == [  # a board also reads the secure-aggregation stages meant for it
+        *device,
+        ("fl/v1/demo/secagg-all/#", 1),
+        ("fl/v1/demo/secagg-to/pi-01/#", 1),
+    ]
     assert coordinator == [
         ("fl/v1/demo/update/+/#", 1),
         ("fl/v1/demo/status/+", 1),
         ("fl/v1/demo/control", 1),
+        ("fl/v1/demo/secagg/+/#", 1),
     ]
