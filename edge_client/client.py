@@ -13,6 +13,12 @@ round is published as a ``failure`` envelope with its reason; bad messages are l
 dropped. Between training batches the client looks ahead in its queue (:class:`Lookahead`)
 for the announcement that closes its round (a semi-synchronous round that has its updates,
 docs/round-modes.md) and then stops without sending. Only weights leave the device.
+
+In a buffered job (FedBuff, docs/round-modes.md) an announcement names the devices holding a
+training slot, each with a grant number: the device trains each grant once, from the newest
+global version it holds, and keeps training while newer versions are announced; it stops
+only when its grant is revoked, the job closes, or the version moves more than
+``max_staleness`` ahead (then it gives the slot back with a failure report).
 """
 
 from __future__ import annotations
@@ -27,7 +33,12 @@ from edge_client.config import ClientConfig
 from edge_client.data import Dataset
 from edge_client.errors import ConfigError, EdgeFLError, ProtocolError
 from edge_client.holdings import Holdings
-from edge_client.local_training import RoundClosed, TrainingAborted, load_local_data
+from edge_client.local_training import (
+    RoundClosed,
+    SlotGivenBack,
+    TrainingAborted,
+    load_local_data,
+)
 from edge_client.messaging import (
     AnyIncoming,
     BinaryPublisher,
@@ -133,7 +144,7 @@ class EdgeClient:
             ),
             verify=self.verifier.secagg if self.verifier else None,
         )
-        self.rounds = RoundTracker()
+        self.rounds = RoundTracker(device=config.device_id)
         self._connections = 0  # transport connections seen by step()
         self._stop = threading.Event()
         self._started_at = clock()
@@ -284,7 +295,13 @@ class EdgeClient:
                 self._resend_after_reconnect(ann)
             return  # a retained copy or a QoS 1 duplicate
         self.secure.on_announcement(ann)
+        reconnected = current is not None and connection != current.connection
         self.rounds.announce(ann, connection)
+        if ann.buffered:
+            self._log_buffered(ann, current.announcement if current else None)
+            if reconnected:  # a newer announcement may still list a grant already sent
+                self._resend_after_reconnect(ann)
+            return
         log.info(
             "round %d %s: %d device(s) selected%s, deadline in %.0f s",
             ann.round,
@@ -292,6 +309,26 @@ class EdgeClient:
             len(ann.selected),
             " (this one too)" if ann.is_selected(self.config.device_id) else "",
             ann.deadline - self.clock(),
+        )
+
+    def _log_buffered(self, ann: RoundAnnouncement, previous: RoundAnnouncement | None) -> None:
+        """A line when the version, the job's state or this device's grant changes (a
+        buffered job re-announces whenever a slot is granted)."""
+        me = self.config.device_id
+        if (
+            previous is not None
+            and previous.round == ann.round
+            and previous.state == ann.state
+            and previous.grant(me) == ann.grant(me)
+        ):
+            return
+        grant = ann.grant(me)
+        log.info(
+            "buffered job: version %d %s, %d training slot(s)%s",
+            ann.round,
+            ann.state,
+            len(ann.selected),
+            f", grant {grant} for this device" if grant is not None else "",
         )
 
     def _on_control(self, ctl: JobControl, raw: bytes = b"") -> None:
@@ -335,9 +372,10 @@ class EdgeClient:
         return RoundFacts(
             announcement=ann,
             selected=ann.is_selected(self.config.device_id),
-            completed=self.state.has_completed(Completed.of(ann)),
+            completed=self.state.has_completed(Completed.of(ann, self.config.device_id)),
             job_state=self.rounds.job_state,
-            late=self.clock() >= ann.deadline,
+            # a buffered grant has no deadline: the coordinator revokes it instead
+            late=not ann.buffered and self.clock() >= ann.deadline,
             waited=ann.round in self.rounds.waited,
             refused=None if holds_model else held.refused.get(ann.model_sha256),
             data_problem=held.data_problem if holds_model else None,
@@ -385,30 +423,53 @@ class EdgeClient:
         """The announcement came again over a new connection: the update this device sent
         for the open round may have been lost with the connection (or a restarted broker),
         so send it again; the coordinator drops duplicates."""
-        if ann.state == "open" and not ann.secure and self.state.has_completed(Completed.of(ann)):
+        if (
+            ann.state == "open"
+            and not ann.secure
+            and self.state.has_completed(Completed.of(ann, self.config.device_id))
+        ):
             saved = self.work.saved_update(ann)
             if saved is not None:
                 self.work.resend(saved)
-                log.info("round %d announced again: resent the update already computed", ann.round)
+                log.info(
+                    "%s announced again: resent the update already computed",
+                    self.work.what(ann),
+                )
 
     def _between_batches(self, ann: RoundAnnouncement) -> None:
         self.status.heartbeat()
         if self._stop.is_set():
             raise TrainingAborted("the client is shutting down")
-        if self.clock() >= ann.deadline:
+        if not ann.buffered and self.clock() >= ann.deadline:
             raise TrainingAborted(f"the deadline of round {ann.round} passed during training")
         if time.monotonic() - self._last_look >= LOOK_AHEAD_S:
             self._last_look = time.monotonic()
             closing = self._closing_announcement(ann)
-            if closing is not None:
+            if closing is not None and ann.buffered:
+                self._stop_buffered(ann, closing)
+            elif closing is not None:
                 raise RoundClosed(
                     f"round {ann.round} closed before this device finished"
                     f" ({'a newer round opened' if closing.round > ann.round else 'the coordinator had the updates it needed'})"
                 )
 
+    def _stop_buffered(self, ann: RoundAnnouncement, newer: RoundAnnouncement) -> None:
+        """Why a buffered training from ``ann`` stops on seeing ``newer`` (raised)."""
+        me = self.config.device_id
+        if newer.state != "open" or not newer.buffered:
+            raise RoundClosed(f"the job closed version {newer.round} while this device trained")
+        if newer.grant(me) != ann.grant(me):
+            raise RoundClosed(f"the coordinator revoked grant {ann.grant(me)} of this device")
+        raise SlotGivenBack(
+            f"version {newer.round} is {newer.round - ann.round} versions ahead of version "
+            f"{ann.round} this device trains from (at most {newer.max_staleness} are taken)"
+        )
+
     def _closing_announcement(self, ann: RoundAnnouncement) -> RoundAnnouncement | None:
         """A queued announcement that closes ``ann``'s attempt (its ``closed`` copy, or a
-        newer round of the same run), if one arrived during training; it stays queued."""
+        newer round of the same run), if one arrived during training; it stays queued. In a
+        buffered job only one that closes the job, revokes this device's grant or is more
+        than max_staleness versions ahead."""
         for message in self.lookahead.look():
             if message.topic != self.topics.round or not message.payload:
                 continue
@@ -421,7 +482,18 @@ class EdgeClient:
                 continue  # the inbox logs it when it gets there
             if newer.job != ann.job or newer.run != ann.run:
                 continue
+            if ann.buffered:
+                if _ends_grant(ann, newer, self.config.device_id):
+                    return newer
+                continue
             same_attempt = newer.round == ann.round and newer.deadline == ann.deadline
             if newer.round > ann.round or (same_attempt and newer.state != "open"):
                 return newer
         return None
+
+
+def _ends_grant(ann: RoundAnnouncement, newer: RoundAnnouncement, device: str) -> bool:
+    """Whether ``newer`` ends the buffered training of ``device``'s grant from ``ann``."""
+    if newer.state != "open" or not newer.buffered or newer.grant(device) != ann.grant(device):
+        return True
+    return newer.round - ann.round > (newer.max_staleness or 0)

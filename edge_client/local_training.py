@@ -51,6 +51,11 @@ class RoundClosed(TrainingAborted):
     """The coordinator closed the round being trained (it had the updates it needed)."""
 
 
+class SlotGivenBack(RoundClosed):
+    """Buffered rounds: the global version moved too far for this training's update to be
+    taken (beyond the announced max_staleness); the device tells the coordinator so."""
+
+
 @dataclass(frozen=True)
 class RoundSettings:
     epochs: int
@@ -116,9 +121,11 @@ def round_settings(hyperparams: Mapping[str, Any], manifest: Manifest) -> RoundS
     return RoundSettings(epochs, float(lr))
 
 
-def batch_seed(device_id: str, round_: int) -> list[int]:
-    """A reproducible seed per device and round (different order every round)."""
-    return [zlib.crc32(device_id.encode()), round_]
+def batch_seed(device_id: str, round_: int, grant: int | None = None) -> list[int]:
+    """A reproducible seed per device and round (different order every round; in a buffered
+    job every grant, as a device may train twice from the same version)."""
+    seed = [zlib.crc32(device_id.encode()), round_]
+    return seed if grant is None else [*seed, grant]
 
 
 def train_local(
@@ -175,9 +182,14 @@ def train_local(
 
 
 def update_meta(
-    result: TrainingResult, base_sha256: str, runtime: Runtime, lr: float
+    result: TrainingResult,
+    base_sha256: str,
+    runtime: Runtime,
+    lr: float,
+    grant: int | None = None,
 ) -> UpdateMeta:
-    """The ``meta`` of an update envelope (see docs/protocol.md, section 4)."""
+    """The ``meta`` of an update envelope (see docs/protocol.md, section 4); ``grant``: the
+    buffered round's grant it answers."""
     return UpdateMeta(
         base_sha256=base_sha256,
         loss=result.loss,
@@ -187,6 +199,7 @@ def update_meta(
         epochs=result.epochs,
         lr=lr,
         accuracy=result.accuracy,
+        grant=grant,
     )
 
 

@@ -1,7 +1,7 @@
 """What the client does with an announced round: phases and a transition table.
 
 Each announcement of an open round (a round *attempt*: a re-announcement with a new deadline
-is a new one) starts in :attr:`Phase.NEW`. On every step the client gathers the
+is a new one; in a buffered job, a new grant of a training slot) starts in :attr:`Phase.NEW`. On every step the client gathers the
 :class:`RoundFacts` and takes the first row of :data:`TRANSITIONS` whose guard holds from
 the attempt's phase: the row names the next phase and the :class:`Action` to carry out.
 Rows are read in order, so an earlier row wins (a device that already sent round 3 does
@@ -46,11 +46,17 @@ class Action(enum.Enum):
     TRAIN = "train"  # train from the global weights and publish the update
 
 
-AttemptKey = tuple[int, str, str, float]  # round, model sha256, global sha256, deadline
+AttemptKey = tuple[object, ...]
 
 
-def attempt_key(ann: RoundAnnouncement) -> AttemptKey:
-    """Identity of an attempt: a re-announced round (new deadline) is a new attempt."""
+def attempt_key(ann: RoundAnnouncement, device: str = "") -> AttemptKey:
+    """Identity of an attempt: a re-announced round (new deadline) is a new attempt. In a
+    buffered job ``device``'s grant is the attempt, whatever version is announced (the
+    announcement changes with every version and every slot, the grant only when the
+    coordinator grants this device a new training)."""
+    grant = ann.grant(device) if ann.buffered else None
+    if grant is not None:
+        return ("grant", ann.run, ann.model_sha256, grant)
     return (ann.round, ann.model_sha256, ann.global_sha256, ann.deadline)
 
 
@@ -60,9 +66,9 @@ class RoundFacts:
 
     announcement: RoundAnnouncement
     selected: bool  # this device is in the announcement's selection
-    completed: bool  # this device sent this very round before (same run, model, global)
+    completed: bool  # this device sent this very round (same run, model, global) or grant
     job_state: str  # running | paused | stopped
-    late: bool  # the attempt's deadline has passed
+    late: bool  # the attempt's deadline has passed (never in a buffered job: slots are revoked)
     waited: bool  # this round waited for its inputs before (some attempt)
     refused: str | None  # why the announced model was refused (when it is not the one held)
     data_problem: str | None  # why the local data cannot train the announced model (held)
@@ -185,6 +191,7 @@ class RoundTracker:
     in the state directory)."""
 
     job_state: str = "running"  # from the job's control topic
+    device: str = ""  # this device (its grant is the attempt in a buffered job)
     current: RoundAttempt | None = None
     finished: set[AttemptKey] = field(default_factory=set)  # attempt_key of DONE attempts
     waited: set[int] = field(default_factory=set)  # rounds that waited for their inputs
@@ -192,14 +199,14 @@ class RoundTracker:
 
     def announce(self, ann: RoundAnnouncement, connection: int) -> RoundAttempt:
         """Make ``ann`` the current attempt (DONE at once if it was finished before)."""
-        done = attempt_key(ann) in self.finished
+        done = attempt_key(ann, self.device) in self.finished
         self.current = RoundAttempt(ann, connection, Phase.DONE if done else Phase.NEW)
         return self.current
 
     def enter(self, attempt: RoundAttempt, phase: Phase) -> None:
         attempt.phase = phase
         if phase is Phase.DONE:
-            self.finished.add(attempt_key(attempt.announcement))
+            self.finished.add(attempt_key(attempt.announcement, self.device))
         elif phase is Phase.WAITING:
             self.waited.add(attempt.announcement.round)
 

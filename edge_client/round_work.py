@@ -18,6 +18,7 @@ from edge_client.holdings import Holdings
 from edge_client.local_training import (
     RoundClosed,
     RoundSettings,
+    SlotGivenBack,
     TrainingResult,
     batch_seed,
     round_settings,
@@ -76,7 +77,9 @@ class RoundWork:
                 round=r,
                 sender=self.config.device_id,
                 samples=result.samples,
-                meta=update_meta(result, ann.global_sha256, self.runtime, settings.lr),
+                meta=update_meta(
+                    result, ann.global_sha256, self.runtime, settings.lr, self.grant(ann)
+                ),
                 encoding=ann.encoding,
             )
         except EdgeFLError as exc:
@@ -84,18 +87,27 @@ class RoundWork:
             return False
         sent = self.publisher.publish(self.update_topic, payload)
         self.state.save_update(payload)
-        self.state.save_completed(Completed.of(ann))
+        self.state.save_completed(Completed.of(ann, self.config.device_id))
         accuracy = "" if result.accuracy is None else f", local accuracy {result.accuracy:.4f}"
         log.info(
-            "round %d: update sent (%d bytes, loss %.4f%s, %.1f s)",
-            r,
+            "%s: update sent (%d bytes, loss %.4f%s, %.1f s)",
+            self.what(ann),
             sent,
             result.loss,
             accuracy,
             result.duration_s,
         )
-        self.status.set("idle", round_=r, detail=f"round {r} sent")
+        self.status.set("idle", round_=r, detail=f"{self.what(ann)} sent")
         return True
+
+    def grant(self, ann: RoundAnnouncement) -> int | None:
+        """This device's grant in a buffered announcement (None: a synchronous round)."""
+        return ann.grant(self.config.device_id) if ann.buffered else None
+
+    def what(self, ann: RoundAnnouncement) -> str:
+        """``round 3``, or ``version 3 (grant 2)`` in a buffered job: for logs and statuses."""
+        grant = self.grant(ann)
+        return f"round {ann.round}" if grant is None else f"version {ann.round} (grant {grant})"
 
     def train_only(
         self, ann: RoundAnnouncement, between_batches: BetweenBatches
@@ -108,14 +120,14 @@ class RoundWork:
         seed = (
             self.config.seed
             if self.config.seed is not None
-            else batch_seed(self.config.device_id, r)
+            else batch_seed(self.config.device_id, r, self.grant(ann))
         )
         self.status.set("training", round_=r)
         try:
             settings = round_settings(ann.hyperparams, model.manifest)
             log.info(
-                "round %d: training %d epoch(s) at lr %g on %d samples",
-                r,
+                "%s: training %d epoch(s) at lr %g on %d samples",
+                self.what(ann),
                 settings.epochs,
                 settings.lr,
                 len(self.data),
@@ -130,6 +142,11 @@ class RoundWork:
                 evaluate=self.config.evaluate,
                 between_batches=lambda epoch, batch, total: between_batches(),
             )
+        except SlotGivenBack as exc:  # buffered: tell the coordinator, so it grants again
+            log.info("%s: training stopped: %s", self.what(ann), exc)
+            self._send_failure(ann, f"training stopped: {exc}")
+            self.status.set("idle", round_=r, detail=str(exc))
+            return None
         except RoundClosed as exc:  # the coordinator no longer waits: nothing to send
             log.info("round %d: training stopped: %s", r, exc)
             self.status.set("idle", round_=r, detail=str(exc))
@@ -151,14 +168,18 @@ class RoundWork:
         got enough updates; it deduplicates, so resending costs nothing but bandwidth.
         """
         saved = self.state.load_update()
-        if saved is None or self.clock() >= ann.deadline:
+        if saved is None or (not ann.buffered and self.clock() >= ann.deadline):
             return None
         try:
             env = decode(saved, expect_job=self.config.job, expect_kind="update")
         except EdgeFLError as exc:
             log.warning("ignoring the saved update: %s", exc)
             return None
-        same = env.round == ann.round and env.meta.get("base_sha256") == ann.global_sha256
+        grant = self.grant(ann)
+        if grant is not None:  # a grant's update, from whichever version was newest then
+            same = env.meta.get("grant") == grant
+        else:
+            same = env.round == ann.round and env.meta.get("base_sha256") == ann.global_sha256
         if not same or env.sender != self.config.device_id:
             return None
         return saved
@@ -168,15 +189,24 @@ class RoundWork:
 
     def fail(self, ann: RoundAnnouncement, reason: str) -> None:
         """Publish a failure envelope for ``ann``'s round and a ``failed`` status."""
-        round_ = ann.round
         reason = " ".join(reason.split())[:MAX_DETAIL] or "unknown error"
-        log.error("round %d failed: %s", round_, reason)
+        log.error("%s failed: %s", self.what(ann), reason)
+        self._send_failure(ann, reason)
+        self.status.set("failed", round_=ann.round, detail=reason)
+
+    def _send_failure(self, ann: RoundAnnouncement, reason: str) -> None:
+        meta: dict[str, object] = {
+            "interpreter": self.runtime.name,
+            "interpreter_version": self.runtime.version,
+        }
+        grant = self.grant(ann)
+        if grant is not None:
+            meta["grant"] = grant  # buffered: the slot this failure gives back
         payload = encode_failure(
             self.config.job,
-            round_,
+            ann.round,
             self.config.device_id,
-            reason,
-            meta={"interpreter": self.runtime.name, "interpreter_version": self.runtime.version},
+            " ".join(reason.split())[:MAX_DETAIL] or "unknown error",
+            meta=meta,
         )
         self.publisher.publish(self.update_topic, payload)
-        self.status.set("failed", round_=round_, detail=reason)

@@ -8,11 +8,14 @@ Layout of ``<state dir>`` (default ``~/.local/state/edgefl/<job>/<device>``)::
                     weights_sha256 and round (numpy only, never pickle)
     progress.json   the rounds sent lately, each with what it was trained from:
                     {"completed": [{"run", "model_sha256", "round", "global_sha256"}, ...],
-                     "last_completed_round": r, ...} (the newest one also at the top level)
+                     "last_completed_round": r, ...} (the newest one also at the top level);
+                    a buffered round's record adds its "grant"
     update.bin      the update envelope last sent, to resend if that round is re-announced
 
 Progress is a set of exact records, never a high-water mark: a board skips a round only if it
-sent that very round (same run, model, round number and global weights) before. An unsigned
+sent that very round (same run, model, round number and global weights) before, and in a
+buffered job a grant only if it sent that very grant (same run, model and grant number,
+whatever version it trained from: each grant is trained once). An unsigned
 announcement can add a record (a forged round 10^9 is trained once, from the weights it
 names) but cannot make the board skip any other round, now or after a restart.
 
@@ -53,36 +56,51 @@ class Completed:
     model_sha256: str
     round: int
     global_sha256: str
+    grant: int | None = None  # buffered rounds: the grant it answered; None: a sync round
 
     @classmethod
-    def of(cls, ann: RoundAnnouncement) -> Completed:
-        """The record of sending ``ann``'s round."""
-        return cls(ann.run, ann.model_sha256, ann.round, ann.global_sha256)
+    def of(cls, ann: RoundAnnouncement, device: str | None = None) -> Completed:
+        """The record of sending ``ann``'s round (with ``device``'s grant when buffered)."""
+        grant = ann.grant(device) if device is not None and ann.buffered else None
+        return cls(ann.run, ann.model_sha256, ann.round, ann.global_sha256, grant)
+
+    def key(self) -> tuple[object, ...]:
+        """What makes two records the same work: a synchronous round is its run, model,
+        round and global weights; a buffered grant its run, model and grant number (it was
+        trained from whichever version was newest, and is trained once)."""
+        if self.grant is not None:
+            return ("grant", self.run, self.model_sha256, self.grant)
+        return ("round", self.run, self.model_sha256, self.round, self.global_sha256)
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "run": self.run,
             "model_sha256": self.model_sha256,
             "round": self.round,
             "global_sha256": self.global_sha256,
         }
+        if self.grant is not None:
+            out["grant"] = self.grant
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Completed:
-        run, model, round_, glob = (
+        run, model, round_, glob, grant = (
             data.get("run"),
             data["model_sha256"],
             data["round"],
             data["global_sha256"],
+            data.get("grant"),
         )
         if not (
             (run is None or isinstance(run, str))
             and isinstance(model, str)
             and isinstance(glob, str)
             and isinstance(round_, int)
+            and (grant is None or isinstance(grant, int))
         ):
             raise ValueError(f"malformed progress record {dict(data)!r}")
-        return cls(run, model, round_, glob)
+        return cls(run, model, round_, glob, grant)
 
 
 @dataclass(frozen=True)
@@ -200,8 +218,9 @@ class ClientState:
         return list(self._completed)
 
     def has_completed(self, record: Completed) -> bool:
-        """Whether this device sent exactly this round (same run, model and global weights)."""
-        return record in self.completed()
+        """Whether this device sent exactly this round (same run, model and global weights),
+        or in a buffered job this grant (:meth:`Completed.key`)."""
+        return any(c.key() == record.key() for c in self.completed())
 
     def last_completed_round(self, model_sha256: str | None) -> int:
         """The round this device sent last for this model (NO_ROUND when none): for logs;
@@ -213,7 +232,7 @@ class ClientState:
 
     def save_completed(self, record: Completed) -> None:
         """Add ``record`` (the newest) and keep the last KEEP_COMPLETED."""
-        records = [c for c in self.completed() if c != record] + [record]
+        records = [c for c in self.completed() if c.key() != record.key()] + [record]
         records = records[-KEEP_COMPLETED:]
         body = {
             "completed": [c.to_dict() for c in records],

@@ -41,8 +41,14 @@ from edge_client.protocol.envelope import (
     encode_weights,
     envelope_bytes,
 )
-from edge_client.protocol.messages import DeviceStatus, JobControl, RoundAnnouncement
-from edge_client.protocol.metrics import DeviceMetrics, Rejection, RoundMetrics
+from edge_client.protocol.messages import (
+    BUFFERED,
+    ROUND_MODES,
+    DeviceStatus,
+    JobControl,
+    RoundAnnouncement,
+)
+from edge_client.protocol.metrics import DeviceMetrics, FoldedUpdate, Rejection, RoundMetrics
 from edge_client.protocol.secagg import (
     SECAGG,
     KeyList,
@@ -69,6 +75,7 @@ from edge_client.protocol.update_meta import UpdateMeta
 from edge_client.protocol.validation import ID_PATTERN, PROTOCOL_VERSION, check_id, dumps, loads
 
 __all__ = [
+    "BUFFERED",
     "CHUNK_HEADER_SIZE",
     "DEFAULT_MAX_CHUNK",
     "DEFAULT_MAX_HEADER",
@@ -77,10 +84,12 @@ __all__ = [
     "PROTOCOL_VERSION",
     "QOS",
     "SECAGG",
+    "ROUND_MODES",
     "Chunk",
     "DeviceMetrics",
     "DeviceStatus",
     "Envelope",
+    "FoldedUpdate",
     "JobControl",
     "KeyList",
     "Keys",

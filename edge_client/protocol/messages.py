@@ -31,6 +31,10 @@ ROUND_STATES = ("open", "closed", "aborted")
 # What devices send: weights in one of these, or a masked vector of a secure round (boards
 # that predate secure aggregation refuse such an announcement, so they never send weights)
 UPDATE_ENCODINGS = (*WEIGHT_ENCODINGS, SECAGG)
+ROUND_MODES = ("sync", "buffered")  # what a board may say it speaks (DeviceStatus.modes)
+BUFFERED = "buffered"  # RoundAnnouncement.mode of asynchronous buffered rounds (FedBuff)
+BUFFERED_VERSION = 2  # the "v" of a buffered announcement: older boards refuse it, as they must
+_MAX_MODES = 16
 DEVICE_STATES = ("online", "offline", "training", "idle", "failed")
 JOB_STATES = ("running", "paused", "stopped")
 _MAX_SELECTED = 100_000
@@ -43,9 +47,13 @@ class _JsonMessage:
 
     _what: ClassVar[str] = "message"
     _omit_none: ClassVar[tuple[str, ...]] = ()  # optional fields left out while None
+    _versions: ClassVar[tuple[int, ...]] = (PROTOCOL_VERSION,)  # "v" values readers accept
+
+    def _version(self) -> int:
+        return PROTOCOL_VERSION
 
     def to_json(self) -> bytes:
-        body: dict[str, Any] = {"v": PROTOCOL_VERSION}
+        body: dict[str, Any] = {"v": self._version()}
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if value is not None or f.name not in self._omit_none:
@@ -54,7 +62,8 @@ class _JsonMessage:
 
     @classmethod
     def from_json(cls: type[_M], data: bytes | bytearray | memoryview | str) -> _M:
-        obj = _versioned_object(data, cls._what)
+        obj = _versioned_object(data, cls._what, cls._versions)
+        cls._check_version(obj)
         kwargs: dict[str, Any] = {}
         for f in fields(cls):  # type: ignore[arg-type]
             if f.name in obj:
@@ -63,15 +72,23 @@ class _JsonMessage:
                 raise ProtocolError(f"{cls._what} is missing field {f.name!r}")
         return cls(**kwargs)
 
+    @classmethod
+    def _check_version(cls, obj: dict[str, Any]) -> None:
+        """A message whose fields contradict its ``v`` (only announcements have two)."""
 
-def _versioned_object(data: bytes | bytearray | memoryview | str, what: str) -> dict[str, Any]:
+
+def _versioned_object(
+    data: bytes | bytearray | memoryview | str,
+    what: str,
+    versions: tuple[int, ...] = (PROTOCOL_VERSION,),
+) -> dict[str, Any]:
     """A message's JSON object, with its protocol version ``v`` checked."""
     obj = loads(data, what)
     if not isinstance(obj, dict):
         raise ProtocolError(f"{what} must be a JSON object")
     if "v" not in obj:
         raise ProtocolError(f"{what} is missing field 'v'")
-    if check_int(obj["v"], f"{what} v") != PROTOCOL_VERSION:
+    if check_int(obj["v"], f"{what} v") not in versions:
         raise ProtocolError(f"unsupported {what} version {obj['v']}")
     return obj
 
@@ -93,6 +110,17 @@ def _optional_float(value: object, what: str) -> float | None:
     return None if value is None else check_float(value, what)
 
 
+def _grants(value: object, selected: tuple[str, ...]) -> dict[str, int]:
+    """A buffered announcement's grants: exactly one positive number per selected device."""
+    grants = check_json_dict(value, "grants")
+    for device, grant in grants.items():
+        check_id(device, "device id in grants")
+        check_int(grant, f"grant of {device}", minimum=1)
+    if set(grants) != set(selected):
+        raise ProtocolError("grants must name exactly the selected devices")
+    return grants
+
+
 @dataclass(frozen=True)
 class RoundAnnouncement(_JsonMessage):
     """Published retained on ``round`` when a round opens and again when it closes.
@@ -104,7 +132,15 @@ class RoundAnnouncement(_JsonMessage):
     """
 
     _what: ClassVar[str] = "round announcement"
-    _omit_none: ClassVar[tuple[str, ...]] = ("run", "signature", "secagg")
+    _omit_none: ClassVar[tuple[str, ...]] = (
+        "run",
+        "mode",
+        "grants",
+        "max_staleness",
+        "signature",
+        "secagg",
+    )
+    _versions: ClassVar[tuple[int, ...]] = (PROTOCOL_VERSION, BUFFERED_VERSION)
 
     job: str
     round: int
@@ -121,6 +157,14 @@ class RoundAnnouncement(_JsonMessage):
     # by --resume: boards key their progress on it, so a second run of the same job and
     # model trains again. None (coordinators before it): left out of the JSON.
     run: str | None = None
+    # Asynchronous buffered rounds (FedBuff; docs/protocol.md section 2b): mode "buffered",
+    # ``round`` is the global version, ``selected`` the devices holding a training slot, each
+    # with its grant number in ``grants`` (a device trains each grant once), and an update
+    # more than ``max_staleness`` versions behind is rejected. Written as "v": 2, which
+    # boards that only speak synchronous rounds refuse. None: a synchronous round (v 1).
+    mode: str | None = None
+    grants: dict[str, int] | None = None
+    max_staleness: int | None = None
     # Ed25519 signature object {"alg", "key", "sig"} (docs/protocol.md section 12); None:
     # unsigned, and then left out of the JSON
     signature: dict[str, Any] | None = None
@@ -148,6 +192,34 @@ class RoundAnnouncement(_JsonMessage):
         check_sha256(self.global_sha256, "global_sha256")
         check_choice(self.encoding, "encoding", UPDATE_ENCODINGS)
         check_choice(self.state, "round state", ROUND_STATES)
+        self._check_mode()
+
+    def _check_mode(self) -> None:
+        if self.mode is None:
+            if self.grants is not None or self.max_staleness is not None:
+                raise ProtocolError("grants and max_staleness belong to buffered announcements")
+            return
+        check_choice(self.mode, "round mode", (BUFFERED,))
+        if self.grants is None or self.max_staleness is None:
+            raise ProtocolError("a buffered announcement needs grants and max_staleness")
+        _set(self, "grants", _grants(self.grants, self.selected))
+        check_int(self.max_staleness, "max_staleness")
+
+    def _version(self) -> int:
+        return BUFFERED_VERSION if self.buffered else PROTOCOL_VERSION
+
+    @classmethod
+    def _check_version(cls, obj: dict[str, Any]) -> None:
+        if (obj["v"] == BUFFERED_VERSION) != (obj.get("mode") == BUFFERED):
+            raise ProtocolError(
+                f"round announcement version {obj['v']} with mode {obj.get('mode')!r}: "
+                f"buffered announcements are version {BUFFERED_VERSION}, the others "
+                f"{PROTOCOL_VERSION}"
+            )
+
+    @property
+    def buffered(self) -> bool:
+        return self.mode == BUFFERED
 
     @property
     def secure(self) -> SecAggParams | None:
@@ -157,12 +229,17 @@ class RoundAnnouncement(_JsonMessage):
     def is_selected(self, device: str) -> bool:
         return device in self.selected
 
+    def grant(self, device: str) -> int | None:
+        """The grant number ``device`` holds in a buffered announcement (None: none)."""
+        return (self.grants or {}).get(device)
+
 
 @dataclass(frozen=True)
 class DeviceStatus(_JsonMessage):
     """Published retained on ``status/{device}``; the Last Will is an ``offline`` one."""
 
     _what: ClassVar[str] = "device status"
+    _omit_none: ClassVar[tuple[str, ...]] = ("modes",)
 
     device: str
     state: str
@@ -173,9 +250,16 @@ class DeviceStatus(_JsonMessage):
     samples: int = 0  # local training samples
     heartbeat_s: float = 0.0  # the device republishes its status this often; 0 = no heartbeat
     version: str = ""  # edge_client version
+    # Round modes the device speaks (ROUND_MODES; unknown ones are kept): ("sync",
+    # "buffered") from boards that train buffered rounds; None (left out): synchronous only
+    modes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_id(self.device, "device id")
+        if self.modes is not None:
+            if not isinstance(self.modes, (list, tuple)) or len(self.modes) > _MAX_MODES:
+                raise ProtocolError("modes must be a list of round modes")
+            _set(self, "modes", tuple(check_id(m, "round mode") for m in self.modes))
         check_choice(self.state, "device state", DEVICE_STATES)
         _set(self, "time", check_float(self.time, "time", minimum=0.0))
         if self.round is not None:
@@ -185,6 +269,10 @@ class DeviceStatus(_JsonMessage):
         check_int(self.samples, "samples")
         _set(self, "heartbeat_s", check_float(self.heartbeat_s, "heartbeat_s", minimum=0.0))
         check_str(self.version, "version", max_len=64)
+
+    def speaks(self, mode: str) -> bool:
+        """Whether the device said it trains rounds of ``mode`` (all boards speak sync)."""
+        return mode == "sync" or mode in (self.modes or ())
 
     @classmethod
     def last_will(cls, device: str, time: float, **extra: Any) -> DeviceStatus:

@@ -11,8 +11,9 @@
   ``time``) and no ``job`` (the run directory belongs to one job).
 
 Both forms carry the round-mode keys (``dropped``, ``target_updates``, ``cancelled``,
-``wasted``, ``late_discarded``, ``late_folded``; docs/round-modes.md) only when not empty, so a
-synchronous round's line and message are what they always were.
+``wasted``, ``late_discarded``, ``late_folded``, and for buffered rounds ``mode`` and ``buffer``;
+docs/round-modes.md) only when not empty, so a synchronous round's line and message are what
+they always were.
 """
 
 from __future__ import annotations
@@ -29,13 +30,23 @@ from edge_client.protocol.validation import (
     check_id,
     check_int,
     check_json_dict,
+    check_sha256,
     check_str,
     dumps,
 )
 
 # Keys of the round mode (dropped devices, semi-synchronous rounds): on the wire inside extra
 # and in metrics.jsonl, both only when not empty (docs/protocol.md section 5)
-_ROUND_MODE = ("dropped", "target_updates", "cancelled", "wasted", "late_discarded", "late_folded")
+_ROUND_MODE = (
+    "dropped",
+    "target_updates",
+    "cancelled",
+    "wasted",
+    "late_discarded",
+    "late_folded",
+    "mode",
+    "buffer",
+)
 # keys of the wire's extra read into fields
 _TYPED_EXTRA = (
     "devices",
@@ -155,6 +166,61 @@ class Rejection:
         )
 
 
+@dataclass(frozen=True)
+class FoldedUpdate:
+    """One update folded into a global version of a buffered job (docs/round-modes.md).
+
+    The version's ``buffer`` lists them: which grant of which device, trained from which
+    version (``base``), how many versions behind it arrived (``staleness``), the staleness
+    weight its change was scaled by, its sample count and its envelope's ``sha256``. Saved
+    with every version in ``metrics.jsonl``, they are also how a resumed coordinator knows
+    what it folded already."""
+
+    device: str
+    grant: int
+    base: int  # the version (round) of the global weights it trained from
+    staleness: int  # versions between its base and the version it was folded into
+    weight: float  # 1 / sqrt(1 + staleness)
+    samples: int
+    sha256: str  # the update envelope's sha256 (of its body)
+
+    def __post_init__(self) -> None:
+        check_id(self.device, "folded device id")
+        check_int(self.grant, "folded grant", minimum=1)
+        check_int(self.base, "folded base version")
+        check_int(self.staleness, "folded staleness")
+        _set(self, "weight", check_float(self.weight, "folded weight", minimum=0.0))
+        check_int(self.samples, "folded samples")
+        check_sha256(self.sha256, "folded sha256")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "grant": self.grant,
+            "base": self.base,
+            "staleness": self.staleness,
+            "weight": self.weight,
+            "samples": self.samples,
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, d: object) -> FoldedUpdate:
+        if not isinstance(d, dict):
+            raise ProtocolError("a folded update must be a JSON object")
+        names = ("device", "grant", "base", "staleness", "weight", "samples", "sha256")
+        missing = [k for k in names if k not in d]
+        if missing:
+            raise ProtocolError(f"a folded update is missing field(s) {', '.join(missing)}")
+        return cls(*(d[k] for k in names))
+
+
+def _folded(value: object) -> tuple[FoldedUpdate, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ProtocolError("buffer must be a list of folded updates")
+    return tuple(f if isinstance(f, FoldedUpdate) else FoldedUpdate.from_dict(f) for f in value)
+
+
 def _rejections(value: object) -> tuple[Rejection, ...]:
     if not isinstance(value, (list, tuple)):
         raise ProtocolError("rejections must be a list")
@@ -205,6 +271,8 @@ class RoundMetrics:
     wasted: int = 0  # updates for closed rounds discarded while this round was open
     late_discarded: dict[str, str] = field(default_factory=dict)  # device -> why
     late_folded: dict[str, int] = field(default_factory=dict)  # device -> round it trained
+    mode: str = ""  # "buffered": ``round`` is a global version (FedBuff); "": a round
+    buffer: tuple[FoldedUpdate, ...] = ()  # buffered: the updates folded into this version
 
     def __post_init__(self) -> None:
         check_id(self.job, "job id")
@@ -218,7 +286,7 @@ class RoundMetrics:
         extra = check_json_dict(self.extra, "extra")
         for key in _TYPED_EXTRA:  # the wire's typed keys become fields
             if key in extra:
-                if getattr(self, key) not in ((), None, 0, {}):
+                if getattr(self, key) not in ((), None, 0, {}, ""):
                     raise ProtocolError(f"round metrics give {key} twice (field and extra)")
                 _set(self, key, extra.pop(key))
         _set(self, "extra", extra)
@@ -247,6 +315,8 @@ class RoundMetrics:
             check_str(reason, f"rejection reason of {device!r}")
         _set(self, "rejected", rejected)
         check_int(self.updates_aggregated, "updates_aggregated")
+        check_str(self.mode, "round mode", max_len=64)
+        _set(self, "buffer", _folded(self.buffer))
         if self.time is not None:
             _set(self, "time", check_float(self.time, "time", minimum=0.0))
 
@@ -333,9 +403,19 @@ class RoundMetrics:
         out: dict[str, Any] = {}
         for key in _ROUND_MODE:
             value = getattr(self, key)
-            if value:
+            if value and key == "buffer":
+                out[key] = [f.to_dict() for f in value]
+            elif value:
                 out[key] = list(value) if isinstance(value, tuple) else value
         return out
+
+    @property
+    def staleness(self) -> tuple[float, int] | None:
+        """Mean and largest staleness of a buffered version's updates (None: not buffered)."""
+        if not self.buffer:
+            return None
+        values = [f.staleness for f in self.buffer]
+        return sum(values) / len(values), max(values)
 
     @classmethod
     def from_record(cls, job: str, record: Mapping[str, Any]) -> RoundMetrics:

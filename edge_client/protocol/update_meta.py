@@ -36,6 +36,7 @@ class UpdateMeta:
     accuracy: float | None = None  # local accuracy after training, if evaluated
     site_devices: int | None = None  # a site aggregator's devices aggregated
     site_selected: int | None = None  # ... and selected
+    grant: int | None = None  # buffered rounds: the grant this update answers (announcement)
     extra: dict[str, Any] = field(default_factory=dict)  # keys not listed above
 
     def __post_init__(self) -> None:
@@ -47,7 +48,7 @@ class UpdateMeta:
         for name in ("interpreter", "interpreter_version"):
             if getattr(self, name) is not None:
                 check_str(getattr(self, name), f"meta.{name}", max_len=256)
-        for name in ("epochs", "site_devices", "site_selected"):
+        for name in ("epochs", "site_devices", "site_selected", "grant"):
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), f"meta.{name}")
         object.__setattr__(self, "extra", check_json_dict(self.extra, "meta"))

@@ -1,0 +1,203 @@
+"""A board in a buffered (FedBuff) job, against the in-memory bus and a scripted coordinator:
+it trains each grant once from the newest version it holds, keeps training while newer
+versions come (within max_staleness), gives the slot back beyond it, stops when its grant is
+revoked, and resends a grant's update after a restart."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+from test_client_support import DEVICE, ModelFiles, Rig
+
+from edge_client.protocol import (
+    BUFFERED,
+    ROUND_MODES,
+    Envelope,
+    RoundAnnouncement,
+    decode,
+    encode_weights,
+)
+
+
+@pytest.fixture(scope="module")
+def files(export_dir) -> ModelFiles:
+    return ModelFiles.load(export_dir("mlp"))
+
+
+@pytest.fixture
+def rig(files, tmp_path) -> Rig:
+    return Rig.create(files, tmp_path)
+
+
+def version(
+    rig: Rig,
+    v: int,
+    grants: dict[str, int],
+    *,
+    shift: float = 0.0,
+    max_staleness: int = 4,
+    state: str = "open",
+    epochs: int = 1,
+) -> RoundAnnouncement:
+    """Publish global version ``v`` (the initial weights + ``shift``) and its announcement."""
+    weights = rig.files.shifted(shift)
+    payload = encode_weights(weights, kind="global", job="demo", round=v, sender="coordinator")
+    rig.coord.binary(rig.coord.topics.global_weights, payload)
+    ann = RoundAnnouncement(
+        job="demo",
+        round=v,
+        deadline=time.time() + 300,
+        selected=tuple(grants),
+        hyperparams={"epochs": epochs, "lr": 0.05, "attempt": 0},
+        model_sha256=rig.files.manifest.sha256,
+        global_sha256=decode(payload).weights_sha256(),
+        state=state,
+        run="run-a",
+        mode=BUFFERED,
+        grants=grants,
+        max_staleness=max_staleness,
+    )
+    rig.coord.publish(rig.coord.topics.round, ann.to_json(), True)
+    return ann
+
+
+def failures(rig: Rig) -> list[Envelope]:
+    return [e for e in rig.updates() if e.kind == "failure"]
+
+
+def updates(rig: Rig) -> list[Envelope]:
+    return [e for e in rig.updates() if e.kind == "update"]
+
+
+def test_a_granted_board_trains_its_grant_once_and_names_it(rig):
+    # Prepare: version 3, a slot for this board (its 2nd grant) and one for another
+    rig.coord.model(rig.files.tflite, rig.files.manifest)
+    ann = version(rig, 3, {DEVICE: 2, "pi-02": 1})
+    client = rig.client()
+
+    # Execute: then version 4 comes while the coordinator has not seen the update yet
+    rig.drain(client)
+    version(rig, 4, {DEVICE: 2, "pi-02": 1}, shift=0.01)
+    rig.drain(client)
+
+    # Assert: one update, for version 3, answering grant 2; the status says buffered
+    (update,) = updates(rig)
+    assert (update.round, update.meta["grant"]) == (3, 2)
+    assert update.meta["base_sha256"] == ann.global_sha256
+    assert rig.statuses()[0].modes == ROUND_MODES
+    assert [s.state for s in rig.statuses()] == ["online", "training", "idle"]
+
+
+def test_a_new_grant_on_the_same_version_is_trained_again(rig):
+    # Prepare
+    rig.coord.model(rig.files.tflite, rig.files.manifest)
+    version(rig, 5, {DEVICE: 1})
+    client = rig.client()
+    rig.drain(client)
+
+    # Execute: the coordinator took grant 1 and grants this board again on version 5
+    version(rig, 5, {DEVICE: 2})
+    rig.drain(client)
+
+    # Assert: two different updates from the same version (a new batch order per grant)
+    first, second = updates(rig)
+    assert (first.round, first.meta["grant"], second.round, second.meta["grant"]) == (5, 1, 5, 2)
+    w1, w2 = first.weights(), second.weights()
+    assert any(not np.array_equal(w1[k], w2[k]) for k in w1)
+
+
+def test_newer_versions_within_max_staleness_do_not_stop_training(rig, caplog):
+    # Prepare: versions 1 and 2 are queued before the board trains version 1's grant
+    caplog.set_level(logging.INFO)
+    rig.coord.model(rig.files.tflite, rig.files.manifest)
+    version(rig, 1, {DEVICE: 1}, epochs=3)
+    client = rig.client()
+    client.step(0)  # the model
+    client.step(0)  # global version 1
+    version(rig, 2, {DEVICE: 1}, shift=0.01, max_staleness=1)
+    version(rig, 3, {DEVICE: 1}, shift=0.02, max_staleness=2)
+
+    # Execute
+    rig.drain(client)
+
+    # Assert: trained from version 1, sent, never stopped
+    (update,) = updates(rig)
+    assert (update.round, update.meta["grant"]) == (1, 1)
+    assert "training stopped" not in caplog.text
+
+
+def test_beyond_max_staleness_the_board_gives_its_slot_back(rig, caplog):
+    # Prepare: a newer version 3 is queued while the board trains version 1 (max 1 behind)
+    caplog.set_level(logging.INFO)
+    rig.coord.model(rig.files.tflite, rig.files.manifest)
+    version(rig, 1, {DEVICE: 1}, epochs=3)
+    client = rig.client()
+    client.step(0)
+    client.step(0)
+    version(rig, 3, {DEVICE: 1}, shift=0.02, max_staleness=1)
+
+    # Execute
+    rig.drain(client)
+
+    # Assert: no update; a failure for grant 1 saying why, so the coordinator grants again
+    assert updates(rig) == []
+    (failure,) = failures(rig)
+    assert (failure.round, failure.meta["grant"]) == (1, 1)
+    assert "2 versions ahead of version 1" in failure.reason
+    assert rig.statuses()[-1].state == "idle"
+
+
+def test_a_revoked_grant_stops_training_without_sending(rig, caplog):
+    # Prepare
+    caplog.set_level(logging.INFO)
+    rig.coord.model(rig.files.tflite, rig.files.manifest)
+    version(rig, 1, {DEVICE: 1, "pi-02": 1}, epochs=3)
+    client = rig.client()
+    client.step(0)
+    client.step(0)
+    version(rig, 1, {"pi-02": 1})  # the coordinator took the slot back (e.g. it timed out)
+
+    # Execute
+    rig.drain(client)
+
+    # Assert
+    assert updates(rig) == [] and failures(rig) == []
+    assert "revoked grant 1 of this device" in caplog.text
+
+
+def test_a_closed_job_stops_training(rig, caplog):
+    caplog.set_level(logging.INFO)
+    rig.coord.model(rig.files.tflite, rig.files.manifest)
+    version(rig, 1, {DEVICE: 1}, epochs=3)
+    client = rig.client()
+    client.step(0)
+    client.step(0)
+    version(rig, 2, {}, state="closed")
+
+    rig.drain(client)
+
+    assert updates(rig) == [] and "the job closed version 2" in caplog.text
+
+
+def test_after_a_restart_a_grant_still_listed_is_resent_not_retrained(rig, caplog):
+    # Prepare: the board sent grant 1 of version 2, then its process ended
+    caplog.set_level(logging.INFO)
+    rig.coord.model(rig.files.tflite, rig.files.manifest)
+    version(rig, 2, {DEVICE: 1})
+    first = rig.client()
+    rig.drain(first)
+    (sent,) = updates(rig)
+
+    # Execute: a new process; the coordinator (which lost the update) still lists grant 1,
+    # now at version 3
+    version(rig, 3, {DEVICE: 1}, shift=0.01)
+    rig.drain(rig.client())
+
+    # Assert: the same update again, byte for byte; nothing trained
+    again = updates(rig)
+    assert len(again) == 2 and again[1].sha256 == sent.sha256 and again[1].round == 2
+    assert "resent the update already computed" in caplog.text
+    assert [s.state for s in rig.statuses()].count("training") == 1
