@@ -300,5 +300,5 @@ def coordinator_wait_all(coord: Coordinator, n: int, timeout: float = 30) -> set
         coord.transport.subscribe(topic, qos)
     while len(coord.online()) < n:
         assert time.monotonic() < deadline, f"only {sorted(coord.online())} online"
-        coord._pump(0.1)
+        coord.pump(0.1)
     return coord.online()

@@ -160,7 +160,7 @@ def test_a_control_message_for_another_job_does_not_steer_this_one(
     mosquitto_broker, bundle, tmp_path, jobs, caplog
 ):
     # Prepare: a job waiting for devices
-    caplog.set_level(logging.WARNING, logger="coordinator.server")
+    caplog.set_level(logging.WARNING, logger="coordinator")
     job = start_job(jobs, mosquitto_broker, bundle, tmp_path)
     with mqtt_client(mosquitto_broker, "operator") as operator:
         coordinator_handled(operator, job, "probe-1")
@@ -181,7 +181,7 @@ def test_a_signed_job_obeys_only_control_signed_with_its_key(
     mosquitto_broker, bundle, keys, tmp_path, jobs, caplog, forgery
 ):
     # Prepare
-    caplog.set_level(logging.WARNING, logger="coordinator.server")
+    caplog.set_level(logging.WARNING, logger="coordinator")
     key_file, signer, stranger = keys
     job = start_job(jobs, mosquitto_broker, bundle, tmp_path, signing_key=key_file)
     pause = JobControl(job.job, "paused", time.time() + 1, "forged")
@@ -211,7 +211,7 @@ def test_a_pause_ends_by_itself_after_max_pause_and_says_so(
     mosquitto_broker, bundle, tmp_path, jobs, caplog
 ):
     # Prepare: two rounds, a pause of at most 2 s, one device
-    caplog.set_level(logging.WARNING, logger="coordinator.server")
+    caplog.set_level(logging.WARNING, logger="coordinator")
     job = start_job(jobs, mosquitto_broker, bundle, tmp_path, rounds=2, max_pause=2.0)
     train = load_dataset("fashion-mnist", "train")
     d = bundle.manifest
