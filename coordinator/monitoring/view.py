@@ -18,9 +18,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from coordinator.monitoring.rows import (
+    DeviceState,
+    control_dict,
+    device_row,
+    global_dict,
+    history_entry,
+    model_dict,
+    round_dict,
+)
 from edge_client.errors import ProtocolError
 from edge_client.messaging import (
     ControlReceived,
@@ -46,33 +54,6 @@ from edge_client.protocol import (
 COORDINATOR = "coordinator"  # the coordinator registers its Last Will as this "device"
 MAX_EVENTS = 50  # recent events kept for display
 MAX_REJECTIONS = 20  # recent rejected updates in the snapshot (from the rounds' metrics)
-STALE_AFTER_HEARTBEATS = 3.0  # a heartbeating device missing this many is shown "stale"
-_MANIFEST_KEYS = (
-    "architecture",
-    "input_shape",
-    "classes",
-    "label_names",
-    "parameters",
-    "optimizer",
-    "batch_size",
-    "hyperparameters",
-)
-
-
-@dataclass
-class _Device:
-    """Mutable per-device state; only the view's lock holder touches it."""
-
-    device: str
-    status: DeviceStatus | None = None
-    seen_at: float = 0.0  # status time (retained) or arrival time (live)
-    update_round: int | None = None  # round of its last update or failure
-    failed: str = ""  # failure reason for update_round, "" if it sent weights
-    loss: float | None = None  # local training loss of update_round
-    accuracy: float | None = None
-    samples: int = 0
-    interpreter: str = ""
-    bytes_up: int = 0
 
 
 class JobView:
@@ -88,7 +69,7 @@ class JobView:
     ) -> None:
         self.job, self.prefix, self.broker, self.clock = job, prefix, broker, clock
         self._lock = threading.RLock()
-        self._devices: dict[str, _Device] = {}
+        self._devices: dict[str, DeviceState] = {}
         self._control: JobControl | None = None
         self._round: RoundAnnouncement | None = None
         self._history: dict[int, dict[str, Any]] = {}
@@ -139,7 +120,7 @@ class JobView:
                     )
                 except ProtocolError:
                     continue  # a line this version cannot read: the live messages still count
-                self._history.setdefault(metrics.round, _history_entry(metrics))
+                self._history.setdefault(metrics.round, history_entry(metrics))
                 self._rejections.setdefault(
                     metrics.round, [r.to_dict() for r in metrics.rejections]
                 )
@@ -197,7 +178,7 @@ class JobView:
         """Everything shown by the monitor and the dashboard, as plain JSON-ready data."""
         with self._lock:
             now = self.clock()
-            devices = [self._device_row(d, now) for _, d in sorted(self._devices.items())]
+            devices = [device_row(d, self._round, now) for _, d in sorted(self._devices.items())]
             history = [dict(self._history[r]) for r in sorted(self._history)]
             last = history[-1] if history else {}
             return {
@@ -212,8 +193,8 @@ class JobView:
                 "last_message": self._last_message,
                 "rejected": self._rejected,
                 "coordinator_lost": self._coordinator_lost,
-                "control": _control_dict(self._control),
-                "round": self._round_dict(now),
+                "control": control_dict(self._control),
+                "round": round_dict(self._round, self._devices, now),
                 "devices": devices,
                 "history": history,
                 "rejections": self._recent_rejections(),
@@ -224,8 +205,8 @@ class JobView:
                     "accuracy": last.get("accuracy"),
                     "loss": last.get("loss"),
                 },
-                "model": self._model_dict(),
-                "global": _global_dict(self._global),
+                "model": model_dict(self._model),
+                "global": global_dict(self._global),
                 "traffic": dict(self._traffic),
                 "messages": dict(self._counts),
                 "events": list(self._events),
@@ -236,9 +217,9 @@ class JobView:
     def _event(self, text: str) -> None:
         self._events.append({"time": self.clock(), "text": text})
 
-    def _row(self, device: str) -> _Device:
+    def _row(self, device: str) -> DeviceState:
         if device not in self._devices:
-            self._devices[device] = _Device(device)
+            self._devices[device] = DeviceState(device)
         return self._devices[device]
 
     def _on_status(self, status: DeviceStatus, item: Incoming, retained: bool) -> None:
@@ -276,7 +257,7 @@ class JobView:
 
     def _on_metrics(self, m: RoundMetrics, item: Incoming, retained: bool) -> None:
         self._coordinator_lost = None
-        entry = _history_entry(m)
+        entry = history_entry(m)
         before = self._history.get(m.round)
         if before and not entry["dropped"]:  # the wire does not carry it; metrics.jsonl does
             entry["dropped"] = before["dropped"]
@@ -345,116 +326,7 @@ class JobView:
             )
         self._device_result(info, env.round)
 
-    # -- snapshot parts (lock held) -------------------------------------------------------------
-    def _device_row(self, d: _Device, now: float) -> dict[str, Any]:
-        s = d.status
-        if s is None:
-            presence = "unknown"
-        elif s.state == "offline":
-            presence = "offline"
-        elif s.heartbeat_s > 0 and now - d.seen_at > STALE_AFTER_HEARTBEATS * s.heartbeat_s:
-            presence = "stale"
-        else:
-            presence = "online"
-        ann = self._round
-        current = ann is not None and d.update_round == ann.round
-        return {
-            "device": d.device,
-            "presence": presence,
-            "state": s.state if s else "unknown",
-            "detail": s.detail if s else "",
-            "round": s.round if s else None,
-            "selected": bool(ann and ann.is_selected(d.device)),
-            "replied": ("failed" if d.failed else "update") if current else "",
-            "last_round": d.update_round,
-            "samples": d.samples,
-            "loss": d.loss,
-            "accuracy": d.accuracy,
-            "failure": d.failed,
-            "interpreter": d.interpreter,
-            "version": s.version if s else "",
-            "heartbeat_s": s.heartbeat_s if s else 0.0,
-            "last_seen": d.seen_at or None,
-            "bytes_up": d.bytes_up,
-        }
-
-    def _round_dict(self, now: float) -> dict[str, Any] | None:
-        ann = self._round
-        if ann is None:
-            return None
-        answered = {k: d for k, d in self._devices.items() if d.update_round == ann.round}
-        return {
-            "round": ann.round,
-            "state": ann.state,
-            "deadline": ann.deadline,
-            "remaining_s": max(0.0, ann.deadline - now) if ann.state == "open" else None,
-            "selected": list(ann.selected),
-            "replied": sorted(k for k, d in answered.items() if not d.failed),
-            "failed": sorted(k for k, d in answered.items() if d.failed),
-            "hyperparams": dict(ann.hyperparams),
-            "encoding": ann.encoding,
-            "model_sha256": ann.model_sha256,
-            "global_sha256": ann.global_sha256,
-        }
-
     def _recent_rejections(self) -> list[dict[str, Any]]:
         """The last :data:`MAX_REJECTIONS` rejected messages, oldest first (round order)."""
         recent = [r for n in sorted(self._rejections) for r in self._rejections[n]]
         return recent[-MAX_REJECTIONS:]
-
-    def _model_dict(self) -> dict[str, Any] | None:
-        env = self._model
-        if env is None:
-            return None
-        info = {k: env.meta.get(k) for k in _MANIFEST_KEYS}
-        return {"sha256": env.sha256, "bytes": len(env.body), **info}
-
-
-def _history_entry(m: RoundMetrics) -> dict[str, Any]:
-    """A round's row of the snapshot's ``history`` (what the monitor and the dashboard show)."""
-    return {
-        "round": m.round,
-        "accuracy": m.accuracy,
-        "loss": m.loss,
-        "participants": list(m.participants),
-        "bytes_up": m.bytes_up,
-        "bytes_down": m.bytes_down,
-        "duration_s": m.duration_s,
-        "samples": m.samples,
-        "failed": list(m.failed),
-        "rejected": len(m.rejections),  # messages rejected this round (details: rejections)
-        "rejected_counted": sum(r.counted for r in m.rejections),  # counted as a reply
-        "bytes_rejected": m.bytes_rejected,
-        "contested": list(m.contested),
-        "dropped": list(m.dropped),  # known from metrics.jsonl only (not on the wire)
-        # round mode (docs/round-modes.md): over-selection, late updates
-        "target_updates": m.target_updates,
-        "cancelled": list(m.cancelled),
-        "wasted": m.wasted,
-        "late_folded": len(m.late_folded),
-    }
-
-
-def _control_dict(ctl: JobControl | None) -> dict[str, Any] | None:
-    """The job's state; ``by`` who decided, ``until`` when a pause ends by itself, ``signed``
-    whether the job signs its model, rounds and control: the coordinator says so in its
-    control messages (``false``: run with ``--unsigned``); a message that does not say (an
-    operator tool's) is signed exactly when the job is, since a signed job obeys only signed
-    control. ``unsigned_job``: the coordinator says it runs with ``--unsigned``."""
-    if ctl is None:
-        return None
-    return {
-        "state": ctl.state,
-        "time": ctl.time,
-        "detail": ctl.detail,
-        "by": ctl.by,
-        "until": ctl.until,
-        "signed": ctl.signed if ctl.signed is not None else ctl.signature is not None,
-        "unsigned_job": ctl.signed is False,
-    }
-
-
-def _global_dict(env: Envelope | None) -> dict[str, Any] | None:
-    if env is None:
-        return None
-    return {"round": env.round, "encoding": env.encoding, "bytes": env.size, "sha256": env.sha256}

@@ -354,7 +354,7 @@ def test_monitor_rejects_an_invalid_job_name_in_one_line(mosquitto_broker):
 
 def test_history_rows_say_what_a_semi_synchronous_round_did_not_wait_for() -> None:
     from coordinator.monitoring.render import _history_lines
-    from coordinator.monitoring.view import _history_entry
+    from coordinator.monitoring.rows import history_entry as _history_entry
     from edge_client.protocol import RoundMetrics
 
     plain = RoundMetrics(job="j", round=1, participants=("a", "b"))
