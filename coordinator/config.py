@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -82,6 +83,14 @@ class JobConfig:
     # the job's own key, made on its first run (coordinator.job_keys)
     signing_key: str | None = None
     unsigned: bool = False  # sign nothing: an explicit choice, logged as a warning at start
+    # -- secure aggregation (docs/secure-aggregation.md) -------------------------------------
+    # SecAgg+: boards send masked vectors and the coordinator learns only the round's sum,
+    # never one board's update. Needs fedavg, fedprox or fedavgm (secure_checks below).
+    secure_aggregation: bool = False
+    # each coordinate of a board's change (trained - global) is clipped to +-this before it
+    # is quantized: 1.0 is above what one round of the job's models moves a weight
+    secagg_clip: float = 1.0
+    secagg_timeout: float = 30.0  # seconds each stage after training may last
     # -- evaluation -----------------------------------------------------------------------
     test_data: str | None = None  # data set name (fashion-mnist, mnist, cifar10) or path
     eval_every: int = 1  # evaluate the global model every N rounds (and the last)
@@ -140,6 +149,7 @@ class JobConfig:
                 f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}",
             ),
             *_robustness_checks(self),
+            *secure_checks(self),
             (
                 not (self.unsigned and self.signing_key),
                 "unsigned and signing_key contradict each other: give one or neither",
@@ -186,6 +196,59 @@ def _robustness_checks(c: JobConfig) -> list[tuple[bool, str]]:
             "use either clip_norm or dp_clip (DP-FedAvg clips itself)",
         ),
     ]
+
+
+# Bounds that judge each update on its own: secure aggregation hides single updates, so they
+# are off (their defaults) or refused (another value); docs/secure-aggregation.md
+PER_UPDATE_BOUNDS = ("max_update_norm", "max_weight_share", "max_change_ratio")
+
+
+def secure_checks(c: JobConfig) -> list[tuple[bool, str]]:
+    """What secure aggregation cannot combine with: anything that needs single updates."""
+    checks = [
+        (c.secagg_clip > 0 and math.isfinite(c.secagg_clip), "secagg_clip must be positive"),
+        (c.secagg_timeout > 0, "secagg_timeout must be positive (seconds per stage)"),
+    ]
+    if not c.secure_aggregation:
+        return checks
+    entry = STRATEGIES.get(c.strategy)
+    need = "which secure aggregation hides from the coordinator"
+    checks += [
+        (
+            entry is None or not entry.robust,
+            f"--secure-aggregation cannot run strategy {c.strategy}: it looks at each board's "
+            f"update, {need}; use fedavg, fedprox or fedavgm",
+        ),
+        (
+            c.dp_clip == 0,
+            f"--secure-aggregation cannot run DP-FedAvg (--dp-clip): it clips each update, {need}",
+        ),
+        (not c.eval_devices, f"--eval-devices scores each board's update, {need}"),
+        (
+            c.late_updates != "fold",
+            f"--late-updates fold adds single late updates, {need}; use discard",
+        ),
+        (
+            getattr(c, "mode", "sync") == "sync",
+            "--secure-aggregation needs synchronous rounds (--mode sync): a buffered job "
+            "aggregates updates one by one as they arrive, and a masked vector can only be "
+            "unmasked in the sum of a round",
+        ),
+    ]
+    for name in PER_UPDATE_BOUNDS:
+        value, default = getattr(c, name), _default(name)
+        checks.append(
+            (
+                value in (0, default),
+                f"--{name.replace('_', '-')} {value:g} judges each update, {need}: leave it "
+                f"at {default:g} or 0 (off under secure aggregation either way)",
+            )
+        )
+    return checks
+
+
+def _default(name: str) -> Any:
+    return next(f.default for f in fields(JobConfig) if f.name == name)
 
 
 _FIELDS = {f.name: f for f in fields(JobConfig)}

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 SENDER = "coordinator"
 STAGE_NAMES = ("keys", "shares", "masked", "unmask")
+MIN_DEVICES = 3  # with 2, each learns the other's update from the sum; t would be 1
 PublishAll = Callable[[Envelope], int]  # secagg-all; returns bytes published
 PublishTo = Callable[[str, Envelope], int]  # secagg-to/{device}
 
@@ -238,8 +239,11 @@ class SecureRound:
     def _open_shares(self) -> None:
         self.advertised = tuple(sorted(self.keys))
         n = len(self.advertised)
-        if n < max(2, self.min_survivors):
-            raise _Short(f"{n} of {len(self.selected)} devices advertised keys")
+        if n < max(MIN_DEVICES, self.min_survivors):
+            raise _Short(
+                f"{n} of {len(self.selected)} devices advertised keys, a secure round needs "
+                f"{max(MIN_DEVICES, self.min_survivors)} (3, and --min-results)"
+            )
         params = self.graph_params(n)
         seed = secrets.token_bytes(32)  # public, unpredictable: places the devices in the graph
         self.graph = build_graph(self.advertised, seed, params)

@@ -30,6 +30,7 @@ from coordinator.late import LateUpdates
 from coordinator.round_mode import POLL_S, SENDER, JobError, RoundMode
 from coordinator.rounds import RoundCollector
 from coordinator.run_dir import RunDir, RunState
+from coordinator.secure_mode import SecureRounds
 from coordinator.strategies import STRATEGIES, build_strategy
 from coordinator.sync_rounds import SyncRounds
 from edge_client.manifest import Manifest
@@ -121,7 +122,9 @@ class Coordinator:
         ):
             raise JobError(f"strategy {config.strategy} needs a model exported with --prox-mu > 0")
         # The round mode: how one round runs (round_mode.RoundMode).
-        self.rounds: RoundMode = SyncRounds(self)
+        self.rounds: RoundMode = (
+            SecureRounds(self) if config.secure_aggregation else SyncRounds(self)
+        )
 
     @property
     def control_state(self) -> str:
@@ -157,13 +160,19 @@ class Coordinator:
                 return self.online()
             log.info("queued statuses took devices offline: waiting for %d online", need)
 
-    def pump(self, timeout: float, collector: RoundCollector | None = None) -> None:
+    def pump(
+        self,
+        timeout: float,
+        collector: RoundCollector | None = None,
+        on_item: Callable[[AnyIncoming], bool] | None = None,
+    ) -> None:
         """Wait up to ``timeout`` for one message and handle it (updates go to ``collector``,
-        the open round's); also ends an overlong pause and republishes after a reconnect."""
+        the open round's; a round mode's ``on_item`` sees it first and returns True when it
+        took it); also ends an overlong pause and republishes after a reconnect."""
         self.control.end_pause_after_limit()
         self._republish_after_reconnect()
         item = self.inbox.get(timeout)
-        if item is not None:
+        if item is not None and not (on_item is not None and on_item(item)):
             self._handle(item, collector)
 
     def drain(self, limit: int = 10_000) -> None:
@@ -286,7 +295,8 @@ class Coordinator:
             or not self.bounds.max_weight_share
             or not self.bounds.max_change_ratio
         )
-        (log.warning if off else log.info)("%s", self.bounds.describe())
+        if not self.cfg.secure_aggregation:  # secure rounds say what they bound instead
+            (log.warning if off else log.info)("%s", self.bounds.describe())
         for topic, qos in self.topics.coordinator_subscriptions():
             self.transport.subscribe(topic, qos)
         self.control.publish("running")

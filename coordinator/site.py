@@ -58,6 +58,11 @@ from edge_client.transport import Transport
 
 log = logging.getLogger(__name__)
 
+SECURE_REFUSAL = (
+    "a site aggregator cannot take part in a secure round: it would see its devices' updates "
+    "in the clear (secure aggregation runs between boards and the coordinator only)"
+)
+
 INTERPRETER = "site-aggregator"  # what a site's update and status name as their interpreter
 
 
@@ -220,6 +225,10 @@ class SiteAggregator:
             self._publish_local(now.local, "closed")
             self.current = None
         if ann.state == "open" and ann.is_selected(self.cfg.site_id) and key not in self._handled:
+            if ann.secure is not None:  # the site would see its devices' updates in the clear
+                self._handled.add(key)
+                self._send_failure(ann, SECURE_REFUSAL, 0)
+                return
             self.pending = ann
 
     def _maybe_open(self) -> None:

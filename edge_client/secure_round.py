@@ -178,13 +178,14 @@ class SecureRound:
         mine = kl.keys.get(self.device)
         if mine is None or (mine.c_public, mine.s_public) != (self.c.public, self.s.public):
             raise SecAggError("the key list does not hold this board's keys")
-        k = min(kl.k, len(members) - 1)
-        if len(members) < 2 or not (k // 2 < kl.threshold <= k + 1) or kl.threshold < 2:
-            raise SecAggError(
-                f"refusing threshold {kl.threshold} for degree {kl.k} and {len(members)} "
-                "members: it must be a majority of the neighbourhood"
-            )
         graph = build_graph(members, kl.graph_seed, GraphParameters(kl.k, kl.threshold))
+        degree = len(graph.neighbours(self.device))
+        if len(members) < 3 or not degree // 2 < graph.threshold <= degree + 1:
+            raise SecAggError(
+                f"refusing threshold {kl.threshold} for {degree} neighbours among "
+                f"{len(members)} members: it must be a majority of the neighbourhood (and a "
+                "round needs 3 members)"
+            )
         holders = graph.holders(self.device)
         xs = [graph.index(h) for h in holders]
         seed_shares = split(self._self_seed, graph.threshold, xs)

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from edge_client import __version__
-from edge_client.protocol import ROUND_MODES, DeviceStatus, Topics
+from edge_client.protocol import ROUND_MODES, SECAGG, DeviceStatus, Topics
+from edge_client.secagg import available as secagg_available
 from edge_client.transport import Transport, Will
 
 MAX_DETAIL = 1000  # characters of a status detail or failure reason sent over the wire
@@ -51,7 +52,9 @@ class StatusReporter:
             samples=samples,
             heartbeat_s=heartbeat_s,
             version=__version__,
-            modes=ROUND_MODES,  # this board trains synchronous and buffered rounds
+            # this board trains synchronous and buffered rounds, and secure ones when it has
+            # the cryptography package
+            modes=ROUND_MODES + ((SECAGG,) if secagg_available() else ()),
         )
         self._last_publish = 0.0  # monotonic
 

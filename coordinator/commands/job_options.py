@@ -221,6 +221,28 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         "accounting. [default: 0]",
     ),
     (
+        "--secure-aggregation",
+        "secure_aggregation",
+        bool,
+        "Secure aggregation (SecAgg+): boards send masked vectors, the coordinator learns only "
+        "the round's weighted sum, never one board's update. With fedavg, fedprox or fedavgm; "
+        "the per-update bounds are off (docs/secure-aggregation.md).",
+    ),
+    (
+        "--secagg-clip",
+        "secagg_clip",
+        float,
+        "Secure aggregation: each board clips each coordinate of its change to +-this before "
+        f"quantizing. [default: {D.secagg_clip:g}]",
+    ),
+    (
+        "--secagg-timeout",
+        "secagg_timeout",
+        float,
+        "Secure aggregation: seconds each stage after training (shares, masked vectors, "
+        f"unmasking) may last. [default: {D.secagg_timeout:g}]",
+    ),
+    (
         "--signing-key",
         "signing_key",
         str,

@@ -181,6 +181,8 @@ class RoundAnnouncement(_JsonMessage):
             )
         if self.secagg is not None:
             _set(self, "secagg", SecAggParams.from_dict(self.secagg).to_dict())
+            if self.mode is not None:  # a masked vector unmasks only in a round's sum
+                raise ProtocolError(f"a secure round cannot be a {self.mode} one")
         if self.run is not None:
             check_id(self.run, "run id")
         if self.signature is not None:

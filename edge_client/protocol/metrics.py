@@ -46,6 +46,7 @@ _ROUND_MODE = (
     "late_folded",
     "mode",
     "buffer",
+    "secagg",
 )
 # keys of the wire's extra read into fields
 _TYPED_EXTRA = (
@@ -273,6 +274,8 @@ class RoundMetrics:
     late_folded: dict[str, int] = field(default_factory=dict)  # device -> round it trained
     mode: str = ""  # "buffered": ``round`` is a global version (FedBuff); "": a round
     buffer: tuple[FoldedUpdate, ...] = ()  # buffered: the updates folded into this version
+    # A secure round: its stages, graph, survivors, bound (docs/protocol.md section 14)
+    secagg: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_id(self.job, "job id")
@@ -310,6 +313,7 @@ class RoundMetrics:
         for device, round_ in folded.items():
             check_int(round_, f"late update round of {device!r}")
         _set(self, "late_folded", folded)
+        _set(self, "secagg", check_json_dict(self.secagg, "secagg"))
         rejected = check_json_dict(self.rejected, "rejected")
         for device, reason in rejected.items():
             check_str(reason, f"rejection reason of {device!r}")

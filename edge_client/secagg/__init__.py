@@ -12,7 +12,7 @@ The coordinator learns the sum of the round's quantized updates, never one devic
 - ``masking``: mask one update, unmask the survivors' sum.
 """
 
-from edge_client.secagg.errors import SecAggError, TooFewSurvivorsError
+from edge_client.secagg.errors import SecAggError, TooFewSurvivorsError, available
 from edge_client.secagg.graph import Graph, GraphParameters, build_graph, choose_parameters
 from edge_client.secagg.keys import (
     KeyPair,
@@ -53,6 +53,7 @@ __all__ = [
     "SecAggError",
     "Share",
     "TooFewSurvivorsError",
+    "available",
     "build_graph",
     "choose_parameters",
     "choose_quantization",

@@ -15,6 +15,13 @@ class TooFewSurvivorsError(SecAggError):
     """Fewer than the threshold t of a device's neighbours are left to reconstruct its secret."""
 
 
+def available() -> bool:
+    """Whether this Python can run secure aggregation (the ``cryptography`` package)."""
+    import importlib.util
+
+    return importlib.util.find_spec("cryptography") is not None
+
+
 def crypto(module: str) -> Any:
     """Import ``cryptography.hazmat.primitives.<module>``, or say clearly how to get it.
 
