@@ -14,8 +14,9 @@ their fleet file says), and records bench/results/fleet.json:
 Fashion-MNIST, `cnn` (Adam lr 0.001, batch 32), 2 local epochs, K = 10 updates per global
 model in every mode: synchronous FedAvg selects 10 boards and waits for all of them (or the
 deadline); semi-synchronous selects 15 (--over-select 1.5) and closes at 10, late updates
-discarded (the toolkit's default); FedBuff folds every 10 updates (buffer size) into a new
-version. Each run's raw records go to bench/results/fleet/NAME/ (figures recompute from them:
+folded with a staleness weight (--late-updates fold: on a mixed fleet the boards still
+uploading over a slow link when a round closes are one round late, and discarding them
+wastes their training); FedBuff folds every 10 updates (buffer size) into a new version. Each run's raw records go to bench/results/fleet/NAME/ (figures recompute from them:
 bench/fleet_figures.py). The simulator refuses an oversubscribed fleet (its CPU estimate
 above 80 % of the cores); the bench records that and goes on with the other configurations.
 """
@@ -219,7 +220,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--targets", default="0.85,0.88", help="test accuracies to time")
     p.add_argument("--k", type=int, default=10, help="updates per global model, every mode")
     p.add_argument("--over-select", type=float, default=1.5)
-    p.add_argument("--late-updates", default="discard", choices=("discard", "fold"))
+    p.add_argument("--late-updates", default="fold", choices=("discard", "fold"))
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--round-timeout", type=float, default=120.0)
     p.add_argument("--repeats", type=int, default=1)
@@ -234,7 +235,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.fleets = (args.fleets or ("quick" if q else "mixed-pi,homogeneous")).split(",")
     args.partitions = (args.partitions or ("iid" if q else "iid,dirichlet:0.5")).split(",")
     args.modes = (args.modes or ",".join(MODES)).split(",")
-    budget = args.budget or ("quick=15" if q else "mixed-pi=240,homogeneous=120")
+    budget = args.budget or ("quick=20" if q else "mixed-pi=240,homogeneous=120")
     args.budget = {k: float(v) for k, v in (x.split("=") for x in budget.split(","))}
     args.targets = [float(x) for x in args.targets.split(",")]
     if q:

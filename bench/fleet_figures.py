@@ -14,10 +14,13 @@ was loaded and the CPU calibrated):
 - accepted updates: updates aggregated into a global model within the budget (late ones
   folded included);
 - accuracy after the same number of accepted updates: N = the fewest accepted updates any
-  mode of the same fleet and partition reached within the budget; each mode's first global
-  model that had at least N updates behind it;
+  mode of the same fleet and partition reached within the budget; each mode's last global
+  model with at most N updates behind it (the number is recorded: rounds of ~K updates
+  cannot always hit N exactly, and the mode with fewer gets no benefit of the doubt);
 - wasted updates: trained and sent, then discarded (late for a closed round, too stale, or
-  rejected); trainings cancelled when a round closed early are counted apart;
+  rejected);
+- stopped trainings: boards still training when a semi-synchronous round closed that
+  stopped without sending (partial work lost; those that sent anyway are wasted updates);
 - bytes per accepted update: everything the boards' links carried, both directions, over
   the whole run, divided by the updates accepted over the whole run.
 """
@@ -25,6 +28,7 @@ was loaded and the CPU calibrated):
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -56,6 +60,21 @@ def accepted_in(m: dict[str, Any]) -> int:
 
 def wasted_in(m: dict[str, Any]) -> int:
     return int(m.get("wasted", 0)) + len(m.get("rejected", {}))
+
+
+LATE_ROUND = re.compile(r"late update for round (\d+)")
+
+
+def stopped_trainings(metrics: list[dict[str, Any]]) -> int:
+    """Cancelled boards (still training at a round's close) whose update for that round
+    never arrived later (neither folded nor discarded as late): they stopped partway."""
+    late: set[tuple[str, int]] = set()
+    for m in metrics:
+        late.update((d, int(r)) for d, r in m.get("late_folded", {}).items())
+        for d, why in m.get("late_discarded", {}).items():
+            if hit := LATE_ROUND.search(why):
+                late.add((d, int(hit.group(1))))
+    return sum(1 for m in metrics for d in m.get("cancelled", ()) if (d, m["round"]) not in late)
 
 
 def timeline(run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -93,7 +112,7 @@ def run_figures(run: dict[str, Any], targets: list[float]) -> dict[str, Any]:
         "global_models": len(within),
         "accepted_updates": within[-1]["accepted"] if within else 0,
         "wasted_updates": sum(wasted_in(m) for m in run["metrics"]),
-        "cancelled_trainings": sum(len(m.get("cancelled", ())) for m in run["metrics"]),
+        "stopped_trainings": stopped_trainings(run["metrics"]),
         "trainings_started": sum(b["trainings"] for b in summary["boards"].values()),
         "link_bytes_per_accepted_update": round(link_bytes / accepted_all)
         if accepted_all
@@ -130,7 +149,11 @@ def same_updates(runs: list[dict[str, Any]]) -> None:
         n = min(r["accepted_updates"] for r in group)
         for r in group:
             hit = next(
-                (p for p in r["_timeline"] if p["accepted"] >= n and p["accuracy"] is not None),
+                (
+                    p
+                    for p in reversed(r["_timeline"])
+                    if p["accepted"] <= n and p["accuracy"] is not None
+                ),
                 None,
             )
             r["same_updates"] = {
@@ -207,9 +230,9 @@ def table(result: dict[str, Any], targets: list[float]) -> str:
     rows = [
         "| fleet | partition | mode | "
         + " | ".join(heads)
-        + " | accuracy at budget | accepted | same updates (N) | wasted (cancelled) | "
+        + " | accuracy at budget | accepted | after N updates (its count) | wasted, stopped | "
         "link bytes / accepted update | wall, device CPU, coordinator CPU | utilisation est. / measured | load avg (median, max) |",
-        "|---" * (10 + len(heads)) + "|",
+        "|---" * (11 + len(heads)) + "|",
     ]
     for r in result["runs"]:
         su = r["same_updates"]
@@ -218,7 +241,7 @@ def table(result: dict[str, Any], targets: list[float]) -> str:
             f"| {r['fleet']} | {r['partition']} | {LABELS.get(r['mode'], r['mode'])} | "
             + " | ".join(_time(r["time_to"][f"{100 * x:g}"], r["budget_s"]) for x in targets)
             + f" | {_pct(r['accuracy_at_budget'])} ({r['budget_s']:g} s) | {r['accepted_updates']} | "
-            f"{_pct(su['accuracy'])} ({su['n']}) | {r['wasted_updates']} ({r['cancelled_trainings']}) | "
+            f"{_pct(su['accuracy'])} ({su['accepted']}) | {r['wasted_updates']}, {r['stopped_trainings']} | "
             + (
                 "—"
                 if r["link_bytes_per_accepted_update"] is None
