@@ -53,6 +53,32 @@ class InfluenceBounds:
     def off(cls) -> InfluenceBounds:
         return cls(check_samples=False, max_weight_share=0.0, max_change_ratio=0.0)
 
+    @classmethod
+    def from_options(
+        cls, *, no_sample_check: bool, max_weight_share: float, max_change_ratio: float
+    ) -> InfluenceBounds:
+        """The bounds of the job options of the same names (``fedcoord start``, ``site``)."""
+        return cls(
+            check_samples=not no_sample_check,
+            max_weight_share=max_weight_share,
+            max_change_ratio=max_change_ratio,
+        )
+
+    def problem(self) -> str | None:
+        """Why these bounds are unusable (None: they are fine), as JobConfig words it."""
+        if not 0 <= self.max_weight_share <= 1:
+            return "max_weight_share must be in [0, 1] (0 disables the cap)"
+        if self.max_change_ratio < 0:
+            return "max_change_ratio must be >= 0 (0 disables the check)"
+        if self.max_held < 1:
+            return "max_held must be at least 1"
+        return None
+
+    @property
+    def weakened(self) -> bool:
+        """Some bound is off by option (the log says so as a warning)."""
+        return not (self.check_samples and self.max_weight_share and self.max_change_ratio)
+
     def describe(self) -> str:
         """One line for the job's log: what is on and what the operator turned off."""
         on: list[str] = []
@@ -94,6 +120,17 @@ def capped_weights(samples: list[int], max_share: float) -> list[int]:
     return list(samples)  # unreachable while n * share > 1
 
 
+def late_key(device: str, round_: int) -> str:
+    """How a late update (coordinator/late.py) is named among a round's updates: apart from
+    an update its device sends for the round itself (ids have no spaces)."""
+    return f"{device} (late update for round {round_})"
+
+
+def owner(key: str) -> str:
+    """The device of an update named ``key`` (a device id or a :func:`late_key`)."""
+    return key.split(" ", 1)[0]
+
+
 @dataclass
 class Held:
     """An accepted update not yet folded into the strategy."""
@@ -101,7 +138,30 @@ class Held:
     device: str
     weights: Mapping[str, np.ndarray]
     samples: int
-    change: float  # L2 norm of weights - global
+    change: float  # L2 norm of weights - global (a late update: of its own training)
+    late_round: int = 0  # a late update's own round (coordinator/late.py); 0: this round's
+    size: int = 0  # a late update's bytes (an update of the round has them in its metrics)
+
+    @property
+    def key(self) -> str:
+        return late_key(self.device, self.late_round) if self.late_round else self.device
+
+
+def capped_claims(claims: Mapping[str, int], max_share: float) -> dict[str, int]:
+    """Weights of a round's updates (``claims``: key -> sample count) such that no *device*
+    carries more than ``max_share`` of the total: :func:`capped_weights` over the devices'
+    totals (a device may have a late update besides its own, :func:`late_key`); a capped
+    device's updates share its cap in proportion to their claims."""
+    totals: dict[str, int] = {}
+    for key, n in claims.items():
+        totals[owner(key)] = totals.get(owner(key), 0) + n
+    devices = list(totals)
+    caps = dict(zip(devices, capped_weights([totals[d] for d in devices], max_share)))
+    out = {}
+    for key, n in claims.items():
+        cap, total = caps[owner(key)], totals[owner(key)]
+        out[key] = n if cap == total else max(1, n * cap // total)
+    return out
 
 
 @dataclass(frozen=True)
@@ -114,12 +174,15 @@ class Decision:
 
 
 def change_outliers(changes: Mapping[str, float], ratio: float) -> dict[str, str]:
-    """device -> rejection reason for changes above ``ratio`` x the median of the others."""
+    """key -> rejection reason for changes above ``ratio`` x the median of the other devices'
+    updates (a device's late update is not judged against its own update of the round)."""
     if ratio <= 0 or len(changes) < MIN_UPDATES_FOR_MEDIAN:
         return {}
     out = {}
     for device, change in changes.items():
-        others = [c for d, c in changes.items() if d != device]
+        others = [c for d, c in changes.items() if owner(d) != owner(device)]
+        if len(others) < MIN_UPDATES_FOR_MEDIAN - 1:
+            continue
         median = statistics.median(others)
         if change > ratio * median and math.isfinite(change):
             times = f"{change / median:.1f}x" if median > 0 else "infinitely"

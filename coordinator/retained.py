@@ -4,7 +4,9 @@ A run remembers the chunk counts of its own retained messages, so a shorter repu
 clears the extra chunks. A new run does not know what an earlier run of the same job left:
 ``model/2 .. model/15`` of a run with a smaller chunk size would stay retained next to
 this run's shorter model. So at start-up the coordinator reads what is retained under its
-binary base topics and clears the chunks its own messages do not overwrite.
+binary base topics and clears the chunks its own messages do not overwrite; a site aggregator
+does the same on its site broker, where it relays the model and global weights
+(:func:`clear_leftovers`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from edge_client.messaging import BinaryPublisher
 from edge_client.protocol import QOS
 from edge_client.transport import Transport
 
@@ -46,4 +49,27 @@ def retained_chunk_counts(
         base, _, index = message.topic.rpartition("/")
         if base in bases and message.retain and message.payload and index.isdecimal():
             counts[base] = max(counts.get(base, 0), int(index) + 1)
+    return counts
+
+
+def clear_leftovers(
+    scanner: Transport, publisher: BinaryPublisher, base_topics: Iterable[str], where: str
+) -> dict[str, int]:
+    """Scan what is retained under ``base_topics`` through ``scanner`` (connected if needed,
+    closed after) and let ``publisher``'s next retained publish on each clear the chunks it
+    does not overwrite. ``where`` names the broker in the log line."""
+    if not scanner.connected:
+        scanner.connect()
+    try:
+        counts = retained_chunk_counts(scanner, base_topics)
+    finally:
+        scanner.close()
+    for base, count in counts.items():
+        publisher.assume_retained(base, count)
+    if counts:
+        log.info(
+            "retained on %s: %s; chunks the next publish does not overwrite will be cleared",
+            where,
+            ", ".join(f"{n} chunk(s) on {base}" for base, n in sorted(counts.items())),
+        )
     return counts

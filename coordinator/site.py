@@ -13,8 +13,12 @@ broker, :func:`bridge_config`); *downstream* is the site broker under the device
 topics, where the aggregator plays the coordinator. Per central round that selects the site,
 it relays the model and global weights down (as received), selects its own devices, announces
 the round with a deadline ``margin_s`` before the central one, validates and folds their
-updates with the coordinator's own :class:`RoundCollector` and streaming FedAvg (O(model)),
-and sends the partial sum up (or a failure when too few devices answered).
+updates with the coordinator's own :class:`RoundCollector`, under the coordinator's bounded
+influence (:class:`InfluenceBounds`: sample counts checked against statuses, change vs the
+round's median, weight-share cap), and streaming FedAvg (O(model)), and sends the partial sum
+up (or a failure when too few devices answered). With the job's public key
+(:class:`UpstreamTrust`) it relays and obeys only what the job signed. At start it clears
+the model and global chunks that earlier runs left retained on the site broker.
 """
 
 from __future__ import annotations
@@ -28,8 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.aggregation import FedAvg
+from coordinator.influence import InfluenceBounds
+from coordinator.retained import clear_leftovers
 from coordinator.rounds import RoundCollector
 from coordinator.selection import select_devices
+from coordinator.site_bridge import bridge_config
+from coordinator.site_trust import UpstreamTrust
 from edge_client import __version__
 from edge_client.errors import ConfigError, EdgeFLError, ProtocolError
 from edge_client.manifest import Manifest
@@ -56,6 +64,8 @@ from edge_client.protocol import (
 )
 from edge_client.transport import Transport
 
+__all__ = ["INTERPRETER", "SiteAggregator", "SiteConfig", "SiteRound", "bridge_config"]
+
 log = logging.getLogger(__name__)
 
 SECURE_REFUSAL = (
@@ -79,6 +89,12 @@ class SiteConfig:
     # time left), leaving room to aggregate and send the partial sum up.
     margin_s: float = 5.0
     max_update_norm: float = 10.0  # the coordinator's check, applied to the site's devices
+    # The coordinator's bounded influence over the site's devices (fedcoord start's defaults:
+    # sample counts checked against statuses, weight share <= 0.5, change <= 10x the median)
+    bounds: InfluenceBounds = field(default_factory=InfluenceBounds)
+    # The job's public key (as fedge run --trust-key): upstream control, model and rounds must
+    # be signed with it; None: nothing is checked (logged at start)
+    trust_key: str | None = None
     seed: int = 0  # device selection
     max_chunk: int = DEFAULT_MAX_CHUNK
 
@@ -94,6 +110,11 @@ class SiteConfig:
             )
         if self.margin_s < 0 or self.max_update_norm < 0:
             raise ConfigError("margin_s and max_update_norm must be >= 0")
+        if self.max_chunk < 1024:
+            raise ConfigError(f"max_chunk must be at least 1024 bytes, got {self.max_chunk}")
+        problem = self.bounds.problem()
+        if problem:
+            raise ConfigError(problem)
 
 
 @dataclass
@@ -125,9 +146,14 @@ class SiteAggregator:
         upstream: Transport,
         downstream: Transport,
         *,
+        scanner: Transport | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``scanner``: a spare connection to the site broker, used once by :meth:`start` to
+        find the chunks earlier runs left retained there (``fedcoord site`` gives one)."""
         self.cfg, self.upstream, self.downstream, self.clock = cfg, upstream, downstream, clock
+        self.scanner = scanner
+        self.trust = UpstreamTrust.from_spec(cfg.site_id, cfg.job, cfg.trust_key)
         self.up = Topics(cfg.job, cfg.upstream_prefix)
         self.down = Topics(cfg.job, cfg.prefix)
         self.up_inbox, self.down_inbox = Inbox(upstream, self.up), Inbox(downstream, self.down)
@@ -149,6 +175,14 @@ class SiteAggregator:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
+        cfg = self.cfg
+        (log.warning if cfg.bounds.weakened else log.info)(
+            "site %s: %s", cfg.site_id, cfg.bounds.describe()
+        )
+        (log.info if self.trust.verifier else log.warning)("%s", self.trust.describe())
+        if self.scanner is not None:  # what earlier runs left retained on the site broker
+            bases = [self.down.model, self.down.global_weights]
+            clear_leftovers(self.scanner, self.down_pub, bases, f"site broker of {cfg.site_id}")
         for topic, qos in self.up.device_subscriptions():
             self.upstream.subscribe(topic, qos)
         for topic, qos in self.down.coordinator_subscriptions():
@@ -196,16 +230,22 @@ class SiteAggregator:
     # -- upstream: the central job ------------------------------------------------------
     def _from_upstream(self, item: AnyIncoming) -> None:
         match item:
-            case ModelReceived(env):
+            case ModelReceived(env) if self.trust.model(item):
                 self.manifest = Manifest.from_dict(env.meta)
                 self.model_sha256 = env.sha256
                 self._relay(self.down.model, item)
-            case GlobalReceived(env):
+            case GlobalReceived(env):  # its digest is in the (checked) announcement
                 self.global_weights, self.global_sha256 = env.weights(), env.weights_sha256()
                 self._relay(self.down.global_weights, item)
             case RoundReceived(ann):
-                self._on_central_round(ann)
-            case ControlReceived(control):
+                checked = self.trust.announcement(ann, item.raw)
+                if checked is not None:
+                    self._on_central_round(checked)
+            case ControlReceived(ctl):
+                control = self.trust.control(ctl, item.raw)
+                if control is None:  # refused: neither obeyed nor relayed to the boards
+                    return
+                # relayed as received: boards with --trust-key check the signature themselves
                 self.downstream.publish(self.down.control, item.raw, retain=True)
                 if control.state == "stopped" and control.time > self._started_at:
                     log.info("job %s stopped: site %s leaves", self.cfg.job, self.cfg.site_id)
@@ -280,6 +320,8 @@ class SiteAggregator:
             strategy,
             weights,
             cfg.max_update_norm,
+            bounds=cfg.bounds,
+            announced={d: s.samples for d, s in self.devices.items() if s.samples > 0},
         )
         self.current = _LocalRound(ann, local, collector, strategy, now)
         self._publish_local(local, "open")
@@ -311,6 +353,7 @@ class SiteAggregator:
         self.current = None
         self._publish_local(current.local, "closed")
         c, ann = current.collector, current.central
+        c.close()  # the round-wide bounds decide (change vs median, weight share), then fold
         if c.aggregated < self.cfg.min_results:
             reason = (
                 f"site {self.cfg.site_id}: {c.aggregated} device update(s) by the site deadline, "
@@ -386,30 +429,3 @@ def _weighted(results: list, attribute: str) -> float | None:
     if not values or any(v is None for v, _ in values):
         return None
     return sum(v * n for v, n in values) / sum(n for _, n in values)
-
-
-def bridge_config(
-    site_id: str,
-    job: str,
-    central: str,
-    *,
-    local_prefix: str = "central/fl/v1",
-    remote_prefix: str = DEFAULT_PREFIX,
-) -> str:
-    """A Mosquitto ``conf.d`` snippet for the site broker: the central job's model, global
-    weights, round and control come down under ``local_prefix``; the site's update and
-    status go up. ``central`` is ``HOST:PORT`` of the central broker."""
-    local, remote = f"{local_prefix}/{job}/", f"{remote_prefix}/{job}/"
-    lines = [
-        f"connection {site_id}-uplink",
-        f"address {central}",
-        f"clientid bridge-{job}-{site_id}",
-        "cleansession true",
-        "notifications false",
-        "bridge_protocol_version mqttv311",
-        "try_private true",  # Mosquitto to Mosquitto: retained flags survive the bridge
-        *(f"topic {t} in 1 {local} {remote}" for t in ("model/#", "global/#", "round", "control")),
-        f"topic update/{site_id}/# out 1 {local} {remote}",
-        f"topic status/{site_id} out 1 {local} {remote}",
-    ]
-    return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from coordinator.config import LATE_UPDATES, JobConfig
+from coordinator.influence import InfluenceBounds
 from coordinator.strategies import STRATEGY_NAMES, strategy_help
 from edge_client.cli_support import CONNECTION_OPTIONS
 from edge_client.data import dataset_names
@@ -358,6 +359,21 @@ def broker_config(opts: dict[str, Any], url: str | None = None) -> BrokerConfig:
     return BrokerConfig.from_url(
         url or opts["broker"], **{**credentials, "insecure": bool(opts.get("insecure"))}
     )
+
+
+# Bounded influence (coordinator/influence.py): fedcoord start's options, also taken by `site`
+INFLUENCE_FIELDS = ("max_weight_share", "max_change_ratio", "no_sample_check")
+
+
+def influence_options() -> Decorator:
+    """The bounded-influence options of ``fedcoord start``, with its defaults, for commands
+    outside the job-file layering (``site``); :func:`influence_bounds` reads them."""
+    return apply(*(option(f, default=getattr(D, f)) for f in INFLUENCE_FIELDS))
+
+
+def influence_bounds(opts: dict[str, Any]) -> InfluenceBounds:
+    """The bounds a command's :func:`influence_options` ask for."""
+    return InfluenceBounds.from_options(**{f: opts[f] for f in INFLUENCE_FIELDS})
 
 
 def job_options(skip: tuple[str, ...] = ()) -> Decorator:

@@ -13,6 +13,8 @@ from coordinator.commands.job_options import (
     at_least,
     broker_config,
     connection_options,
+    influence_bounds,
+    influence_options,
     option,
 )
 
@@ -63,6 +65,22 @@ from coordinator.commands.job_options import (
     "Seconds between the site's deadline and the central one (at most a quarter of the round).",
 )
 @option("max_update_norm", default=D.max_update_norm)
+@influence_options()
+@click.option(
+    "--trust-key",
+    envvar="EDGEFL_TRUST_KEY",
+    default=None,
+    metavar="PUBKEY",
+    help="The job's Ed25519 public key, as fedge run --trust-key takes it (its signing.pub "
+    "file, or the base64 fedcoord keys generate prints): obey and relay only the model, "
+    "rounds and control messages signed with it. Without it nothing is checked (logged).",
+)
+@option(
+    "max_chunk",
+    default=D.max_chunk,
+    help=f"Largest MQTT payload on the site broker; the relayed model and weights are chunked "
+    f"to it. [default: {D.max_chunk}]",
+)
 @click.option(
     "--bridge-config",
     "bridge_to",
@@ -81,14 +99,18 @@ def site(
     min_results: int,
     margin: float,
     max_update_norm: float,
+    trust_key: str | None,
+    max_chunk: int,
     bridge_to: str | None,
-    **connection: Any,
+    **opts: Any,
 ) -> None:
     """Aggregate one site's devices: relay each central round that selects this site to
     the site's devices (own selection, a deadline --margin seconds earlier), fold their
     updates into a streaming FedAvg and send one update upstream whose weights are the
     site's average and whose sample count is the site's total. FedAvg over sites then
-    equals FedAvg over all devices. See docs/scaling.md.
+    equals FedAvg over all devices. The site bounds its devices' influence as fedcoord
+    start does (same options), and with --trust-key obeys only what the job signed. See
+    docs/scaling.md.
 
     \b
     Example (site broker on this machine, bridged to central.example:1883):
@@ -113,17 +135,29 @@ def site(
         min_results=min_results,
         margin_s=margin,
         max_update_norm=max_update_norm,
+        bounds=influence_bounds(opts),
+        trust_key=trust_key,
+        max_chunk=max_chunk,
     )
-    local = broker_config(connection)
-    central = broker_config(connection, upstream) if upstream else local
+    local = broker_config(opts)
+    central = broker_config(opts, upstream) if upstream else local
     status_topic = Topics(job, cfg.upstream_prefix).status(site_id)
     will = Will(status_topic, DeviceStatus.last_will(site_id, time.time()).to_json())
     aggregator = SiteAggregator(
         cfg,
         MqttTransport(central, f"site-{job}-{site_id}-up", will=will),
         MqttTransport(local, f"site-{job}-{site_id}-down"),
+        scanner=MqttTransport(local, f"site-{job}-{site_id}-retained"),
     )
-    click.echo(f"site {site_id}: devices on {local.url}, central job {job} via {central.url}")
+    checked = (
+        f"signed with key {aggregator.trust.verifier.key_id}"
+        if aggregator.trust.verifier
+        else "UNCHECKED (no --trust-key)"
+    )
+    click.echo(
+        f"site {site_id}: devices on {local.url}, central job {job} via {central.url}, "
+        f"upstream messages {checked}"
+    )
     signal.signal(signal.SIGTERM, lambda *_: aggregator.stop())  # systemd stop: leave cleanly
     aggregator.run()
     click.echo(f"done: {len(aggregator.sent)} rounds sent upstream")
