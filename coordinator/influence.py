@@ -8,11 +8,15 @@ By default (docs/security.md, "Bounded influence"):
 - an update may not claim more samples than its device's status announced (checked when
   the update arrives, if the device announced a count);
 - an update whose change (L2 norm of ``update - global``) is more than ``max_change_ratio``
-  times the median change of the round's other updates is rejected (needs at least
-  ``MIN_UPDATES_FOR_MEDIAN`` updates in the round; the absolute check always applies);
-- no update carries more than ``max_weight_share`` of the round's total weight: larger
+  times the median change of the other devices' updates of the round is rejected (needs at
+  least ``MIN_UPDATES_FOR_MEDIAN`` updates in the round; the absolute check always applies);
+- no device carries more than ``max_weight_share`` of the round's total weight: larger
   sample counts are lowered until it holds (needs more than ``1 / max_weight_share``
-  updates, otherwise the cap cannot hold for everyone and is not applied).
+  devices, otherwise the cap cannot hold for everyone and is not applied).
+
+A late update folded into the round (coordinator/late.py) is one more update of the round,
+named :func:`late_key` apart from its device's own update for the round: both count as
+that device's for the median and the cap.
 
 The last two need the whole round, but aggregation streams (memory O(model)). So updates
 are held, not folded, until the round closes, at most ``max_held`` of them: when one more

@@ -10,6 +10,15 @@ scaled by the staleness weight ``1 / sqrt(1 + s)`` (``s``: rounds behind), befor
 through the job's strategy like any update (so clipping, robust strategies and DP see it
 as one more update). Beyond ``--max-staleness`` rounds it is discarded.
 
+A folded update also passes the open round's bounded influence (coordinator/influence.py)
+like one of its own updates: it is held until the round closes, its change is judged
+against the median change of the round's other updates, and its sample count falls under
+the weight-share cap of its device (together with the device's own update for the round,
+if it sent one). The change judged is that of its own training (``trained - base``, before
+the staleness weight): the weight scales a change down, so judging the weighted change
+would let a stale outlier be ``1 / weight`` times larger than a timely one. The sample
+check against the device's status was made against its own round, when it arrived.
+
 Closed rounds are kept in memory only: after a coordinator restart, a late update for a
 round closed before the restart is discarded, so no update is ever counted twice.
 """
@@ -83,7 +92,7 @@ class LateUpdates:
             )
             return
         try:
-            closed.check_late(envelope, device)
+            _, trained, change = closed.check_late(envelope, device)
         except ProtocolError as exc:  # not a wasted training: an invalid or duplicate update
             open_.rejected[device] = f"late update for round {envelope.round}: {exc}"
             log.warning("rejected late update from %s: %s", device, exc)
@@ -101,15 +110,10 @@ class LateUpdates:
             return
         assert closed.global_weights is not None and open_.global_weights is not None
         weight = staleness_weight(staleness)
-        folded = stale_change(
-            open_.global_weights, closed.global_weights, envelope.weights(), weight
-        )
-        open_.strategy.accept(folded, envelope.samples)
-        open_.aggregated += 1
-        open_.bytes_up += size
-        open_.late_folded[device] = envelope.round
+        folded = stale_change(open_.global_weights, closed.global_weights, trained, weight)
+        open_.take_late(device, envelope.round, folded, envelope.samples, change, size)
         log.info(
-            "folded %s's late update for round %d into round %d (staleness %d, weight %.3f)",
+            "folding %s's late update for round %d into round %d (staleness %d, weight %.3f)",
             device,
             envelope.round,
             open_.round,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from coordinator.aggregation import Strategy
-from coordinator.influence import Held, InfluenceBounds, capped_weights, change_outliers, risk
+from coordinator.influence import Held, InfluenceBounds, capped_claims, change_outliers, risk
 from coordinator.robust_strategies import delta_norm
 from edge_client.errors import ProtocolError
 from edge_client.manifest import Manifest
@@ -146,17 +146,41 @@ class RoundCollector:
             return set()
         return set(self.selected - self.replied - self.invalid - self.dropped)
 
-    def check_late(self, envelope: Envelope, device: str) -> UpdateMeta:
+    def check_late(
+        self, envelope: Envelope, device: str
+    ) -> tuple[UpdateMeta, dict[str, np.ndarray], float]:
         """Validate an update that arrived after this round closed exactly as if it had come
-        in time (ProtocolError says why not); it is then marked seen, never taken twice."""
+        in time (ProtocolError says why not); it is then marked seen, never taken twice.
+        Returns its meta, weights and change (L2 norm from this round's global weights)."""
         key = UpdateKey.of(envelope)
         if self.deduper.seen(key):
             raise ProtocolError("a duplicate of an update already handled")
         self._check(envelope, device)
-        meta, _, _ = self._check_content(envelope, device)
+        checked = self._check_content(envelope, device)
         self.deduper.add(key)
         self.late.add(device)
-        return meta
+        return checked
+
+    def take_late(
+        self,
+        device: str,
+        late_round: int,
+        weights: Mapping[str, np.ndarray],
+        samples: int,
+        change: float,
+        size: int,
+    ) -> None:
+        """A late update of ``device`` for the closed round ``late_round``, already checked
+        and re-based on this round's global weights (coordinator/late.py). With bounds it is
+        held and decided at :meth:`close` with this round's updates, like one of them:
+        ``change`` (of its own training, before the staleness weight) against the median
+        change, ``samples`` under the weight-share cap of its device. Else folded at once."""
+        self.bytes_up += size
+        self.late_folded[device] = late_round
+        if self.bounds is None or self._closed:
+            self._fold(device, weights, samples)
+        else:
+            self._hold(Held(device, weights, samples, change, late_round, size))
 
     def drop(self, device: str) -> bool:
         """``device`` went offline: stop waiting for it (its update is still taken if it comes
@@ -223,7 +247,7 @@ class RoundCollector:
     def _hold(self, held: Held) -> None:
         assert self.bounds is not None
         self._held.append(held)
-        self._changes[held.device], self._claims[held.device] = held.change, held.samples
+        self._changes[held.key], self._claims[held.key] = held.change, held.samples
         if len(self._held) <= self.bounds.max_held:
             return
         samples_median = float(np.median(list(self._claims.values())))
@@ -231,7 +255,7 @@ class RoundCollector:
         first = min(self._held, key=lambda h: risk(h, samples_median, change_median))
         self._held.remove(first)
         log.debug(
-            "round %d: %d updates held, %s folded early", self.round, len(self._held), first.device
+            "round %d: %d updates held, %s folded early", self.round, len(self._held), first.key
         )
         self._fold(first.device, first.weights, first.samples)
 
@@ -242,34 +266,49 @@ class RoundCollector:
         self._closed = True
         if self.bounds is None:
             return
-        held = {h.device: h for h in self._held}
+        held = {h.key: h for h in self._held}
         self._held = []
-        for device, reason in change_outliers(self._changes, self.bounds.max_change_ratio).items():
-            if device not in held:
-                log.warning(
-                    "round %d: %s was folded before the close: %s", self.round, device, reason
-                )
+        for key, reason in change_outliers(self._changes, self.bounds.max_change_ratio).items():
+            h = held.pop(key, None)
+            if h is None:
+                log.warning("round %d: %s was folded before the close: %s", self.round, key, reason)
                 continue
+            del self._claims[key]
+            if h.late_round:
+                self._reject_late(h, reason)
+                continue
+            device = h.device
             size = self.results.pop(device).bytes_up  # its bytes move from up to rejected
             self.bytes_up, self.bytes_rejected = self.bytes_up - size, self.bytes_rejected + size
-            del held[device], self._claims[device]
             self.invalid.add(device)
             self.rejected[device] = reason
             self.rejections.append(Rejection(device, device, self.round, reason, True, size))
             log.warning("rejected update from %s: %s", device, reason)
-        devices = list(self._claims)
-        capped = capped_weights([self._claims[d] for d in devices], self.bounds.max_weight_share)
-        for device, weight in zip(devices, capped):
-            if weight != self._claims[device]:
+        weights = capped_claims(self._claims, self.bounds.max_weight_share)
+        for key, weight in weights.items():
+            h = held.get(key)
+            if weight != self._claims[key]:
                 log.warning(
                     "round %d: %s's weight capped from %d to %d samples (a share of at most %g, --max-weight-share)",
-                    self.round, device, self._claims[device], weight, self.bounds.max_weight_share,
+                    self.round, key, self._claims[key], weight, self.bounds.max_weight_share,
                 )  # fmt: skip
-                if device not in held:
+                if h is None:
                     continue
-                self.results[device] = dataclasses.replace(self.results[device], samples=weight)
-            if device in held:
-                self._fold(device, held[device].weights, weight)
+                if not h.late_round:
+                    self.results[key] = dataclasses.replace(self.results[key], samples=weight)
+            if h is not None:
+                self._fold(h.device, h.weights, weight)
+
+    def _reject_late(self, h: Held, reason: str) -> None:
+        """A held late update failed a round-wide bound: not folded after all (it was not
+        the device's reply to this round, so the rejection does not count as one)."""
+        reason = f"late update for round {h.late_round}: {reason}"
+        if self.late_folded.get(h.device) == h.late_round:
+            del self.late_folded[h.device]
+        self.bytes_up, self.bytes_rejected = self.bytes_up - h.size, self.bytes_rejected + h.size
+        self.rejected[h.device] = reason
+        self.rejections.append(Rejection(h.device, h.device, h.late_round, reason, False, h.size))
+        log.warning("rejected late update from %s: %s", h.device, reason)
 
     def _check(self, env: Envelope, device: str) -> None:
         if env.job != self.job:
