@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 
+from coordinator.control_channel import control_problem
 from edge_client.errors import ProtocolError
 from edge_client.messaging import ModelReceived
 from edge_client.protocol import JobControl, RoundAnnouncement
@@ -88,16 +89,11 @@ class UpstreamTrust:
         """The control message to obey and relay (parsed from the verified bytes), or None:
         another job's, or in a signed job one not signed with its key (as the coordinator
         checks its own control topic)."""
-        if ctl.job != self.job:
-            self._refuse("control message", f"for job {ctl.job!r} on the topics of {self.job!r}")
+        problem = control_problem(ctl, raw, self.job, self.verifier)  # the coordinator's check
+        if problem is not None:
+            self._refuse("control message", problem)
             return None
-        if self.verifier is not None:
-            try:
-                ctl = self.verifier.control(raw)
-            except ProtocolError as exc:  # SignatureError: unsigned, another key, tampered
-                self._refuse("control message", f"in signed job {self.job!r}: {exc}")
-                return None
-        return ctl
+        return self.verifier.control(raw) if self.verifier is not None else ctl
 
     def _refuse(self, what: str, reason: object) -> bool:
         self.refused += 1

@@ -358,6 +358,7 @@ def test_a_site_with_the_jobs_key_obeys_only_signed_control(
     run_dir = RunDir(tmp_path / "run")
     run_dir.create({}, resume=False)
     transport = MqttTransport(BrokerConfig.from_url(url), f"{job}-coordinator")
+    transport.connect()
     coordinator = Coordinator(
         cfg, transport, ModelBundle(kit.tflite, kit.manifest, kit.initial), run_dir
     )
@@ -377,10 +378,10 @@ def test_a_site_with_the_jobs_key_obeys_only_signed_control(
         wait_until(lambda: aggregator.trust.refused >= 2, 10, "the forged stops refused")
         time.sleep(0.5)
         assert thread.is_alive() and not aggregator.stopped  # still in the job
-        transport.connect()
         try:
             state = coordinator.run()
         finally:
+            transport.wait_published(10)  # its signed "stopped" (as run_job does)
             transport.close()
         thread.join(15)
         # Assert: the site took part, left on the coordinator's signed "stopped" only, and
