@@ -30,7 +30,7 @@ from coordinator.late import LateUpdates
 from coordinator.round_mode import POLL_S, SENDER, JobError, RoundMode
 from coordinator.rounds import RoundCollector
 from coordinator.run_dir import RunDir, RunState
-from coordinator.secure_mode import SecureRounds
+from coordinator.secure_rounds import SecureRounds
 from coordinator.strategies import STRATEGIES, build_strategy
 from coordinator.sync_rounds import SyncRounds
 from edge_client.manifest import Manifest

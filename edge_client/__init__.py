@@ -32,7 +32,7 @@ The shared contract:
 - ``edge_client.pacing``: ``ENV``, the variable through which the fleet simulator slows a
   simulated board down (docs/fleet-simulation.md).
 - ``edge_client.secagg``: secure aggregation's primitives and masking arithmetic
-  (docs/secure-aggregation.md; not wired into rounds yet). Import it from the package.
+  (docs/secure-aggregation.md). Import it from the package.
 - ``edge_client`` itself: ``__version__``.
 """
 

@@ -1,4 +1,4 @@
-"""Secure aggregation (SecAgg+): the primitives and the masking arithmetic, no round wiring yet.
+"""Secure aggregation (SecAgg+): the primitives and the masking arithmetic of secure rounds.
 
 The coordinator learns the sum of the round's quantized updates, never one device's update
 (docs/secure-aggregation.md). Both sides import this package, without TensorFlow;
@@ -10,6 +10,9 @@ The coordinator learns the sum of the round's quantized updates, never one devic
 - ``shamir``: t-of-n sharing of 32-byte secrets over GF(2^521 - 1).
 - ``graph``: complete graph or SecAgg+'s random Harary graph, degree and threshold.
 - ``masking``: mask one update, unmask the survivors' sum.
+- ``updates``: a board's trained weights to its ring vector, the ring sum back to weights.
+
+The rounds themselves: edge_client/secure_round.py (board), coordinator/secure_rounds.py.
 """
 
 from edge_client.secagg.errors import SecAggError, TooFewSurvivorsError, available

@@ -1,4 +1,4 @@
-"""The coordinator's secure round (coordinator/secure_rounds.py) with the boards' side
+"""The coordinator's secure round (coordinator/secure_stages.py) with the boards' side
 (edge_client/secure_round.py), in one process: every stage message goes through its real
 envelope bytes, but from one list to another instead of MQTT (the real-broker tests are in
 test_secure_jobs.py). Real keys, shares, ciphertexts and masks."""
@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
-from coordinator.secure_rounds import SecureRound as CoordinatorRound
+from coordinator.secure_stages import SecureRound as CoordinatorRound
 from edge_client.protocol import (
     Envelope,
     Masked,
