@@ -159,6 +159,8 @@ def _round_lines(s: Mapping[str, Any], now: float) -> list[str]:
         hp = r.get("hyperparams") or {}
         knobs = ", ".join(f"{k} {hp[k]}" for k in ("epochs", "lr", "batch_size", "mu") if k in hp)
         out.append(text + (f"  ({knobs})" if knobs else ""))
+        if r.get("secagg"):
+            out.append(_secure_line(r["secagg"], len(r["selected"])))
     m, g = s.get("model"), s.get("global")
     if m:
         out.append(
@@ -171,6 +173,30 @@ def _round_lines(s: Mapping[str, Any], now: float) -> list[str]:
             )
         )
     return out
+
+
+def _secure_line(sa: Mapping[str, Any], selected: int) -> str:
+    """``secure round: stage masked  keys 5/5  shares 5  masked 3  unmask -``."""
+    sent = sa.get("sent") or {}
+    counts = "  ".join(
+        f"{stage} {sent.get(stage) or '-'}" + (f"/{selected}" if stage == "keys" else "")
+        for stage in ("keys", "shares", "masked", "unmask")
+    )
+    stage = sa["stage"]
+    if stage == "keys":
+        stage = "keys (training, then advertising keys)"
+    return f"secure round: stage {stage}  {counts}"
+
+
+def _secure_cell(sa: Mapping[str, Any] | None) -> str:
+    """A history row's SECURE column: ``4 of t=3``, ``4+1r of t=3``, ``FAILED``."""
+    if not sa:
+        return "-"
+    if sa.get("stage") != "done":
+        return "FAILED"
+    recovered = f"+{sa['recovered']}r" if sa.get("recovered") else ""
+    retried = f" ({sa['attempts']} tries)" if (sa.get("attempts") or 1) > 1 else ""
+    return f"{sa['survivors']}{recovered} of t={sa.get('threshold')}{retried}"
 
 
 def _device_lines(s: Mapping[str, Any], now: float, width: int) -> list[str]:
@@ -236,7 +262,10 @@ def _history_lines(s: Mapping[str, Any], width: int) -> list[str]:
         )
         if any(_count(h.get(key)) for h in shown)
     ]
+    secure = any(h.get("secagg") for h in shown)  # survivors (+recovered) of the threshold
     rows = [["ROUND", "ACCURACY", "LOSS", "DEVICES", "UP", "DOWN", "TIME", *(t for t, _ in extra)]]
+    if secure:
+        rows[0].append("SECURE")
     for h in shown:
         duration = h.get("duration_s")
         rows.append(
@@ -249,6 +278,7 @@ def _history_lines(s: Mapping[str, Any], width: int) -> list[str]:
                 human_bytes(h["bytes_down"]),
                 f"{duration:.1f} s" if duration is not None else "-",
                 *(str(_count(h.get(key)) or "-") for _, key in extra),
+                *([_secure_cell(h.get("secagg"))] if secure else []),
             ]
         )
     hidden = len(history) - MAX_HISTORY_ROWS
@@ -256,6 +286,10 @@ def _history_lines(s: Mapping[str, Any], width: int) -> list[str]:
         f"rounds: {len(history)} finished" + (f" ({hidden} older not listed)" if hidden > 0 else "")
     ]
     out += _table(rows, width)
+    failed = [h for h in shown if (h.get("secagg") or {}).get("failed")]
+    if failed:
+        h = failed[-1]
+        out.append(f"secure round {h['round']} failed: {h['secagg']['failed']}"[:width])
     acc = sparkline([h["accuracy"] for h in history])
     loss = sparkline([h["loss"] for h in history])
     if acc:

@@ -9,7 +9,7 @@ dicts, so a key added here shows up in ``/api/state`` and can be rendered by bot
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge_client.protocol import (
@@ -82,10 +82,61 @@ def device_row(d: DeviceState, ann: RoundAnnouncement | None, now: float) -> dic
     }
 
 
+# A secure round's stage, from the coordinator's stage message that opened it
+_OPENS = {"key-list": "shares", "routed": "masked", "unmask": "unmask"}
+SECURE_STAGES = ("keys", "shares", "masked", "unmask")  # what devices send, in order
+_SENT = {"keys": "keys", "shares": "shares", "masked": "masked", "unmask-reply": "unmask"}
+
+
+@dataclass
+class SecureProgress:
+    """Where the open secure round is (docs/protocol.md section 14), from the stage
+    messages a monitor sees: the coordinator's open each stage, the devices' are counted."""
+
+    round: int
+    session: str
+    stage: str = "keys"  # keys (training, then advertising), shares, masked, unmask
+    sent: dict[str, set[str]] = field(default_factory=dict)  # stage -> devices that sent
+
+    def take(self, env: Envelope, device: str | None) -> bool:
+        """Fold a stage message in; True if it opened a new stage."""
+        meta = env.meta
+        if env.round != self.round or meta.get("session") != self.session:
+            return False
+        stage = str(meta.get("stage"))
+        if stage in _OPENS and SECURE_STAGES.index(_OPENS[stage]) > SECURE_STAGES.index(self.stage):
+            self.stage = _OPENS[stage]
+            return True
+        if stage in _SENT and device:
+            self.sent.setdefault(_SENT[stage], set()).add(device)
+        return False
+
+    def to_dict(self, state: str) -> dict[str, Any]:
+        return {
+            "session": self.session,
+            "stage": self.stage if state == "open" else state,
+            "sent": {s: len(self.sent.get(s, ())) for s in SECURE_STAGES},
+        }
+
+
+def secure_progress(ann: RoundAnnouncement, before: SecureProgress | None) -> SecureProgress | None:
+    """The progress to keep for ``ann``: the same while its session goes on, else a new one."""
+    params = ann.secure
+    if params is None:
+        return None
+    if before is not None and before.session == params.session:
+        return before
+    return SecureProgress(ann.round, params.session)
+
+
 def round_dict(
-    ann: RoundAnnouncement | None, devices: Mapping[str, DeviceState], now: float
+    ann: RoundAnnouncement | None,
+    devices: Mapping[str, DeviceState],
+    now: float,
+    secure: SecureProgress | None = None,
 ) -> dict[str, Any] | None:
-    """The current round: its announcement and who replied to it so far."""
+    """The current round: its announcement and who replied to it so far (a secure round:
+    its stage and how many devices sent each stage's message)."""
     if ann is None:
         return None
     answered = {k: d for k, d in devices.items() if d.update_round == ann.round}
@@ -101,6 +152,7 @@ def round_dict(
         "encoding": ann.encoding,
         "model_sha256": ann.model_sha256,
         "global_sha256": ann.global_sha256,
+        "secagg": secure.to_dict(ann.state) if secure is not None else None,
     }
 
 
@@ -126,6 +178,21 @@ def history_entry(m: RoundMetrics) -> dict[str, Any]:
         "cancelled": list(m.cancelled),
         "wasted": m.wasted,
         "late_folded": len(m.late_folded),
+        # secure aggregation (docs/secure-aggregation.md): how the round's stages ended
+        "secagg": _secure_summary(m.secagg) if m.secagg else None,
+    }
+
+
+def _secure_summary(s: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "stage": s.get("stage"),
+        "graph": s.get("graph"),
+        "threshold": s.get("threshold"),
+        "survivors": len(s.get("survivors") or ()),
+        "recovered": len(s.get("recovered") or ()),
+        "failed": s.get("failed"),
+        "attempts": len(s.get("attempts") or ()) or 1,
+        "stages_s": {k: v.get("duration_s") for k, v in (s.get("stages") or {}).items()},
     }
 
 

@@ -22,12 +22,14 @@ from typing import Any
 
 from coordinator.monitoring.rows import (
     DeviceState,
+    SecureProgress,
     control_dict,
     device_row,
     global_dict,
     history_entry,
     model_dict,
     round_dict,
+    secure_progress,
 )
 from edge_client.errors import ProtocolError
 from edge_client.messaging import (
@@ -37,6 +39,7 @@ from edge_client.messaging import (
     MetricsReceived,
     ModelReceived,
     RoundReceived,
+    SecAggReceived,
     StatusReceived,
     UpdateReceived,
 )
@@ -84,6 +87,7 @@ class JobView:
         self._coordinator_lost: float | None = None
         self._last_message: float | None = None
         self._rejected = 0
+        self._secure: SecureProgress | None = None  # the open secure round's stages
         self.started = clock()
         self.version = 0  # bumped on every change; cheap "did anything happen" check
 
@@ -98,6 +102,7 @@ class JobView:
             ModelReceived: self._on_model,
             GlobalReceived: self._on_global,
             UpdateReceived: self._on_update,
+            SecAggReceived: self._on_secagg,
         }
         handler = handlers.get(type(item))
         if handler is None:
@@ -194,7 +199,7 @@ class JobView:
                 "rejected": self._rejected,
                 "coordinator_lost": self._coordinator_lost,
                 "control": control_dict(self._control),
-                "round": round_dict(self._round, self._devices, now),
+                "round": round_dict(self._round, self._devices, now, self._secure),
                 "devices": devices,
                 "history": history,
                 "rejections": self._recent_rejections(),
@@ -248,6 +253,7 @@ class JobView:
         if ann == self._round:
             return
         self._round = ann
+        self._secure = secure_progress(ann, self._secure)
         for device in ann.selected:
             self._row(device)
         if ann.state == "open":
@@ -325,6 +331,12 @@ class JobView:
                 bytes_up=item.size,
             )
         self._device_result(info, env.round)
+
+    def _on_secagg(self, env: Envelope, item: Incoming, retained: bool) -> None:
+        if self._secure is not None and self._secure.take(env, item.device):
+            stage = self._secure.stage
+            if env.sender == COORDINATOR:
+                self._event(f"secure round {env.round}: {stage} stage")
 
     def _recent_rejections(self) -> list[dict[str, Any]]:
         """The last :data:`MAX_REJECTIONS` rejected messages, oldest first (round order)."""

@@ -368,3 +368,66 @@ def test_history_rows_say_what_a_semi_synchronous_round_did_not_wait_for() -> No
     header = next(line for line in both if "ROUND" in line).split()
     row = next(line for line in both if line.split()[:1] == ["2"]).split()
     assert header[-3:] == ["CANCELLED", "LATE", "WASTED"] and row[-3:] == ["2", "1", "1"]
+
+
+def test_view_and_render_show_the_stage_of_a_secure_round_and_how_it_ended() -> None:
+    # Prepare: a secure round 3 announced, 3 boards' keys, the coordinator's key list, two
+    # boards' shares; then its metrics (survivors, a recovered board) and a failed round 4
+    from edge_client.protocol import (
+        KeyList,
+        Keys,
+        RoundAnnouncement,
+        RoundMetrics,
+        SecAggParams,
+        Shares,
+        encode_key_list,
+        encode_keys,
+        encode_shares,
+    )
+    from tests.coordinator.job_messages import binary
+
+    t, session = Topics("demo"), "0123456789abcdef"
+    params = SecAggParams(session, 1.0, 8192.0, 500, 3, 32, 30.0)
+    ann = RoundAnnouncement(
+        job="demo", round=3, deadline=T0 + 60, selected=("a", "b", "c"), hyperparams={},
+        model_sha256="1" * 64, global_sha256="2" * 64, encoding="secagg",
+        secagg=params.to_dict(),
+    )  # fmt: skip
+    keys = {d: Keys(bytes([i]) * 32, bytes([i + 9]) * 32) for i, d in enumerate("abc")}
+    msgs = [(t.round, ann.to_json(), True)]
+    for d in "abc":
+        msgs += binary(t.secagg(d), encode_keys("demo", 3, d, session, keys[d]).to_bytes(), False)
+    key_list = KeyList(keys, 2, 2, bytes(32), T0 + 90)
+    msgs += binary(
+        t.secagg_all, encode_key_list("demo", 3, "coordinator", session, key_list).to_bytes()
+    )
+    for d in "ab":
+        msgs += binary(t.secagg(d), encode_shares("demo", 3, d, session, Shares({})).to_bytes())
+    view = fixed_view()
+    # Execute
+    feed(view, msgs)
+    live = view.snapshot()
+    done = {"stage": "done", "graph": "complete", "threshold": 2, "survivors": ["a", "b"],
+            "recovered": ["c"], "stages": {"keys": {"duration_s": 9.5}}}  # fmt: skip
+    failed = {"stage": "failed", "failed": "only 1 devices sent their masked vectors, the "
+              "threshold is 2: too few to rebuild the masks", "attempts": ["x", "y"]}  # fmt: skip
+    results = [
+        (t.metrics, RoundMetrics(job="demo", round=r, participants=p, secagg=s).to_json(), True)
+        for r, p, s in ((3, ("a", "b"), done), (4, (), failed))
+    ]
+    feed(view, results)
+    text = render(view.snapshot(), width=200)
+    # Assert: the live stage and counts, then each round's result
+    assert live["round"]["secagg"] == {
+        "session": session,
+        "stage": "shares",
+        "sent": {"keys": 3, "shares": 2, "masked": 0, "unmask": 0},
+    }
+    assert "secure round: stage shares  keys 3/3  shares 2  masked -  unmask -" in render(live)
+    assert any("secure round 3: shares stage" in e["text"] for e in live["events"])
+    header = next(line for line in text.splitlines() if line.startswith("ROUND")).split()
+    row3 = next(line for line in text.splitlines() if line.split()[:1] == ["3"]).split()
+    row4 = next(line for line in text.splitlines() if line.split()[:1] == ["4"]).split()
+    assert header[-1] == "SECURE"
+    assert row3[-3:] == ["2+1r", "of", "t=2"] and row4[-1] == "FAILED"
+    assert "secure round 4 failed: only 1 devices sent their masked vectors" in text

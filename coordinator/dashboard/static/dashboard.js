@@ -165,7 +165,18 @@ function roundNote(h) {
   if (h.late_folded) parts.push(`+${h.late_folded} late`);
   if ((h.cancelled || []).length) parts.push(`${h.cancelled.length} cancelled`);
   if (h.wasted) parts.push(`${h.wasted} wasted`);
+  // secure aggregation (docs/secure-aggregation.md): vectors unmasked, of the threshold
+  const sa = h.secagg;
+  if (sa) parts.push(sa.stage === "done" ? `secure, t=${sa.threshold}${sa.recovered ? `, ${sa.recovered} recovered` : ""}` : `secure round FAILED: ${sa.failed}`);
   return parts.length ? ` (${parts.join(", ")})` : "";
+}
+
+// The open secure round's stage and how many devices sent each stage's message
+function secureNote(r) {
+  const sa = r && r.secagg;
+  if (!sa) return "";
+  const sent = ["keys", "shares", "masked", "unmask"].map((k) => `${k} ${sa.sent[k] || "–"}`).join(" · ");
+  return `; secure: ${sa.stage} (${sent})`;
 }
 
 function renderRounds(history) {
@@ -252,7 +263,7 @@ function render(s) {
   renderBanner(s);
   const r = s.round;
   $("stat-round").textContent = r ? r.round : "–";
-  $("stat-round-sub").textContent = r ? `${r.state}${r.remaining_s === null ? "" : r.remaining_s > 0 ? `, deadline in ${Math.round(r.remaining_s)} s` : ", deadline passed"}, ${r.replied.length}/${r.selected.length} replied` : "no round yet";
+  $("stat-round-sub").textContent = r ? `${r.state}${r.remaining_s === null ? "" : r.remaining_s > 0 ? `, deadline in ${Math.round(r.remaining_s)} s` : ", deadline passed"}, ${r.replied.length}/${r.selected.length} replied${secureNote(r)}` : "no round yet";
   const h = s.history.length ? s.history[s.history.length - 1] : null;
   $("stat-accuracy").textContent = pct(s.summary.accuracy);
   $("stat-accuracy-sub").textContent = h ? `after round ${h.round}` : "no finished round";
