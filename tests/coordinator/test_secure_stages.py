@@ -188,13 +188,15 @@ def test_dropouts_after_keys_shares_and_masked_vector_are_recovered() -> None:
 
 
 def test_a_k_regular_graph_recovers_dropouts() -> None:
+    # each device has 7 holders (6 neighbours and itself) and needs t = 4: the 3 that drop
+    # out leave every device enough, wherever the random graph seed places them
     h = Harness(
         12, seed=3, graph=GraphParameters(k=6, threshold=4),
-        stop_after={"keys": ["d03"], "shares": ["d05", "d07"], "masked": ["d08"]},
+        stop_after={"keys": ["d03"], "shares": ["d05"], "masked": ["d08"]},
     )  # fmt: skip
     c = h.run()
     assert c.graph is not None and not c.graph.complete
-    _assert_fedavg(h, [d for d in h.devices if d not in ("d03", "d05", "d07")])
+    _assert_fedavg(h, [d for d in h.devices if d not in ("d03", "d05")])
     assert c.record()["graph"] == "k-regular"
 
 
