@@ -235,7 +235,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.fleets = (args.fleets or ("quick" if q else "mixed-pi,homogeneous")).split(",")
     args.partitions = (args.partitions or ("iid" if q else "iid,dirichlet:0.5")).split(",")
     args.modes = (args.modes or ",".join(MODES)).split(",")
-    budget = args.budget or ("quick=20" if q else "mixed-pi=240,homogeneous=120")
+    budget = args.budget or ("quick=15" if q else "mixed-pi=240,homogeneous=120")
     args.budget = {k: float(v) for k, v in (x.split("=") for x in budget.split(","))}
     args.targets = [float(x) for x in args.targets.split(",")]
     if q:

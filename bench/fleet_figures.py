@@ -7,8 +7,9 @@ files and returns what bench/results/fleet.json and docs/benchmarks.md quote:
 
     .venv/bin/python bench/fleet_figures.py bench/results/fleet     # prints the tables
 
-Definitions (time is wall time since the simulator started the boards, after the model
-was loaded and the CPU calibrated):
+Definitions (time is wall time since the first board started its first local training:
+the fleet is up and the job under way; how long the board processes took to start on this
+machine, `startup_s`, is recorded apart and is not the fleet's):
 - time to X %: the first evaluated global model at or above X % within the budget;
 - accuracy at the budget: the last global model evaluated within the budget;
 - accepted updates: updates aggregated into a global model within the budget (late ones
@@ -77,9 +78,15 @@ def stopped_trainings(metrics: list[dict[str, Any]]) -> int:
     return sum(1 for m in metrics for d in m.get("cancelled", ()) if (d, m["round"]) not in late)
 
 
+def zero(run: dict[str, Any]) -> float:
+    """Unix time of the first local training (the boards' start if none began)."""
+    measured = run["summary"]["measured"]
+    return float(measured.get("first_training_at") or measured["started_at"])
+
+
 def timeline(run: dict[str, Any]) -> list[dict[str, Any]]:
     """(t, accuracy, cumulative accepted updates) of every global model, in order."""
-    t0 = run["summary"]["measured"]["started_at"]
+    t0 = zero(run)
     out, total = [], 0
     for m in run["metrics"]:
         total += accepted_in(m)
@@ -104,6 +111,7 @@ def run_figures(run: dict[str, Any], targets: list[float]) -> dict[str, Any]:
         "mode": bench["mode"],
         "repeat": bench.get("repeat", 0),
         "budget_s": budget,
+        "startup_s": round(zero(run) - measured["started_at"], 1),
         "time_to": {
             f"{100 * x:g}": next((round(p["t"], 1) for p in evaluated if p["accuracy"] >= x), None)
             for x in targets

@@ -2,9 +2,11 @@
 
 Benchmarks compare round modes at equal wall time: ``simulate_fleet(stop_after_s=...)``
 publishes the job's ``stopped`` control message (signed with the job's key in a signed job)
-that many seconds after the boards started. The coordinator obeys it like any operator's
-stop: the round or version open then closes, the boards exit, and the run directory keeps
-every completed round. The simulator then ends normally and writes its summary.
+that many seconds after the first board started its first local training (the fleet is up
+and the job under way: how long 20 board processes take to start on this machine is not the
+fleet's). The coordinator obeys it like any operator's stop: the round or version open then
+closes, the boards exit, and the run directory keeps every completed round. The simulator
+then ends normally and writes its summary.
 """
 
 from __future__ import annotations
@@ -24,19 +26,24 @@ BY = "fleet simulator"
 
 
 class WallClockStop:
-    """A context manager: after ``seconds`` (None: never), stop ``job`` on ``broker``."""
+    """A context manager: ``seconds`` (None: never) after ``start`` is set, stop ``job``."""
 
-    def __init__(self, job: JobConfig, broker: BrokerConfig, seconds: float | None) -> None:
-        self.job, self.broker, self.seconds = job, broker, seconds
+    def __init__(
+        self,
+        job: JobConfig,
+        broker: BrokerConfig,
+        seconds: float | None,
+        start: threading.Event,
+    ) -> None:
+        self.job, self.broker, self.seconds, self.start = job, broker, seconds, start
         self.reached = threading.Event()
-        self.stopped_at: float | None = None  # unix time the stop was published
-        self._timer: threading.Timer | None = None
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> WallClockStop:
         if self.seconds is not None:
-            self._timer = threading.Timer(self.seconds, self._stop)
-            self._timer.daemon = True
-            self._timer.start()
+            self._thread = threading.Thread(target=self._run, daemon=True, name="fleet-deadline")
+            self._thread.start()
         return self
 
     def __exit__(
@@ -45,11 +52,21 @@ class WallClockStop:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(15)
+
+    def _run(self) -> None:
+        assert self.seconds is not None
+        while not self.start.wait(0.2):
+            if self._done.is_set():
+                return
+        if self._done.wait(self.seconds):
+            return
+        self.reached.set()
+        self._stop()
 
     def _stop(self) -> None:
-        self.reached.set()
         detail = f"the simulation's wall-clock budget of {self.seconds:g} s is over"
         log.info("fleet: %s: stopping the job", detail)
         ctl = JobControl(self.job.job, "stopped", time.time(), detail, by=BY)
@@ -63,7 +80,6 @@ class WallClockStop:
             transport.connect()
             transport.publish(Topics(self.job.job, self.job.prefix).control, data)
             transport.wait_published(10)
-            self.stopped_at = ctl.time
         except Exception:  # a failed stop must not crash the simulator: the job runs on
             log.exception("fleet: could not publish the stop at the end of the wall budget")
         finally:

@@ -83,6 +83,8 @@ class FleetRunner:
         self._last: dict[str, tuple[str, int | None]] = {}
         self.t0 = 0.0
         self.started_at = 0.0  # unix time the boards were started
+        self.first_training = threading.Event()  # a board started its first local training
+        self.first_training_at: float | None = None  # unix time of that
         self.wall_s = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -235,6 +237,9 @@ class FleetRunner:
         k = self.trainings[device]
         self.trainings[device] += 1
         self._event("training", device, round=status.round, training=k)
+        if not self.first_training.is_set():
+            self.first_training_at = time.time()
+            self.first_training.set()
         decision = self.schedule.dropout(device, k)
         if decision is not None:
             at = self.now() + decision.at_fraction * self.training_s[device]
@@ -274,8 +279,9 @@ def simulate_fleet(
     boards wait (budget.estimate_demand): "continuous" (the default, whatever the job's
     rounds: boards that train back to back, the most they can ask for; in a synchronous
     round they all train at the same time) or "sync" (averaged over rounds).
-    ``stop_after_s``: stop the job that many seconds after the boards started, as an
-    operator would (coordinator/fleet/deadline.py); the run keeps its completed rounds."""
+    ``stop_after_s``: stop the job that many seconds after the first board started its
+    first local training, as an operator would (coordinator/fleet/deadline.py); the run
+    keeps its completed rounds."""
     fleet = dataclasses.replace(fleet, devices=len(spec.boards))
     schedule = Schedule(spec)
     ids = [b.device_id for b in spec.boards]
@@ -319,7 +325,7 @@ def simulate_fleet(
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     with broker_for(job) as broker:
         runner = FleetRunner(spec, schedule, fleet, job, broker, out, training_s)
-        with runner, WallClockStop(job, broker, stop_after_s) as deadline:
+        with runner, WallClockStop(job, broker, stop_after_s, runner.first_training) as deadline:
             try:
                 state = run_job(job, resume=resume, on_round=on_round, broker=broker)
             except JobError:
@@ -330,6 +336,8 @@ def simulate_fleet(
     self_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     summary = _summary(spec, cal, demand, runner, self_cpu, allow_oversubscribed, mode)
     summary["measured"]["started_at"] = round(runner.started_at, 3)
+    first_at = runner.first_training_at
+    summary["measured"]["first_training_at"] = None if first_at is None else round(first_at, 3)
     summary["measured"]["stopped_after_s"] = stop_after_s if deadline.reached.is_set() else None
     summary["measured"]["load_average_before"] = round(load_before, 2)  # all work, not ours
     summary["measured"]["load_average_after"] = round(os.getloadavg()[0], 2)
