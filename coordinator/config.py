@@ -23,6 +23,11 @@ else:  # pragma: no cover
 
 ENV_PREFIX = "EDGEFL_"
 LATE_UPDATES = ("discard", "fold")  # what a job does with an update for a closed round
+MODES = ("sync", "buffered")  # round modes: synchronous rounds, or FedBuff's global versions
+# --max-staleness 0: the mode's default. Late updates of synchronous rounds come one or two
+# rounds late; in a buffered job a slow board's update arrives (its training time / the
+# time between versions) versions behind: a Pi Zero 2 W on the mixed-pi fleet, ~8.
+DEFAULT_MAX_STALENESS = {"sync": 2, "buffered": 10}
 
 
 @dataclass(frozen=True)
@@ -50,16 +55,30 @@ class JobConfig:
     # seconds an operator's pause lasts before the job resumes by itself (a forgotten or
     # hostile pause must not hold the fleet forever); 0: no limit
     max_pause: float = 1800.0
+    # -- round mode (docs/round-modes.md) ------------------------------------------------------
+    # sync: rounds that wait for their selected devices (semi-synchronous with over_select);
+    # buffered: asynchronous buffered aggregation (FedBuff), where `rounds` counts global
+    # versions and boards train continuously on the newest one
+    mode: str = "sync"
+    # buffered: every buffer_size accepted updates are folded into a new global version
+    # (a few per version: a version moves with the fast boards and still averages some)
+    buffer_size: int = 5
+    # buffered: at most this many devices hold a training slot at once; 0: every online
+    # device that speaks buffered rounds (the fleet trains continuously)
+    max_concurrency: int = 0
     # -- semi-synchronous rounds (docs/round-modes.md) ---------------------------------------
     # Select ceil(over_select x N) devices, N from fraction / clients_per_round, and close the
     # round once N updates are in. 1.0: synchronous, wait for every selected device.
     over_select: float = 1.0
     late_updates: str = "discard"  # an update for a closed round: discard | fold
-    max_staleness: int = 2  # fold: the most rounds behind a folded late update may be
+    # the most rounds behind a folded late update (late_updates fold), or versions behind a
+    # buffered update, may be; 0: the mode's default (DEFAULT_MAX_STALENESS)
+    max_staleness: int = 0
     seed: int = 0  # participant selection (and the initial weights of an export)
     # -- aggregation ----------------------------------------------------------------------
     strategy: str = "fedavg"  # one of coordinator.strategies.STRATEGIES
-    server_lr: float = 1.0  # fedavgm
+    # fedavgm's server step; buffered: new = old + server_lr x (the buffer's aggregate - old)
+    server_lr: float = 1.0
     server_momentum: float = 0.9  # fedavgm
     # -- hostile devices (docs/security.md) ------------------------------------------------
     # Reject an update whose change exceeds this many times the global weights' L2 norm
@@ -128,7 +147,8 @@ class JobConfig:
                 self.late_updates in LATE_UPDATES,
                 f"late_updates must be one of {', '.join(LATE_UPDATES)}",
             ),
-            (self.max_staleness >= 1, "max_staleness must be at least 1"),
+            (self.max_staleness >= 0, "max_staleness must be >= 0 (0: the mode's default)"),
+            *_mode_checks(self),
             (
                 self.over_select == 1 or self.fraction < 1 or self.clients_per_round > 0,
                 "over_select selects more devices than a round needs: set fraction < 1 or "
@@ -160,11 +180,41 @@ class JobConfig:
                 raise ConfigError(message)
 
     @property
+    def buffered(self) -> bool:
+        return self.mode == "buffered"
+
+    @property
+    def staleness_limit(self) -> int:
+        """--max-staleness, or the mode's default when it is 0."""
+        return self.max_staleness or DEFAULT_MAX_STALENESS.get(self.mode, 2)
+
+    @property
     def run_path(self) -> Path:
         return Path(self.run_dir or f"runs/{self.job}")
 
     def replace(self, **changes: Any) -> JobConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _mode_checks(c: JobConfig) -> list[tuple[bool, str]]:
+    """The round mode's settings, and the combinations with it that make no sense."""
+    buffered = c.mode == "buffered"
+    return [
+        (c.mode in MODES, f"unknown mode {c.mode!r}: use one of {', '.join(MODES)}"),
+        (c.buffer_size >= 1, "buffer_size must be at least 1"),
+        (c.max_concurrency >= 0, "max_concurrency must be >= 0 (0: every online device)"),
+        (c.server_lr > 0, "server_lr must be positive"),
+        (
+            not buffered or c.over_select == 1,
+            "over_select is for synchronous rounds: a buffered job bounds its training "
+            "devices with max_concurrency",
+        ),
+        (
+            not buffered or c.late_updates == "discard",
+            "late_updates fold is for synchronous rounds: a buffered job folds every update "
+            "within max_staleness versions, weighted 1/sqrt(1+s)",
+        ),
+    ]
 
 
 def _robustness_checks(c: JobConfig) -> list[tuple[bool, str]]:

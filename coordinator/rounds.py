@@ -332,6 +332,14 @@ class RoundCollector:
                 "first one counts (if the device sent only one, the other was not its own)"
             )
 
+    def check_content(
+        self, env: Envelope, device: str
+    ) -> tuple[UpdateMeta, dict[str, np.ndarray], float]:
+        """The content checks alone (base weights, samples, tensors, values, norm): a
+        buffered job checks each update against its own base version (coordinator/buffer.py).
+        InvalidUpdate says why not."""
+        return self._check_content(env, device)
+
     def _check_content(
         self, env: Envelope, device: str
     ) -> tuple[UpdateMeta, dict[str, np.ndarray], float]:

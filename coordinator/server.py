@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coordinator.aggregation import Strategy
+from coordinator.buffered_rounds import BufferedRounds
 from coordinator.config import JobConfig
 from coordinator.control_channel import ControlChannel
 from coordinator.evaluation import Evaluator
@@ -111,7 +112,7 @@ class Coordinator:
         self.run_id = run_dir.run_id()  # in every announcement: boards key progress on it
         self.control = ControlChannel(config, transport, self.topics, self.signer)
         self.devices: dict[str, DeviceStatus] = {}
-        self.late = LateUpdates(config.late_updates, config.max_staleness)
+        self.late = LateUpdates(config.late_updates, config.staleness_limit)
         self._pending: list[UpdateReceived] = []  # arrived while no round was open
         # What a broker restart loses and the coordinator republishes (retained): the model
         # envelope, the current global weights and the last announcement, as published.
@@ -122,9 +123,13 @@ class Coordinator:
         ):
             raise JobError(f"strategy {config.strategy} needs a model exported with --prox-mu > 0")
         # The round mode: how one round runs (round_mode.RoundMode).
-        self.rounds: RoundMode = (
-            SecureRounds(self) if config.secure_aggregation else SyncRounds(self)
-        )
+        self.rounds: RoundMode
+        if config.secure_aggregation:
+            self.rounds = SecureRounds(self)
+        elif config.buffered:
+            self.rounds = BufferedRounds(self)
+        else:
+            self.rounds = SyncRounds(self)
 
     @property
     def control_state(self) -> str:
@@ -193,6 +198,12 @@ class Coordinator:
                 self._pending.append(item)
             else:
                 self._handle(item, collector)
+
+    def take_pending(self) -> list[UpdateReceived]:
+        """The updates that arrived while no collector was open, in order (a round mode
+        that collects them itself: buffered_rounds.py)."""
+        pending, self._pending = self._pending, []
+        return pending
 
     def wait_while_paused(self) -> None:
         announced = False

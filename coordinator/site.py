@@ -73,6 +73,12 @@ SECURE_REFUSAL = (
     "in the clear (secure aggregation runs between boards and the coordinator only)"
 )
 
+BUFFERED_REFUSAL = (
+    "the central job runs buffered rounds (FedBuff, --mode buffered): site aggregators work "
+    "with synchronous and semi-synchronous jobs only; connect this site's boards to the "
+    "central broker, or run the central job with --mode sync"
+)
+
 INTERPRETER = "site-aggregator"  # what a site's update and status name as their interpreter
 
 
@@ -168,6 +174,7 @@ class SiteAggregator:
         self.current: _LocalRound | None = None
         self.sent: list[SiteRound] = []
         self.stopped = False  # the central job stopped
+        self.refused: str | None = None  # why the site cannot serve the central job
         self._handled: set[tuple] = set()  # central announcements already answered
         self._relayed: dict[str, str] = {}  # base topic -> sha256 of the envelope relayed
         self._stop = threading.Event()
@@ -258,6 +265,10 @@ class SiteAggregator:
             self._relayed[base] = item.value.sha256
 
     def _on_central_round(self, ann: RoundAnnouncement) -> None:
+        if ann.buffered:  # the site's one update per round means nothing there: leave
+            log.error("site %s: %s", self.cfg.site_id, BUFFERED_REFUSAL)
+            self.refused, self.stopped = BUFFERED_REFUSAL, True
+            return
         key = (ann.round, ann.global_sha256, ann.deadline)
         now = self.current
         if now is not None and ann.round == now.central.round and ann.state != "open":

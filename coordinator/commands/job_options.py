@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from coordinator.config import LATE_UPDATES, JobConfig
+from coordinator.config import DEFAULT_MAX_STALENESS, LATE_UPDATES, MODES, JobConfig
 from coordinator.influence import InfluenceBounds
 from coordinator.strategies import STRATEGY_NAMES, strategy_help
 from edge_client.cli_support import CONNECTION_OPTIONS
@@ -29,7 +29,12 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 # (flag, field, type, help) in the order --help shows them.
 JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--job", "job", str, f"Job name: the MQTT topic level fl/v1/<job>/... [default: {D.job}]"),
-    ("--rounds", "rounds", int, f"Federated rounds. [default: {D.rounds}]"),
+    (
+        "--rounds",
+        "rounds",
+        int,
+        f"Federated rounds; with --mode buffered, global versions. [default: {D.rounds}]",
+    ),
     (
         "--run-dir",
         "run_dir",
@@ -100,6 +105,27 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         f"Updates needed to close a round; fewer retries the round. [default: {D.min_results}]",
     ),
     (
+        "--mode",
+        "mode",
+        click.Choice(MODES),
+        "sync: rounds wait for their selected devices (semi-synchronous with --over-select); "
+        "buffered: asynchronous buffered aggregation (FedBuff): boards train continuously "
+        "and every --buffer-size updates make a new global version. See docs/round-modes.md. "
+        f"[default: {D.mode}]",
+    ),
+    (
+        "--buffer-size",
+        "buffer_size",
+        int,
+        f"--mode buffered: updates folded into each new global version. [default: {D.buffer_size}]",
+    ),
+    (
+        "--max-concurrency",
+        "max_concurrency",
+        int,
+        "--mode buffered: most devices training at once; 0: every online device. [default: 0]",
+    ),
+    (
         "--over-select",
         "over_select",
         float,
@@ -119,8 +145,11 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         "--max-staleness",
         "max_staleness",
         int,
-        "With --late-updates fold: the most rounds behind a folded update may be. "
-        f"[default: {D.max_staleness}]",
+        "With --late-updates fold: the most rounds behind a folded update may be; with --mode "
+        "buffered: the most global versions behind an update may be (older ones are "
+        "rejected, counted as wasted). [default: "
+        + ", ".join(f"{n} ({m})" for m, n in DEFAULT_MAX_STALENESS.items())
+        + "]",
     ),
     (
         "--round-timeout",
@@ -154,7 +183,13 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         click.Choice(STRATEGY_NAMES),
         f"{strategy_help()} [default: {D.strategy}]",
     ),
-    ("--server-lr", "server_lr", float, f"FedAvgM server learning rate. [default: {D.server_lr}]"),
+    (
+        "--server-lr",
+        "server_lr",
+        float,
+        "Server learning rate: FedAvgM's, and with --mode buffered new = old + this x (the "
+        f"buffer's aggregate - old). [default: {D.server_lr:g}]",
+    ),
     (
         "--server-momentum",
         "server_momentum",

@@ -119,6 +119,7 @@ def site(
       fedcoord site --site-id site-a --job demo --broker mqtt://127.0.0.1:1883
     """
     from coordinator.site import SiteAggregator, SiteConfig, bridge_config
+    from edge_client.errors import ConfigError
     from edge_client.protocol import DeviceStatus, Topics
     from edge_client.transport import MqttTransport, Will
 
@@ -160,4 +161,6 @@ def site(
     )
     signal.signal(signal.SIGTERM, lambda *_: aggregator.stop())  # systemd stop: leave cleanly
     aggregator.run()
+    if aggregator.refused:
+        raise ConfigError(aggregator.refused)
     click.echo(f"done: {len(aggregator.sent)} rounds sent upstream")

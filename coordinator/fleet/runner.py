@@ -278,10 +278,17 @@ def simulate_fleet(
     written to ``RUN_DIR/fleet/summary.json``. ``mode`` is the CPU estimate's model of how
     boards wait (budget.estimate_demand): "continuous" (the default, whatever the job's
     rounds: boards that train back to back, the most they can ask for; in a synchronous
-    round they all train at the same time) or "sync" (averaged over rounds).
+    round they all train at the same time) or "sync" (averaged over rounds). ``mode="buffered"``
+    runs the job in buffered rounds (FedBuff, ``JobConfig.mode``) with the continuous estimate.
     ``stop_after_s``: stop the job that many seconds after the first board started its
     first local training, as an operator would (coordinator/fleet/deadline.py); the run
     keeps its completed rounds."""
+    if mode == "buffered" or job.buffered:  # boards that never wait: continuous demand
+        if mode == "sync":
+            raise ConfigError(
+                "a buffered job's boards never wait for a round: use mode 'continuous'"
+            )
+        job, mode = job.replace(mode="buffered"), "continuous"
     fleet = dataclasses.replace(fleet, devices=len(spec.boards))
     schedule = Schedule(spec)
     ids = [b.device_id for b in spec.boards]

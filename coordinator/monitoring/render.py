@@ -146,7 +146,14 @@ def _rejection_lines(s: Mapping[str, Any], width: int) -> list[str]:
 def _round_lines(s: Mapping[str, Any], now: float) -> list[str]:
     out = []
     r = s.get("round")
-    if r:
+    if r and r.get("mode") == "buffered":
+        slots = ", ".join(f"{d} #{g}" for d, g in r["grants"].items())
+        out.append(
+            f"version {r['round']} {r['state']} (buffered): {len(r['selected'])} training"
+            + (f" ({slots})" if slots else "")
+            + f", updates at most {r['max_staleness']} versions behind"
+        )
+    elif r:
         text = (
             f"round {r['round']} {r['state']}: {len(r['selected'])} selected, "
             f"{len(r['replied'])} replied"
@@ -167,7 +174,8 @@ def _round_lines(s: Mapping[str, Any], now: float) -> list[str]:
             f"model {m.get('architecture') or '?'} {m['sha256'][:12]}  "
             f"{m.get('parameters') or 0:,} parameters  {human_bytes(m['bytes'])}"
             + (
-                f"  global weights of round {g['round']} ({g['encoding']}, {human_bytes(g['bytes'])})"
+                f"  global weights of {'version' if r and r.get('mode') == 'buffered' else 'round'} "
+                f"{g['round']} ({g['encoding']}, {human_bytes(g['bytes'])})"
                 if g
                 else ""
             )
@@ -244,6 +252,14 @@ def _count(value: object) -> int:
     return len(value) if isinstance(value, (list, tuple)) else 0
 
 
+def _cell(h: Mapping[str, Any], key: str) -> str:
+    """A history count, or a buffered version's staleness as ``mean/max``."""
+    if key == "staleness":
+        mean, top = h.get("staleness_mean"), h.get("staleness_max")
+        return "-" if mean is None else f"{mean:.1f}/{top}"
+    return str(_count(h.get(key)) or "-")
+
+
 def _history_lines(s: Mapping[str, Any], width: int) -> list[str]:
     history = s["history"]
     if not history:
@@ -263,7 +279,12 @@ def _history_lines(s: Mapping[str, Any], width: int) -> list[str]:
         if any(_count(h.get(key)) for h in shown)
     ]
     secure = any(h.get("secagg") for h in shown)  # survivors (+recovered) of the threshold
-    rows = [["ROUND", "ACCURACY", "LOSS", "DEVICES", "UP", "DOWN", "TIME", *(t for t, _ in extra)]]
+    buffered = any(h.get("mode") == "buffered" for h in shown)
+    if buffered:  # global versions: how many updates and how stale (docs/round-modes.md)
+        extra = [(t, k) for t, k in extra if k not in ("late_folded", "cancelled")]
+        extra += [("UPDATES", "updates"), ("STALENESS", "staleness")]
+    first = "VERSION" if buffered else "ROUND"
+    rows = [[first, "ACCURACY", "LOSS", "DEVICES", "UP", "DOWN", "TIME", *(t for t, _ in extra)]]
     if secure:
         rows[0].append("SECURE")
     for h in shown:
@@ -277,14 +298,13 @@ def _history_lines(s: Mapping[str, Any], width: int) -> list[str]:
                 human_bytes(h["bytes_up"]),
                 human_bytes(h["bytes_down"]),
                 f"{duration:.1f} s" if duration is not None else "-",
-                *(str(_count(h.get(key)) or "-") for _, key in extra),
+                *(_cell(h, key) for _, key in extra),
                 *([_secure_cell(h.get("secagg"))] if secure else []),
             ]
         )
     hidden = len(history) - MAX_HISTORY_ROWS
-    out = [
-        f"rounds: {len(history)} finished" + (f" ({hidden} older not listed)" if hidden > 0 else "")
-    ]
+    what = "versions: {} made" if buffered else "rounds: {} finished"
+    out = [what.format(len(history)) + (f" ({hidden} older not listed)" if hidden > 0 else "")]
     out += _table(rows, width)
     failed = [h for h in shown if (h.get("secagg") or {}).get("failed")]
     if failed:

@@ -149,6 +149,11 @@ def round_dict(
         "replied": sorted(k for k, d in answered.items() if not d.failed),
         "failed": sorted(k for k, d in answered.items() if d.failed),
         "hyperparams": dict(ann.hyperparams),
+        # buffered jobs (FedBuff): "round" is the global version, "selected" the devices
+        # holding a training slot, "grants" their grant numbers
+        "mode": ann.mode or "sync",
+        "grants": dict(ann.grants or {}),
+        "max_staleness": ann.max_staleness,
         "encoding": ann.encoding,
         "model_sha256": ann.model_sha256,
         "global_sha256": ann.global_sha256,
@@ -178,6 +183,11 @@ def history_entry(m: RoundMetrics) -> dict[str, Any]:
         "cancelled": list(m.cancelled),
         "wasted": m.wasted,
         "late_folded": len(m.late_folded),
+        # buffered jobs: "round" is the global version; the staleness of its updates
+        "mode": m.mode or "sync",
+        "updates": len(m.buffer) or m.updates_aggregated,  # the wire carries the buffer
+        "staleness_mean": None if m.staleness is None else round(m.staleness[0], 3),
+        "staleness_max": None if m.staleness is None else m.staleness[1],
         # secure aggregation (docs/secure-aggregation.md): how the round's stages ended
         "secagg": _secure_summary(m.secagg) if m.secagg else None,
     }

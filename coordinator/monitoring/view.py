@@ -252,10 +252,14 @@ class JobView:
         self._coordinator_lost = None
         if ann == self._round:
             return
-        self._round = ann
+        before, self._round = self._round, ann
         self._secure = secure_progress(ann, self._secure)
         for device in ann.selected:
             self._row(device)
+        if ann.buffered:  # re-announced at every slot granted: an event per version
+            if before is None or (before.round, before.state) != (ann.round, ann.state):
+                self._event(f"version {ann.round} {ann.state}: {len(ann.selected)} training")
+            return
         if ann.state == "open":
             self._event(f"round {ann.round} opened: {len(ann.selected)} device(s) selected")
         else:
@@ -277,6 +281,13 @@ class JobView:
                 f"accuracy {100 * m.accuracy:.2f} %" if m.accuracy is not None else "not evaluated"
             )
             rejected = f", {len(m.rejections)} rejected" if m.rejections else ""
+            if m.staleness is not None:  # a buffered job's version
+                mean, top = m.staleness
+                self._event(
+                    f"version {m.round} made: {acc}, {m.updates_aggregated} update(s), "
+                    f"staleness mean {mean:.1f} max {top}{rejected}"
+                )
+                return
             self._event(f"round {m.round} done: {acc}, {len(m.participants)} update(s){rejected}")
 
     def _device_result(self, info: DeviceMetrics, round_: int) -> None:

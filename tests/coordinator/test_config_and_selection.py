@@ -32,7 +32,22 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path):
         ({"flags": {"over_select": 0.5}}, "over_select must be in"),
         ({"flags": {"over_select": 1.3}}, "over_select selects more devices than a round"),
         ({"file": "late_updates = 'keep'"}, "late_updates must be one of discard, fold"),
-        ({"env": {"EDGEFL_MAX_STALENESS": "0"}}, "max_staleness must be at least 1"),
+        ({"env": {"EDGEFL_MAX_STALENESS": "-1"}}, "max_staleness must be >= 0"),
+        ({"flags": {"mode": "async"}}, "unknown mode 'async': use one of sync, buffered"),
+        ({"file": "mode = 'buffered'\nbuffer_size = 0"}, "buffer_size must be at least 1"),
+        (
+            {"flags": {"mode": "buffered", "over_select": 1.5, "fraction": 0.5}},
+            "over_select is for synchronous rounds",
+        ),
+        (
+            {"env": {"EDGEFL_MODE": "buffered", "EDGEFL_LATE_UPDATES": "fold"}},
+            "late_updates fold is for synchronous rounds",
+        ),
+        ({"flags": {"max_concurrency": -1}}, "max_concurrency must be >= 0"),
+        (
+            {"flags": {"mode": "buffered", "secure_aggregation": True}},
+            "--secure-aggregation needs synchronous rounds",
+        ),
     ],
 )
 def test_bad_configuration_names_the_problem(tmp_path, source, message):
@@ -88,3 +103,21 @@ def test_over_selection_and_late_updates_from_a_job_file(tmp_path):
     )
     cfg = resolve({}, str(job_file), {})
     assert (cfg.over_select, cfg.late_updates, cfg.max_staleness) == (1.3, "fold", 3)
+
+
+def test_buffered_mode_from_a_job_file_and_its_staleness_default(tmp_path):
+    # Prepare
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(
+        "rounds = 40\n[round-mode]\nmode = 'buffered'\nbuffer-size = 4\nmax_concurrency = 8\n"
+        "server_lr = 0.8\n"
+    )
+    # Execute
+    cfg = resolve({}, str(job_file), {})
+    # Assert: max_staleness 0 means the mode's default (10 versions; 2 rounds in sync)
+    assert (cfg.mode, cfg.buffer_size, cfg.max_concurrency, cfg.server_lr) == (
+        "buffered", 4, 8, 0.8,
+    )  # fmt: skip
+    assert cfg.buffered and cfg.max_staleness == 0 and cfg.staleness_limit == 10
+    assert resolve({"max_staleness": 3}, str(job_file), {}).staleness_limit == 3
+    assert JobConfig().staleness_limit == 2 and not JobConfig().buffered

@@ -431,3 +431,36 @@ def test_view_and_render_show_the_stage_of_a_secure_round_and_how_it_ended() -> 
     assert header[-1] == "SECURE"
     assert row3[-3:] == ["2+1r", "of", "t=2"] and row4[-1] == "FAILED"
     assert "secure round 4 failed: only 1 devices sent their masked vectors" in text
+
+
+def test_a_buffered_job_shows_versions_training_slots_and_staleness() -> None:
+    # Prepare: a buffered job in version 3: two slots held, version 2 made from 3 updates
+    from edge_client.protocol import FoldedUpdate, RoundAnnouncement, RoundMetrics
+
+    t = Topics("demo")
+    ann = RoundAnnouncement(
+        job="demo", round=3, deadline=T0 + 300, selected=("pi-01", "pi-02"),
+        hyperparams={"epochs": 1, "lr": 0.05}, model_sha256="a" * 64, global_sha256="b" * 64,
+        run="r1", mode="buffered", grants={"pi-01": 4, "pi-02": 2}, max_staleness=10,
+    )  # fmt: skip
+    folded = tuple(
+        FoldedUpdate(d, g, base, 2 - base, 1 / (1 + 2 - base) ** 0.5, 100, "c" * 64)
+        for d, g, base in (("pi-01", 3, 2), ("pi-02", 1, 1), ("pi-01", 2, 0))
+    )
+    made = RoundMetrics(
+        job="demo", round=2, accuracy=0.8, participants=("pi-01", "pi-02"),
+        updates_aggregated=3, mode="buffered", buffer=folded, wasted=1,
+    )  # fmt: skip
+    view = fixed_view()
+    feed(view, [(t.round, ann.to_json(), True), (t.metrics, made.to_json(), True)])
+    # Execute
+    snapshot = view.snapshot()
+    text = render(snapshot, width=140)
+    # Assert: versions instead of rounds, the slots with their grants, staleness mean/max
+    assert "version 3 open (buffered): 2 training (pi-01 #4, pi-02 #2)" in text
+    assert "updates at most 10 versions behind" in text and "deadline" not in text
+    header = next(line for line in text.splitlines() if line.startswith("VERSION")).split()
+    row = next(line for line in text.splitlines() if line.split()[:1] == ["2"]).split()
+    assert header[-3:] == ["WASTED", "UPDATES", "STALENESS"] and row[-3:] == ["1", "3", "1.0/2"]
+    assert "versions: 1 made" in text and "version 2 made:" in str(snapshot["events"])
+    assert snapshot["round"]["grants"] == {"pi-01": 4, "pi-02": 2}

@@ -273,6 +273,31 @@ def test_a_site_without_devices_reports_a_failure_upstream(tmp_path):
     assert [r.failed for r in site.sent] == ["site site-z has no device online"]
 
 
+def test_a_site_refuses_a_buffered_central_job_with_a_clear_error():
+    # Prepare: a buffered (FedBuff) announcement on the central topics
+    bus = MemoryBus()
+    site = SiteAggregator(
+        SiteConfig("site-z", JOB, upstream_prefix="up/fl/v1"),
+        MemoryTransport(bus, "up"),
+        MemoryTransport(bus, "down"),
+    )
+    site.start()
+    announcement = RoundAnnouncement(
+        job=JOB, round=3, deadline=time.time() + 30, selected=("pi-01",), hyperparams={},
+        model_sha256="0" * 64, global_sha256="1" * 64, mode="buffered", grants={"pi-01": 1},
+        max_staleness=10,
+    )  # fmt: skip
+    bus.publish(Topics(JOB, "up/fl/v1").round, announcement.to_json(), retain=True)
+    # Execute: run() returns by itself
+    worker = threading.Thread(target=site.run, daemon=True)
+    worker.start()
+    worker.join(10)
+    # Assert
+    assert not worker.is_alive() and site.stopped
+    assert site.refused is not None and "site aggregators work with synchronous" in site.refused
+    assert "--mode sync" in site.refused and site.sent == []
+
+
 @pytest.mark.parametrize("site", ["site-a"])
 def test_bridge_config_maps_the_central_topics_down_and_the_site_topics_up(site):
     conf = bridge_config(site, "demo", "central:1883")
