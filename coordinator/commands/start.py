@@ -18,6 +18,14 @@ from edge_client.protocol import RoundMetrics
 def format_round(m: RoundMetrics, rounds: int) -> str:
     acc = f"{100 * m.accuracy:6.2f} %" if m.accuracy is not None else "     -  "
     loss = f"{m.loss:.4f}" if m.loss is not None else "   -  "
+    if m.staleness is not None:  # a buffered job's global version
+        mean, top = m.staleness
+        return (
+            f"version {m.round:3d}/{rounds}  updates {len(m.buffer)}  staleness {mean:.1f}/{top}"
+            f"  accuracy {acc}  loss {loss}  up {m.bytes_up / 1e6:6.2f} MB"
+            f"  down {m.bytes_down / 1e6:6.2f} MB  {m.duration_s:6.1f} s"
+            + (f"  wasted {m.wasted}" if m.wasted else "")
+        )
     return (
         f"round {m.round:3d}/{rounds}  devices {len(m.participants)}/{len(m.selected)}"
         f"  accuracy {acc}  loss {loss}  up {m.bytes_up / 1e6:6.2f} MB"

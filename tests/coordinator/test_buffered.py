@@ -5,6 +5,7 @@ boards that lose their link and come back, and a killed coordinator resumed."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -23,6 +24,7 @@ from coordinator.run_dir import RunDir
 from coordinator.simulation import FleetConfig, device_command
 from edge_client.pacing import ENV as SLOWDOWN_ENV
 from edge_client.protocol import (
+    DeviceStatus,
     RoundAnnouncement,
     Topics,
     chunked,
@@ -91,15 +93,22 @@ def sane(run_dir: Path) -> None:
 
 
 def test_a_buffered_job_folds_versions_with_staleness_and_learns(
-    mosquitto_broker, export_dir, tmp_path
+    mosquitto_broker, export_dir, tmp_path, caplog
 ):
-    # Prepare: 3 boards, sim-02 five times slower; a version every 2 updates
+    # Prepare: 3 boards, sim-02 five times slower; a version every 2 updates; and "old-01",
+    # a board that predates buffered rounds (its status says no modes)
     job = JobConfig(
         job="fedbuff", mode="buffered", rounds=8, buffer_size=2, min_devices=3,
         round_timeout=120, wait_timeout=90, epochs=1, lr=0.05, test_data="fashion-mnist",
         model_dir=str(export_dir("mlp")), run_dir=str(tmp_path / "run"),
     )  # fmt: skip
     broker = BrokerConfig.from_url(mosquitto_broker.url)
+    caplog.set_level(logging.WARNING, "coordinator.buffered_rounds")
+    old = DeviceStatus("old-01", "online", time.time(), samples=5000)
+    with mqtt_client(mosquitto_broker, "old-01") as old_board:
+        old_board.publish_wait(
+            Topics("fedbuff").status("old-01"), old.to_json(), qos=1, retain=True
+        )
     procs = start_boards(job, broker, tmp_path, 3, {2: 5.0})
     try:
         # Execute
@@ -121,6 +130,13 @@ def test_a_buffered_job_folds_versions_with_staleness_and_learns(
     assert stale, "no update was ever stale: the boards waited for each other"
     assert lines[-1]["accuracy"] > lines[0]["accuracy"] and lines[-1]["accuracy"] > 0.7
     sane(tmp_path / "run")
+    # the old board got no slot, and the log says why, once
+    assert all("old-01" not in m["selected"] for m in lines)
+    told = [r.message for r in caplog.records if "old-01" in r.message]
+    assert told == [
+        "device old-01 speaks synchronous rounds only: it gets no training slot in this "
+        "buffered job (update its edge client)"
+    ]
     fast_log = (tmp_path / "devices" / "sim-00.log").read_text()
     assert "grant 3 for this device" in fast_log and "Traceback" not in fast_log
 

@@ -162,6 +162,8 @@ function renderDevices(s) {
 // still training at the target, late updates wasted (dropped devices: the Rejected column)
 function roundNote(h) {
   const parts = [];
+  // buffered jobs (FedBuff): a row is a global version, made of `updates` of some staleness
+  if (h.mode === "buffered") parts.push(`${h.updates} updates, staleness ${h.staleness_mean === null ? "–" : h.staleness_mean.toFixed(1)}/${h.staleness_max === null ? "–" : h.staleness_max}`);
   if (h.late_folded) parts.push(`+${h.late_folded} late`);
   if ((h.cancelled || []).length) parts.push(`${h.cancelled.length} cancelled`);
   if (h.wasted) parts.push(`${h.wasted} wasted`);
@@ -262,8 +264,10 @@ function render(s) {
   badge($("link-state"), s.connected ? "connected" : "disconnected");
   renderBanner(s);
   const r = s.round;
-  $("stat-round").textContent = r ? r.round : "–";
-  $("stat-round-sub").textContent = r ? `${r.state}${r.remaining_s === null ? "" : r.remaining_s > 0 ? `, deadline in ${Math.round(r.remaining_s)} s` : ", deadline passed"}, ${r.replied.length}/${r.selected.length} replied${secureNote(r)}` : "no round yet";
+  const buffered = r && r.mode === "buffered";
+  $("stat-round").textContent = r ? (buffered ? `v${r.round}` : r.round) : "–";
+  $("stat-round-sub").textContent = buffered ? `${r.state}: buffered, ${r.selected.length} training, updates at most ${r.max_staleness} versions behind`
+    : r ? `${r.state}${r.remaining_s === null ? "" : r.remaining_s > 0 ? `, deadline in ${Math.round(r.remaining_s)} s` : ", deadline passed"}, ${r.replied.length}/${r.selected.length} replied${secureNote(r)}` : "no round yet";
   const h = s.history.length ? s.history[s.history.length - 1] : null;
   $("stat-accuracy").textContent = pct(s.summary.accuracy);
   $("stat-accuracy-sub").textContent = h ? `after round ${h.round}` : "no finished round";
