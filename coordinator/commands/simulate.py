@@ -135,7 +135,7 @@ def simulate(
         _simulate_fleet(cfg, fleet, fleet_file, fleet_seed, allow_oversubscribed, resume)
         return
     click.echo(
-        f"simulating {devices} devices on {dataset} ({partition}), {cfg.rounds} rounds, "
+        f"simulating {devices} devices on {dataset} ({partition}), {cfg.rounds} {'versions (buffered)' if cfg.buffered else 'rounds'}, "
         f"strategy {cfg.strategy}; run directory {cfg.run_path}; "
         + ("UNSIGNED (--unsigned)" if cfg.unsigned else f"signed with {cfg.signing_key}")
     )
@@ -144,7 +144,7 @@ def simulate(
     )
     acc = state.history[-1].accuracy if state.history else None
     click.echo(
-        f"done: {state.round} rounds"
+        f"done: {state.round} {'versions' if cfg.buffered else 'rounds'}"
         + (f", final accuracy {100 * acc:.2f} %" if acc is not None else "")
         + f"; metrics in {cfg.run_path / 'metrics.jsonl'}"
     )
@@ -164,7 +164,7 @@ def _simulate_fleet(
     spec = load_fleet(fleet_file, seed=seed)
     click.echo(
         f"simulating {spec.describe()} on {fleet.dataset} ({fleet.partition}), "
-        f"{cfg.rounds} rounds, strategy {cfg.strategy}; run directory {cfg.run_path}"
+        f"{cfg.rounds} {'versions (buffered)' if cfg.buffered else 'rounds'}, strategy {cfg.strategy}; run directory {cfg.run_path}"
     )
 
     def on_estimate(cal: Any, demand: Any) -> None:
@@ -185,7 +185,7 @@ def _simulate_fleet(
     m = summary["measured"]
     acc = state.history[-1].accuracy if state.history else None
     click.echo(
-        f"done: {state.round} rounds"
+        f"done: {state.round} {'versions' if cfg.buffered else 'rounds'}"
         + (f", final accuracy {100 * acc:.2f} %" if acc is not None else "")
         + f"; ran at {100 * m['utilisation']:.0f} % of {summary['cores']} cores "
         f"(estimated {100 * summary['estimate']['utilisation']:.0f} %); "

@@ -77,7 +77,7 @@ def start(
         cfg = job_config.resolve(flags, job_file)
     cfg = with_signing_key(cfg)
     click.echo(
-        f"job {cfg.job}: {cfg.rounds} rounds, strategy {cfg.strategy}, run directory {cfg.run_path}, "
+        f"job {cfg.job}: {cfg.rounds} {'versions (buffered)' if cfg.buffered else 'rounds'}, strategy {cfg.strategy}, run directory {cfg.run_path}, "
         + ("UNSIGNED (--unsigned)" if cfg.unsigned else f"signed with {cfg.signing_key}")
     )
     state = run_job(
@@ -88,7 +88,7 @@ def start(
     )
     acc = state.history[-1].accuracy if state.history else None
     click.echo(
-        f"done: {state.round} rounds"
+        f"done: {state.round} {'versions' if cfg.buffered else 'rounds'}"
         + (f", accuracy {100 * acc:.2f} %" if acc is not None else "")
         + f"; metrics in {cfg.run_path / 'metrics.jsonl'}, final models in {cfg.run_path / 'final'}"
     )
