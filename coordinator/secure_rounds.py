@@ -316,5 +316,6 @@ class SecureRounds:
             rejections=tuple(sr.rejections),
             bytes_rejected=sum(r.bytes for r in sr.rejections),
             target_updates=sr.target,
+            cancelled=tuple(sorted(sr.cancelled)),
             secagg=record,
         )

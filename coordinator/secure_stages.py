@@ -107,6 +107,7 @@ class SecureRound:
     rejections: list[Rejection] = field(default_factory=list)
     reported: dict[str, str] = field(default_factory=dict)  # device -> its failure reason
     dropped: set[str] = field(default_factory=set)  # went offline
+    cancelled: set[str] = field(default_factory=set)  # still training at the target
     keys: dict[str, Keys] = field(default_factory=dict)
     shares: dict[str, Mapping[str, bytes]] = field(
         default_factory=dict
@@ -238,6 +239,8 @@ class SecureRound:
 
     def _open_shares(self) -> None:
         self.advertised = tuple(sorted(self.keys))
+        if self.target and len(self.keys) >= self.target:  # told to stop by the key list
+            self.cancelled = self._waiting_for()
         n = len(self.advertised)
         if n < max(MIN_DEVICES, self.min_survivors):
             raise _Short(

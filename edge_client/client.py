@@ -63,11 +63,11 @@ from edge_client.round_machine import (
 )
 from edge_client.round_work import RoundWork
 from edge_client.runtime import Runtime, load_runtime
-from edge_client.secure_round import SecureRounds
+from edge_client.secure_round import SecureRounds, left_out
 from edge_client.signing import Verifier
 from edge_client.state import NO_ROUND, ClientState, Completed
 from edge_client.status import StatusReporter, device_will
-from edge_client.transport import MqttTransport, Transport
+from edge_client.transport import Message, MqttTransport, Transport
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +444,13 @@ class EdgeClient:
             raise TrainingAborted(f"the deadline of round {ann.round} passed during training")
         if time.monotonic() - self._last_look >= LOOK_AHEAD_S:
             self._last_look = time.monotonic()
-            closing = self._closing_announcement(ann)
+            queued = self.lookahead.look()
+            if self._left_out_of_secure_round(ann, queued):
+                raise RoundClosed(
+                    f"round {ann.round} closed before this device finished (the secure "
+                    "round's keys stage closed at its target without this device)"
+                )
+            closing = self._closing_announcement(ann, queued)
             if closing is not None and ann.buffered:
                 self._stop_buffered(ann, closing)
             elif closing is not None:
@@ -465,12 +471,23 @@ class EdgeClient:
             f"{ann.round} this device trains from (at most {newer.max_staleness} are taken)"
         )
 
-    def _closing_announcement(self, ann: RoundAnnouncement) -> RoundAnnouncement | None:
+    def _left_out_of_secure_round(self, ann: RoundAnnouncement, queued: list[Message]) -> bool:
+        """Whether a queued key list of ``ann``'s secure round leaves this device out."""
+        base = f"{self.topics.secagg_all}/"
+        return ann.secure is not None and any(
+            m.topic.startswith(base)
+            and left_out(m.payload, ann, self.config.device_id, self.secure.verify)
+            for m in queued
+        )
+
+    def _closing_announcement(
+        self, ann: RoundAnnouncement, queued: list[Message]
+    ) -> RoundAnnouncement | None:
         """A queued announcement that closes ``ann``'s attempt (its ``closed`` copy, or a
         newer round of the same run), if one arrived during training; it stays queued. In a
         buffered job only one that closes the job, revokes this device's grant or is more
         than max_staleness versions ahead."""
-        for message in self.lookahead.look():
+        for message in queued:
             if message.topic != self.topics.round or not message.payload:
                 continue
             try:

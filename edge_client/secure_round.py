@@ -40,10 +40,12 @@ from edge_client.protocol import (
     StageMessage,
     UnmaskReply,
     UnmaskRequest,
+    decode,
     encode_keys,
     encode_masked,
     encode_shares,
     encode_unmask_reply,
+    parse_chunk,
     read_stage,
 )
 from edge_client.secagg import (
@@ -272,7 +274,7 @@ class SecureRounds:
     ) -> None:
         self.device, self.job = device, job
         self._publish = publish
-        self._verify = verify  # Verifier.secagg in a signed job
+        self.verify = verify  # Verifier.secagg in a signed job
         self.current: SecureRound | None = None
         self._deadline = 0.0  # the announcement deadline of the current one's attempt
 
@@ -310,8 +312,8 @@ class SecureRounds:
         if env.sender != "coordinator":
             return
         try:
-            if self._verify is not None:
-                env = self._verify(raw)
+            if self.verify is not None:
+                env = self.verify(raw)
             msg = read_stage(env)
         except EdgeFLError as exc:
             log.warning("secure round: ignoring a stage message: %s", exc)
@@ -326,3 +328,28 @@ class SecureRounds:
         same = ann.round == cur.round and ann.deadline == self._deadline
         if not same or ann.state != "open":  # the coordinator closes after the unmask stage
             cur.leave(f"round {ann.round} is {ann.state}" if same else "another round opened")
+
+
+def left_out(
+    payload: bytes,
+    ann: RoundAnnouncement,
+    device: str,
+    verify: Callable[[bytes], Envelope] | None = None,
+) -> bool:
+    """Whether a queued ``secagg-all`` chunk is the key list of ``ann``'s secure round without
+    ``device``: the keys stage closed (an over-selected round reached its target) while the
+    board was still training, so it stops. A key list of more than one chunk (thousands of
+    devices) is not looked at: the board then finishes and its keys are refused."""
+    params = ann.secure
+    if params is None:
+        return False
+    try:
+        chunk = parse_chunk(payload)
+        if chunk.count != 1:
+            return False
+        env = verify(chunk.data) if verify is not None else decode(chunk.data)
+        msg = read_stage(env)
+    except EdgeFLError:
+        return False
+    same = msg.round == ann.round and msg.session == params.session
+    return same and isinstance(msg.body, KeyList) and device not in msg.body.keys

@@ -16,6 +16,7 @@ from coordinator.simulation import ROOT, FleetConfig, device_command
 from edge_client.client import EdgeClient, mqtt_transport
 from edge_client.config import ClientConfig
 from edge_client.data import Dataset, load_dataset, partition
+from edge_client.pacing import ENV as SLOWDOWN_ENV
 from edge_client.protocol import Envelope, Reassembler, Topics, decode
 from edge_client.transport import BrokerConfig
 from tests.fixtures.brokers import ReceivedMessage
@@ -27,14 +28,23 @@ Hook = Callable[[int, str, Envelope], Envelope | None]
 
 @contextmanager
 def real_boards(
-    job: JobConfig, broker: BrokerConfig, tmp: Path, n: int, *, of: int | None = None
+    job: JobConfig,
+    broker: BrokerConfig,
+    tmp: Path,
+    n: int,
+    *,
+    of: int | None = None,
+    slowdown: dict[int, float] | None = None,
 ) -> Iterator[list[subprocess.Popen]]:
-    """``n`` `fedge run` processes sim-00 ... with partitions 0..n-1 of ``of`` (default n)."""
+    """``n`` `fedge run` processes sim-00 ... with partitions 0..n-1 of ``of`` (default n);
+    board ``i`` slowed ``slowdown[i]`` times (the fleet simulator's pacing)."""
     fleet = FleetConfig(devices=of or n)
     (tmp / "devices").mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = []
     for i in range(n):
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if i in (slowdown or {}):
+            env[SLOWDOWN_ENV] = str((slowdown or {})[i])
         log = open(tmp / "devices" / f"sim-{i:02d}.log", "wb")  # noqa: SIM115
         cmd = device_command(fleet, job, broker, i, tmp / "devices" / f"sim-{i:02d}")
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))

@@ -279,3 +279,27 @@ def test_garbage_shares_or_a_malformed_vector_fail_the_attempt_or_are_excluded_w
     assert not any(b.errors for b in hooked)
     weights, _ = RunDir(tmp_path / "run").load_weights(state)
     assert all(np.all(np.isfinite(w)) for w in weights.values())
+
+
+def test_an_over_selected_secure_round_closes_its_keys_stage_at_the_target_and_the_slow_board_stops(
+    mosquitto_broker, export_dir, tmp_path
+):
+    # Prepare: 4 real boards, sim-03 forty times slower; 3 vectors needed, 4 selected
+    broker = BrokerConfig.from_url(mosquitto_broker.url)
+    job = JobConfig(
+        job="oversecure", run_dir=str(tmp_path / "run"), model_dir=str(export_dir("mlp")),
+        secure_aggregation=True, clients_per_round=3, over_select=1.34,
+        **{**BASE, "min_devices": 4},
+    )  # fmt: skip
+    with real_boards(job, broker, tmp_path, 4, slowdown={3: 40.0}):
+        # Execute
+        state = run_job(job, broker=broker, final_models=False)
+    # Assert: the key list went out at 3 advertisers; sim-03 saw it and stopped training
+    (m,) = state.history
+    assert m.selected == ("sim-00", "sim-01", "sim-02", "sim-03")
+    assert m.participants == ("sim-00", "sim-01", "sim-02")
+    assert m.target_updates == 3 and m.cancelled == ("sim-03",)
+    assert m.secagg["advertised"] == ["sim-00", "sim-01", "sim-02"] and m.duration_s < 60
+    slow = board_log(tmp_path, 3)
+    assert "keys stage closed at its target without this device" in slow
+    assert "keys advertised" not in slow and "Traceback" not in slow

@@ -87,7 +87,7 @@ def test_a_granted_board_trains_its_grant_once_and_names_it(rig):
     (update,) = updates(rig)
     assert (update.round, update.meta["grant"]) == (3, 2)
     assert update.meta["base_sha256"] == ann.global_sha256
-    assert rig.statuses()[0].modes == ROUND_MODES
+    assert set(ROUND_MODES) <= set(rig.statuses()[0].modes or ())  # (and secagg, with cryptography)
     assert [s.state for s in rig.statuses()] == ["online", "training", "idle"]
 
 
