@@ -279,7 +279,7 @@ def secure_checks(c: JobConfig) -> list[tuple[bool, str]]:
             f"--late-updates fold adds single late updates, {need}; use discard",
         ),
         (
-            getattr(c, "mode", "sync") == "sync",
+            c.mode == "sync",
             "--secure-aggregation needs synchronous rounds (--mode sync): a buffered job "
             "aggregates updates one by one as they arrive, and a masked vector can only be "
             "unmasked in the sum of a round",
