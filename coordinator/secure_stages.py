@@ -52,7 +52,13 @@ from edge_client.protocol import (
     encode_unmask_request,
     read_stage,
 )
-from edge_client.secagg import Graph, GraphParameters, build_graph, choose_parameters
+from edge_client.secagg import (
+    Graph,
+    GraphParameters,
+    build_graph,
+    check_public,
+    choose_parameters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +371,8 @@ class SecureRound:
             case Keys() if self.stage == "keys":
                 if body.c_public == body.s_public:
                     raise _Bad("its two public keys are the same")
+                check_public(body.c_public, "its share-encryption key")  # else every
+                check_public(body.s_public, "its mask key")  # neighbour would leave the round
                 self.keys[device] = body
             case Shares() if self.stage == "shares":
                 assert self.graph is not None

@@ -20,6 +20,7 @@ from edge_client.secagg.graph import Graph, GraphParameters, build_graph, choose
 from edge_client.secagg.keys import (
     KeyPair,
     RoundContext,
+    check_public,
     decrypt_share,
     encrypt_share,
     pairwise_seed,
@@ -58,6 +59,7 @@ __all__ = [
     "TooFewSurvivorsError",
     "available",
     "build_graph",
+    "check_public",
     "choose_parameters",
     "choose_quantization",
     "clip_l2",

@@ -97,6 +97,19 @@ class KeyPair:
         return derived
 
 
+def check_public(raw: bytes, what: str = "a public key") -> bytes:
+    """``raw`` if it is an X25519 public key that agrees a usable secret, else SecAggError
+    (e.g. a low-order point, whose shared secret is all zeros)."""
+    if len(raw) != KEY_BYTES:
+        raise SecAggError(f"{what} has {len(raw)} bytes, not {KEY_BYTES}")
+    x25519 = crypto("asymmetric.x25519")
+    try:
+        x25519.X25519PrivateKey.generate().exchange(x25519.X25519PublicKey.from_public_bytes(raw))
+    except ValueError as exc:
+        raise SecAggError(f"{what} is unusable: {exc}") from None
+    return raw
+
+
 def pairwise_seed(
     keys: KeyPair, peer_public: bytes, ctx: RoundContext, me: str, peer: str
 ) -> bytes:

@@ -12,11 +12,13 @@ import numpy as np
 from coordinator.secure_stages import SecureRound as CoordinatorRound
 from edge_client.protocol import (
     Envelope,
+    Keys,
     Masked,
     SecAggParams,
     Shares,
     UnmaskReply,
     decode,
+    encode_keys,
     encode_masked,
     encode_shares,
     encode_unmask_reply,
@@ -281,3 +283,20 @@ def test_boards_refuse_a_threshold_below_a_majority_of_their_neighbourhood() -> 
     c = h.run()
     assert c.stage == "failed" and "only 0 devices shared" in c.failed
     assert all(b.stage == "out" for b in h.boards.values())
+
+
+def test_an_unusable_public_key_is_refused_at_the_keys_stage_and_the_round_goes_on() -> None:
+    # a low-order point (all zeros) agrees an all-zero secret: every neighbour of its sender
+    # would leave the round, so the coordinator refuses it before the key list goes out
+    def forge(device: str, env: Envelope) -> Envelope | None:
+        if device == "d04" and env.meta["stage"] == "keys":
+            keys = read_stage(env).body
+            assert isinstance(keys, Keys)
+            return encode_keys("j", 1, "d04", SESSION, Keys(bytes(32), keys.s_public))
+        return env
+
+    h = Harness(5, forge=forge)
+    c = h.run()
+    _assert_fedavg(h, ["d00", "d01", "d02", "d03"])
+    (rejection,) = c.rejections
+    assert rejection.device == "d04" and "share-encryption key is unusable" in rejection.reason
