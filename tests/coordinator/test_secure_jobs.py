@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from coordinator.aggregation import weighted_average
 from coordinator.config import JobConfig
 from coordinator.job import run_job
 from coordinator.run_dir import RunDir
+from coordinator.simulation import ROOT
 from edge_client.manifest import Manifest
 from edge_client.protocol import (
     DeviceStatus,
@@ -303,3 +306,24 @@ def test_an_over_selected_secure_round_closes_its_keys_stage_at_the_target_and_t
     slow = board_log(tmp_path, 3)
     assert "keys stage closed at its target without this device" in slow
     assert "keys advertised" not in slow and "Traceback" not in slow
+
+
+def test_fedcoord_simulate_runs_a_signed_secure_job_with_boards_that_verify_its_stages(
+    mosquitto_broker, export_dir, tmp_path
+):
+    # Execute: the README's simulated job, secure; its boards get the job's key (--trust-key)
+    # and take only stage messages signed with it
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "coordinator.cli", "simulate", "--devices", "3", "--rounds", "1"]
+    cmd += ["--broker", mosquitto_broker.url, "--run-dir", str(run_dir), "--secure-aggregation"]
+    cmd += ["--model-dir", str(export_dir("mlp")), "--epochs", "1", "--lr", "0.05"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    # Assert
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "signed with" in r.stdout  # and simulate gives its boards --trust-key
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["secagg"]["stage"] for m in lines] == ["done"]
+    assert all(len(m["participants"]) == 3 for m in lines)
+    for i in range(3):
+        log = (run_dir / "devices" / f"sim-{i:02d}.log").read_text()
+        assert log.count("unmask reply sent") == 1 and "ignoring a stage message" not in log

@@ -362,3 +362,24 @@ def test_the_board_environment_verifies_signatures(board, keys, files):
     r = board(code, str(made.public), raw.decode())
     assert r.returncode == 0, r.stderr
     assert "refused: SignatureError" in r.stdout and "ok 1 1." in r.stdout  # numpy 1.x
+
+
+def test_secure_aggregation_stage_messages_verify_only_when_signed_with_the_trusted_key(keys):
+    # a forged unmask request could name a board as dropped out and make its holders reveal
+    # its mask key: boards with --trust-key take the coordinator's stage messages signed only
+    from edge_client.protocol import UnmaskRequest, encode_unmask_request, read_stage
+
+    signer, made, other = keys
+    env = encode_unmask_request(
+        "demo", 3, "coordinator", "0123456789abcdef", UnmaskRequest(("a", "b"), 9.0)
+    )
+    verifier = Verifier.from_spec(str(made.public))
+    signed = verifier.secagg(signer.secagg(env))
+    assert read_stage(signed).body == UnmaskRequest(("a", "b"), 9.0)
+    with pytest.raises(SignatureError, match="not signed"):
+        verifier.secagg(env.to_bytes())
+    with pytest.raises(SignatureError, match="signed by key"):
+        verifier.secagg(other.secagg(env))
+    forged = signer.secagg(env).replace(b'"survivors":["a","b"]', b'"survivors":["a","c"]')
+    with pytest.raises(SignatureError, match="does not match its signature"):
+        verifier.secagg(forged)
