@@ -78,6 +78,7 @@ class StageLog:
     devices: int = 0  # devices whose message of this stage was taken
     bytes_up: int = 0  # their messages, all chunks
     bytes_down: int = 0  # what the coordinator published to open the stage, per recipient
+    cpu_s: float = 0.0  # the coordinator's CPU time closing it (unmask: rebuilding, unmasking)
 
     def to_dict(self) -> dict[str, Any]:
         end = self.ended if self.ended is not None else self.started
@@ -86,6 +87,7 @@ class StageLog:
             "duration_s": round(end - self.started, 3),
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
+            "cpu_s": round(self.cpu_s, 4),
         }
 
 
@@ -238,10 +240,12 @@ class SecureRound:
             "masked": self._open_unmask,
             "unmask": self._finish,
         }[self.stage]
+        closing, cpu = self.stages[self.stage], time.process_time()
         try:
             step()
         except EdgeFLError as exc:
             self._fail(str(exc))
+        closing.cpu_s += time.process_time() - cpu
 
     def _open_shares(self) -> None:
         self.advertised = tuple(sorted(self.keys))
