@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.aggregation import Strategy
-from coordinator.influence import Held, InfluenceBounds, capped_weights, change_outliers, risk
+from coordinator.influence import Held, InfluenceBounds, capped_claims, change_outliers, risk
 from coordinator.late import stale_change, staleness_weight
 from coordinator.robust_strategies import delta_norm
 from coordinator.rounds import RoundCollector
@@ -239,8 +240,22 @@ class Buffer:
     def __len__(self) -> int:
         return len(self.held) + len(self.folded)
 
+    def count(self, device: str) -> int:
+        """How many of the buffer's updates (held or folded) are ``device``'s."""
+        held = sum(u.folded.device == device for u in self.held.values())
+        return held + sum(f.device == device for f in self.folded)
+
+    def holds(self, device: str, grant: int, sha256: str) -> bool:
+        """Whether this very update (a QoS 1 duplicate) is in the buffer already."""
+        held = self.held.get(buffer_key(device, grant))
+        if held is not None:
+            return held.folded.sha256 == sha256
+        return any(
+            f.device == device and f.grant == grant and f.sha256 == sha256 for f in self.folded
+        )
+
     def add(self, update: Checked) -> None:
-        key = f"{update.folded.device}#{update.folded.grant}"
+        key = buffer_key(update.folded.device, update.folded.grant)
         if self.bounds is None:
             self._fold(update, update.folded.samples)
             return
@@ -269,12 +284,12 @@ class Buffer:
                 log.warning(
                     "rejected update from %s (grant %d): %s", device, update.folded.grant, reason
                 )
-            keys = list(self.held)
-            capped = capped_weights(
-                [self.held[k].folded.samples for k in keys], self.bounds.max_weight_share
+            # the cap is per device: a device's updates of the buffer share it
+            capped = capped_claims(
+                {k: u.folded.samples for k, u in self.held.items()}, self.bounds.max_weight_share
             )
-            for key, weight in zip(keys, capped):
-                self._fold(self.held[key], weight)
+            for key, update in self.held.items():
+                self._fold(update, capped[key])
             self.held = {}
         if not self.folded:  # every one was rejected at the close: the version stays
             log.warning("no update of the buffer passed its close: the weights do not change")
@@ -301,6 +316,25 @@ class Buffer:
             )
         self.strategy.accept(update.weights, samples)
         self.folded.append(dataclasses.replace(update.folded, samples=samples))
+
+
+def buffer_key(device: str, grant: int) -> str:
+    """How an update is named in its buffer: influence.owner() reads the device back, so the
+    bounds judge a device's updates together (ids have no spaces)."""
+    return f"{device} (grant {grant})"
+
+
+def device_limit(buffer_size: int, max_share: float, devices: int) -> int:
+    """The most updates one device may have in a buffer: ``max_share`` of it (at least one),
+    so a device answering its grants faster than the others train cannot fill a buffer
+    alone. More when fewer than ``1 / max_share`` devices (``devices``: those online that
+    speak buffered rounds) could fill it otherwise; no limit with the share cap off (0)."""
+    if max_share <= 0:
+        return buffer_size
+    limit = max(1, math.floor(buffer_size * max_share + 1e-9))
+    if devices > 0:
+        limit = max(limit, math.ceil(buffer_size / devices))
+    return min(limit, buffer_size)
 
 
 def _held(update: Checked) -> Held:

@@ -33,6 +33,7 @@ from coordinator.buffer import (
     Versions,
     check_staleness,
     check_update,
+    device_limit,
     staleness_summary,
 )
 from coordinator.grants import Grants
@@ -169,12 +170,41 @@ class BufferedRounds:
     # -- incoming updates -------------------------------------------------------------------
     def _take_pending(self) -> None:
         """Offer the updates that arrived, in order, until the buffer is full (the rest wait
-        for the next version: every version folds exactly --buffer-size updates)."""
+        for the next version: every version folds exactly --buffer-size updates). An update
+        of a device that has its share of the buffer already (:func:`device_limit`) waits
+        for the next version too, at most that many per device."""
         rec = self.rec
         assert rec is not None
         self._backlog.extend(self.coord.take_pending())
-        while self._backlog and len(rec.buffer) < self.cfg.buffer_size:
-            self._offer(self._backlog.pop(0))
+        waiting: list[UpdateReceived] = []
+        limit = self._limit()
+        for item in self._backlog:
+            device = item.device or ""
+            if len(rec.buffer) >= self.cfg.buffer_size:
+                waiting.append(item)
+            elif item.value.kind != "update" or rec.buffer.count(device) < limit:
+                self._offer(item)
+            elif sum(w.device == device for w in waiting) < limit:
+                waiting.append(item)  # its device has its share of this buffer
+            else:
+                self._reject(
+                    item.value,
+                    device,
+                    item.size,
+                    ProtocolError(
+                        f"{device} has {limit} update(s) in version {rec.version.round}'s "
+                        f"buffer and {limit} waiting for the next, the most one device may "
+                        f"have ({self.coord.bounds.max_weight_share:g} of --buffer-size "
+                        f"{self.cfg.buffer_size}, --max-weight-share)"
+                    ),
+                )
+        self._backlog = waiting
+
+    def _limit(self) -> int:
+        """The most updates one device may have in the current buffer."""
+        return device_limit(
+            self.cfg.buffer_size, self.coord.bounds.max_weight_share, len(self._candidates())
+        )
 
     def _offer(self, item: UpdateReceived) -> None:
         rec, env, device = self.rec, item.value, item.device
@@ -235,10 +265,7 @@ class BufferedRounds:
         rec = self.rec
         assert rec is not None
         if (device, grant) in self.used:
-            if any(
-                f.device == device and f.grant == grant and f.sha256 == env.sha256
-                for f in rec.buffer.folded
-            ) or self._held(device, grant, env.sha256):
+            if rec.buffer.holds(device, grant, env.sha256):
                 log.debug("duplicate of %s's grant %d ignored", device, grant)
                 return None
             raise ProtocolError(
@@ -260,11 +287,6 @@ class BufferedRounds:
             bounds=self.coord.bounds,
             announced=status.samples if status is not None else 0,
         )
-
-    def _held(self, device: str, grant: int, sha256: str) -> bool:
-        assert self.rec is not None
-        held = self.rec.buffer.held.get(f"{device}#{grant}")
-        return held is not None and held.folded.sha256 == sha256
 
     def _failure(self, env: Envelope, device: str, grant: int, size: int) -> None:
         rec = self.rec
@@ -326,7 +348,10 @@ class BufferedRounds:
             counts: dict[str, int] = {}
             for f in [*rec.buffer.folded, *(u.folded for u in rec.buffer.held.values())]:
                 counts[f.device] = counts.get(f.device, 0) + 1
-            granted = self.grants.fill(self._candidates(), rec.version.round, in_buffer=counts)
+            # a device with its share of this buffer trains again for the next version
+            limit = self._limit()
+            candidates = [d for d in self._candidates() if counts.get(d, 0) < limit]
+            granted = self.grants.fill(candidates, rec.version.round, in_buffer=counts)
             changed = changed or bool(granted)
         self._check_alone()
         self._announce(force=changed)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from coordinator.aggregation import FedAvg
-from coordinator.buffer import Buffer, Checked, Versions
+from coordinator.buffer import Buffer, Checked, Versions, device_limit
 from coordinator.config import JobConfig
 from coordinator.grants import Grants
 from coordinator.influence import InfluenceBounds
@@ -70,6 +70,41 @@ def test_the_buffer_applies_the_weight_share_cap_and_rejects_an_outsized_change(
     folded = {f.device: f.samples for f in closed.folded}
     assert set(folded) == {"d0", "d1", "d2", "d3"} and folded["d0"] < 10_000
     assert float(closed.weights["w"][0]) < 1 + 2  # the 50x change is not in it
+
+
+def test_the_bounds_judge_a_devices_updates_of_one_buffer_together():
+    # Prepare: "evil" has 3 updates in the buffer (grants 1-3), each a 20x change claiming
+    # 10,000 samples; "a" and "b" one honest update each of 100 samples
+    honest = [checked(d, 1, W, {"w": W["w"] + np.float32(1)}, 0, 100) for d in ("a", "b")]
+    evil = [checked("evil", g, W, {"w": W["w"] + np.float32(20)}, 0, 10_000) for g in (1, 2, 3)]
+    honest_big = [checked(d, 1, W, {"w": W["w"] + np.float32(1)}, 0, 100) for d in "abc"]
+    many = [checked("evil", g, W, {"w": W["w"] + np.float32(1)}, 0, 10_000) for g in (1, 2)]
+    # Execute
+    outsized = Buffer(W, FedAvg(), InfluenceBounds(), server_lr=1.0)
+    for u in [*honest, *evil]:
+        outsized.add(u)
+    judged = outsized.close()
+    capped = Buffer(W, FedAvg(), InfluenceBounds(), server_lr=1.0)
+    for u in [*honest_big, *many]:
+        capped.add(u)
+    shares = capped.close()
+    # Assert: evil's changes are judged against a and b's (not its own other updates), and
+    # its two updates share one device's cap: at most half of the buffer's weight
+    assert sorted(r.device for r in judged.rejections) == ["evil"] * 3
+    assert {f.device for f in judged.folded} == {"a", "b"}
+    mine = sum(f.samples for f in shares.folded if f.device == "evil")
+    assert mine <= 0.5 * sum(f.samples for f in shares.folded) + 1
+
+
+@pytest.mark.parametrize(
+    ("size", "share", "devices", "limit"),
+    [(4, 0.5, 5, 2), (5, 0.5, 10, 2), (2, 0.5, 3, 1), (1, 0.5, 9, 1), (10, 0.3, 20, 3),
+     (5, 0.5, 2, 3), (5, 0.5, 1, 5), (5, 0.0, 10, 5)],
+)  # fmt: skip
+def test_a_device_may_hold_its_share_of_a_buffer_unless_too_few_devices_could_fill_it(
+    size, share, devices, limit
+):
+    assert device_limit(size, share, devices) == limit
 
 
 def test_a_robust_strategy_and_dp_run_over_each_buffer():

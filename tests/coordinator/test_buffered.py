@@ -257,7 +257,9 @@ def first_global(client, topics: Topics) -> dict[str, np.ndarray]:  # noqa: ANN0
 def test_boards_that_lose_their_link_mid_job_get_a_new_slot_when_back(
     mosquitto_broker, export_dir, tmp_path
 ):
-    # Prepare: 3 boards, sim-01 behind a proxy that is cut for 3 s after version 2
+    # Prepare: 3 boards, sim-01 behind a proxy that is cut for 3 s after version 2, once
+    # the announcement lists a slot for it (with its share of a buffer a board has none
+    # until the next version)
     job = JobConfig(
         job="flaky", mode="buffered", rounds=8, buffer_size=2, min_devices=3,
         round_timeout=120, wait_timeout=90, epochs=1, lr=0.05,
@@ -268,6 +270,13 @@ def test_boards_that_lose_their_link_mid_job_get_a_new_slot_when_back(
     cut_at: list[int] = []
 
     def outage() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            last = watcher.collector.matching(Topics("flaky").round)[-1:]
+            ann = RoundAnnouncement.from_json(last[0].payload) if last else None
+            if ann is not None and ann.round >= 3 and ann.grant("sim-01"):
+                break
+            time.sleep(0.02)
         proxy.cut()
         time.sleep(3)
         proxy.restore()
@@ -281,13 +290,15 @@ def test_boards_that_lose_their_link_mid_job_get_a_new_slot_when_back(
             while proxy.connections < 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
 
-    procs = start_boards(job, broker, tmp_path, 3, {}, broker_urls={1: proxy.url})
-    try:
-        # Execute
-        state = run_job(job, broker=broker, final_models=False, on_round=on_round)
-    finally:
-        stop(procs)
-        proxy.stop()
+    with mqtt_client(mosquitto_broker, "watcher") as watcher:
+        watcher.subscribe_wait(Topics("flaky").round, qos=1)
+        procs = start_boards(job, broker, tmp_path, 3, {}, broker_urls={1: proxy.url})
+        try:
+            # Execute
+            state = run_job(job, broker=broker, final_models=False, on_round=on_round)
+        finally:
+            stop(procs)
+            proxy.stop()
     # Assert: the job went on without sim-01, took its slot back, and sim-01 trained again
     assert state.round == 8 and cut_at
     lines = lines_of(tmp_path / "run")
