@@ -4,9 +4,11 @@ What the coordinator sees of each device is what it sees of a board: its own cli
 TCP connection, a Last Will and a retained ``online`` status, a subscription to ``round``,
 ``training`` and ``idle`` statuses around every round it is selected for, an update that
 passes every check, and ``offline`` on a clean stop. Nothing is trained (see
-:mod:`.updates`). A controller connection per process receives the global weights, which
-the devices themselves do not download (N x model bytes of broker fan-out per round that
-this load generator leaves out), and the job's ``control`` (the fleet stops with the job).
+:mod:`.updates`). In a secure round (``encoding = "secagg"``) each device runs the board's
+own secure-round code through the 4 stages instead of sending its update (:mod:`.secure`).
+A controller connection per process receives the global weights, which the devices themselves
+do not download (N x model bytes of broker fan-out per round that this load generator leaves
+out), and the job's ``control`` (the fleet stops with the job).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import numpy as np
 
 from coordinator.broker.packets import Will
 from coordinator.loadgen.mqtt import Connection, MqttError
+from coordinator.loadgen.secure import SecureDevices
 from coordinator.loadgen.updates import Plan, UpdateFactory
-from edge_client.errors import ProtocolError
+from edge_client.errors import EdgeFLError, ProtocolError
 from edge_client.protocol import (
     DEFAULT_PREFIX,
+    SECAGG,
     DeviceStatus,
     JobControl,
     Reassembler,
@@ -34,6 +38,7 @@ from edge_client.protocol import (
     Topics,
     decode,
 )
+from edge_client.secagg import available as secagg_available
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,7 @@ class LoadConfig:
     keepalive: int = 60  # seconds; PINGREQs go out every keepalive / 2
     connect_concurrency: int = 100  # connections being opened at once (broker accept backlog)
     send_concurrency: int = 16  # updates being built or written at once (bounds memory)
+    secure: bool = True  # take part in secure rounds (needs the cryptography package)
 
 
 @dataclass
@@ -82,6 +88,7 @@ class Fleet:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reassembler = Reassembler()  # the controller's global weights
         self._finished = False
+        self.secure = SecureDevices(self.topics, cfg.plan, cfg.job)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def run(self) -> LoadStats:
@@ -111,6 +118,7 @@ class Fleet:
                     if not conn.closed.is_set():
                         conn.ping()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.stats.bytes_up += self.secure.bytes_up
         await self._disconnect_all()
         await controller.close()
         return self.stats
@@ -119,7 +127,9 @@ class Fleet:
         device = self.cfg.plan.device_id(index)
         topic = self.topics.status(device)
         will = Will(topic, DeviceStatus.last_will(device, time.time()).to_json(), 1, True)
-        conn = Connection(f"edgefl-{self.cfg.job}-{device}", lambda t, p: self._on_device(index, p))
+        conn = Connection(
+            f"edgefl-{self.cfg.job}-{device}", lambda t, p: self._on_topic(index, t, p)
+        )
         async with opening:
             for attempt in range(5):
                 try:
@@ -131,7 +141,13 @@ class Fleet:
                     if attempt == 4:
                         raise MqttError(f"{device} cannot connect: {exc}") from exc
                     await asyncio.sleep(0.5 * (attempt + 1))
-            await conn.subscribe([(self.topics.round, 1)])
+            filters = [(self.topics.round, 1)]
+            if self._speaks_secagg:
+                filters += [
+                    (f"{self.topics.secagg_all}/#", 1),
+                    (f"{self.topics.secagg_to(device)}/#", 1),
+                ]
+            await conn.subscribe(filters)
             await conn.publish(topic, self._status(index, "online"), retain=True)
         self._conns[index] = conn
 
@@ -151,7 +167,12 @@ class Fleet:
         return DeviceStatus(
             device, state, time.time(), round=round_, interpreter="loadgen",
             samples=self.cfg.plan.samples_of(index),
+            modes=("sync", SECAGG) if self._speaks_secagg else None,
         ).to_json()  # fmt: skip
+
+    @property
+    def _speaks_secagg(self) -> bool:
+        return self.cfg.secure and secagg_available()
 
     # -- messages (called by the connections' reader tasks) ----------------------------
     def _on_controller(self, topic: str, payload: bytes) -> None:
@@ -175,6 +196,12 @@ class Fleet:
         except ProtocolError as exc:
             log.warning("controller dropped a message on %s: %s", topic, exc)
 
+    def _on_topic(self, index: int, topic: str, payload: bytes) -> None:
+        if topic == self.topics.round:
+            self._on_device(index, payload)
+        else:
+            self.secure.on_stage(index, topic, payload)
+
     def _on_device(self, index: int, payload: bytes) -> None:
         """A round announcement reached device ``index`` (parsed once per process)."""
         if not payload:
@@ -189,6 +216,7 @@ class Fleet:
         _, announcement, selected = self._announcement
         key = (announcement.round, announcement.global_sha256, announcement.deadline)
         device = self.cfg.plan.device_id(index)
+        self.secure.on_announcement(index, announcement)
         if announcement.state != "open" or device not in selected:
             return
         if self._answered.get(index) == key or time.time() > announcement.deadline:
@@ -206,22 +234,21 @@ class Fleet:
         if conn is None:
             return
         device = self.cfg.plan.device_id(index)
+        status = self.topics.status(device)
         try:
             async with self._sending:
-                factory = await self._factory(announcement)
-                if factory is None:
+                secure = announcement.secure is not None
+                factory = None if secure else await self._factory(announcement)
+                if not (await self._global(announcement) if secure else factory is not None):
                     return
-                status = self.topics.status(device)
                 if self.cfg.status:
                     await conn.publish(
                         status, self._status(index, "training", announcement.round), retain=True
                     )
-                base = self.topics.update(device)
-                for i, chunk in enumerate(factory.chunks(index)):
-                    await conn.publish(f"{base}/{i}", chunk)
-                    self.stats.bytes_up += len(chunk)
-                self.stats.updates += 1
-                self.stats.rounds.add(announcement.round)
+                if factory is None:  # a secure round: stage 1, then the stage messages
+                    self._begin_secure(index, conn, announcement)
+                else:
+                    await self._send_update(index, conn, factory, announcement.round)
                 if self.cfg.status:
                     await conn.publish(
                         status, self._status(index, "idle", announcement.round), retain=True
@@ -229,19 +256,57 @@ class Fleet:
         except MqttError as exc:
             log.warning("%s could not send its update: %s", device, exc)
 
-    async def _factory(self, announcement: RoundAnnouncement) -> UpdateFactory | None:
-        """The round's update factory, once the controller holds the announced global."""
-        key = (announcement.round, announcement.global_sha256, announcement.encoding)
+    async def _send_update(
+        self, index: int, conn: Connection, factory: UpdateFactory, round_: int
+    ) -> None:
+        base = self.topics.update(self.cfg.plan.device_id(index))
+        for i, chunk in enumerate(factory.chunks(index)):
+            await conn.publish(f"{base}/{i}", chunk)
+            self.stats.bytes_up += len(chunk)
+        self.stats.updates += 1
+        self.stats.rounds.add(round_)
+
+    def _begin_secure(self, index: int, conn: Connection, ann: RoundAnnouncement) -> None:
+        """Stage 1 of a secure round; the stage messages then drive it (:mod:`.secure`)."""
+        device = self.cfg.plan.device_id(index)
+        weights = self._globals.get(ann.global_sha256)
+        if weights is None:
+            log.warning("%s: round %d's global weights were replaced", device, ann.round)
+            return
+
+        def publish(topic: str, chunk: bytes) -> None:
+            task = asyncio.create_task(conn.publish(topic, chunk))  # writes before it yields
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        try:
+            self.secure.begin(index, ann, weights, publish)
+        except EdgeFLError as exc:
+            log.warning("%s cannot take part in secure round %d: %s", device, ann.round, exc)
+            return
+        self.stats.updates += 1
+        self.stats.rounds.add(ann.round)
+
+    async def _global(self, announcement: RoundAnnouncement, done: bool = False) -> bool:
+        """Wait until the controller holds the announced global weights (or ``done``);
+        False when they never arrived before the deadline."""
         assert self._global_arrived is not None
-        while announcement.global_sha256 not in self._globals and key not in self._factories:
+        while announcement.global_sha256 not in self._globals and not done:
             if time.time() > announcement.deadline or self.stop.is_set():
                 log.warning(
                     "round %d: the announced global weights never arrived", announcement.round
                 )
-                return None
+                return False
             self._global_arrived.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._global_arrived.wait(), 0.5)
+        return True
+
+    async def _factory(self, announcement: RoundAnnouncement) -> UpdateFactory | None:
+        """The round's update factory, once the controller holds the announced global."""
+        key = (announcement.round, announcement.global_sha256, announcement.encoding)
+        if not await self._global(announcement, key in self._factories):
+            return None
         if key not in self._factories:
             self._factories = {
                 key: UpdateFactory(
