@@ -134,7 +134,10 @@ def run_size(n: int, args: argparse.Namespace, model: Path, tmp: Path) -> dict[s
         spec = {
             "cfg": cfg, "port": broker.port, "schedule": plan, "check_plan": not real,
             "device_pids": [p.pid for p in devices], "broker_pid": broker._process.pid,  # noqa: SLF001
+            "profile": str(tmp / f"profile-{n}") if args.profile else None,
         }  # fmt: skip
+        if args.profile:
+            (tmp / f"profile-{n}").mkdir(exist_ok=True)
         with open(tmp / f"coordinator-{n}.log", "w") as log:
             coord = subprocess.Popen(
                 [PYTHON, str(ROOT / "bench/secagg_coordinator.py"), json.dumps(spec)],
@@ -180,6 +183,12 @@ def _median(xs: list[float]) -> float:
     return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
 
 
+def after_training(row: dict[str, Any]) -> float:
+    """A secure round's shares, masked and unmask stages: from the key list to the sum."""
+    stages = row["secagg"]["stages"]
+    return round(sum(stages[s]["duration_s"] for s in ("shares", "masked", "unmask")), 3)
+
+
 def summarise(size: dict[str, Any]) -> dict[str, Any]:
     """Per arm: min and median of every field over the measured (non-warm-up) rounds, the
     ratios of the medians to plain's, and the rounds that failed."""
@@ -197,6 +206,8 @@ def summarise(size: dict[str, Any]) -> dict[str, Any]:
         if arm != "plain":
             g = rows[0]["secagg"]
             s["graph"] = {"k": g["k"], "threshold": g["threshold"], "kind": g["graph"]}
+            after = [after_training(r) for r in rows]  # the stages a plain round has not
+            s["after_training_s"] = {"min": min(after), "median": _median(after)}
         out[arm] = s
     plain = out.get("plain")
     for arm, s in out.items():
@@ -235,8 +246,9 @@ def table(record: dict[str, Any]) -> str:
     """The markdown table of docs/benchmarks.md, from the record."""
     lines = [
         "| devices | arm (k, t) | round wall: median (min) | round CPU, all processes | "
-        "coordinator CPU | up / device | down / device | wall, bytes vs plain |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
+        "coordinator CPU | up / device | down / device | wall, bytes vs plain | "
+        "stages after training |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for size in record["sizes"]:
         for arm, s in summarise(size).items():
@@ -250,10 +262,12 @@ def table(record: dict[str, Any]) -> str:
                 f"{s['vs_plain']['bytes_down_per_device']:.3f}x"
             )  # fmt: skip
             failed = f" ({s['failed']} failed)" if s["failed"] else ""
+            a = s.get("after_training_s")
+            after = f"{a['median']:.2f} s ({a['min']:.2f})" if a else "—"
             lines.append(
                 f"| {size['devices']} | {name}{failed} | {w['median']:.2f} s ({w['min']:.2f}) | "
                 f"{c['median']:.2f} s ({c['min']:.2f}) | {cc['median']:.2f} s ({cc['min']:.2f}) "
-                f"| {up / 1e6:.3f} MB | {down / 1e6:.3f} MB | {vs} |"
+                f"| {up / 1e6:.3f} MB | {down / 1e6:.3f} MB | {vs} | {after} |"
             )
     return "\n".join(lines)
 
@@ -267,6 +281,11 @@ def main() -> None:
     parser.add_argument("--model-dir", default=None, help="an exported model (else exported)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=600.0, help="round and stage deadline")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile (CPU time) of the coordinator per arm, in the log directory",
+    )
     parser.add_argument("--quick", action="store_true", help="4 virtual devices, mlp, 1 rep")
     parser.add_argument("--out", default=str(ROOT / "bench/results/secagg.json"))
     parser.add_argument("--figures", metavar="RECORD", help="print the tables of a record")

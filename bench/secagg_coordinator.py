@@ -19,6 +19,7 @@ Every round is printed as a ``SECAGG-ROW`` JSON line for the bench to collect.
 
 from __future__ import annotations
 
+import cProfile
 import functools
 import json
 import logging
@@ -138,6 +139,7 @@ class Alternating:
         self.secure = secure_rounds.SecureRounds(coord)
         self.counter = Counter(coord.topics)
         COUNTERS.append(self.counter)
+        self.profiles: dict[str, cProfile.Profile] = {}  # arm -> CPU profile (--profile)
 
     def run_round(
         self, round_: int, weights: Mapping[str, np.ndarray]
@@ -154,8 +156,14 @@ class Alternating:
         load = os.getloadavg()
         self.counter.take()
         dev0, brk0 = process_cpu(devices), process_cpu(broker)
+        prof = self.profiles.setdefault(arm, cProfile.Profile(time.process_time))
+        profiling = self.args.get("profile") and not slot["warmup"]
         cpu0, t0 = time.process_time(), time.perf_counter()
+        if profiling:
+            prof.enable()
         new, m = mode.run_round(round_, weights)
+        if profiling:
+            prof.disable()
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         dev1, brk1 = process_cpu(devices), process_cpu(broker)
         counts = self.counter.take()
@@ -184,6 +192,9 @@ class Alternating:
         if self.args.get("check_plan"):
             row["aggregate_ok"] = plan_check(weights, new, m)
         print("SECAGG-ROW " + json.dumps(row), flush=True)
+        if profiling and round_ == len(self.args["schedule"]):
+            for name, p in self.profiles.items():
+                p.dump_stats(str(Path(self.args["profile"]) / f"coordinator-{name}.pstats"))
         return new, m
 
 

@@ -71,17 +71,46 @@ def _evaluate(coeffs: Sequence[int], x: int) -> int:
     return y
 
 
-def _interpolate(points: Sequence[Share], at: int) -> int:
-    """The value at ``at`` of the polynomial of degree < len(points) through ``points``."""
-    total = 0
-    for i, pi in enumerate(points):
-        num, den = 1, 1
-        for j, pj in enumerate(points):
+def _inverses(values: Sequence[int]) -> list[int]:
+    """The inverses mod PRIME of nonzero ``values`` with one ``pow`` (batch inversion)."""
+    prefix, acc = [], 1
+    for v in values:
+        prefix.append(acc)
+        acc = acc * v % PRIME
+    inv = pow(acc, -1, PRIME)
+    out = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = inv * prefix[i] % PRIME
+        inv = inv * values[i] % PRIME
+    return out
+
+
+def _interpolate(points: Sequence[Share], at: Sequence[int]) -> list[int]:
+    """The values at each of ``at`` of the polynomial of degree < len(points) through
+    ``points`` (barycentric Lagrange form: O(t^2) for the weights, then O(t) per value; every
+    inverse from one batch inversion)."""
+    xs = [p.x for p in points]
+    dens = []
+    for i, xi in enumerate(xs):
+        den = 1
+        for j, xj in enumerate(xs):
             if i != j:
-                num = num * (at - pj.x) % PRIME
-                den = den * (pi.x - pj.x) % PRIME
-        total = (total + pi.y * num * pow(den, -1, PRIME)) % PRIME
-    return total
+                den = den * (xi - xj) % PRIME
+        dens.append(den)
+    targets = [z for z in at if z not in xs]
+    diffs = sorted({(z - xi) % PRIME for z in targets for xi in xs})  # few: indexes are small
+    invs = _inverses(dens + diffs)
+    t = len(xs)
+    wy = [p.y * w % PRIME for p, w in zip(points, invs[:t])]  # y_i / prod_{j != i}(x_i - x_j)
+    inverse = dict(zip(diffs, invs[t:]))
+    values = {p.x: p.y for p in points}
+    for z in targets:
+        total, ell = 0, 1
+        for xi, a in zip(xs, wy):
+            total += a * inverse[(z - xi) % PRIME]
+            ell = ell * (z - xi) % PRIME
+        values[z] = total % PRIME * ell % PRIME
+    return [values[z] for z in at]
 
 
 def reconstruct(shares: Sequence[Share], threshold: int, what: str = "the secret") -> bytes:
@@ -93,11 +122,11 @@ def reconstruct(shares: Sequence[Share], threshold: int, what: str = "the secret
         raise TooFewSurvivorsError(
             f"{what}: {len(shares)} shares arrived, {threshold} are needed (too many dropped out)"
         )
-    base = list(shares[:threshold])
-    bad = [s.x for s in shares[threshold:] if _interpolate(base, s.x) != s.y]
+    base, extra = list(shares[:threshold]), list(shares[threshold:])
+    *expected, value = _interpolate(base, [*(s.x for s in extra), 0])
+    bad = [s.x for s, y in zip(extra, expected) if y != s.y]
     if bad:
         raise SecAggError(f"{what}: the shares are inconsistent (indexes {bad} disagree)")
-    value = _interpolate(base, 0)
     if value >= 2 ** (8 * SECRET_BYTES):
         raise SecAggError(f"{what}: the shares are garbage (they do not rebuild a 32-byte secret)")
     return value.to_bytes(SECRET_BYTES, "big")
