@@ -298,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(fleet_figures.table(result, args.targets))
-    for a in result["acceptance"]:
-        print(json.dumps(a))
+    print()
+    print(fleet_figures.acceptance_table(result))
     print(f"record: {args.out}; raw records: {args.raw}")
     return 0
 

@@ -149,6 +149,8 @@ class Coordinator:
         last_note = 0.0
         while True:
             while len(self.online()) < need:
+                if self.control_state == "stopped":  # an operator gave up on this job
+                    raise JobError("stopped by the operator while waiting for devices")
                 if time.monotonic() > deadline:
                     raise JobError(
                         f"only {len(self.online())} of {need} devices online after {self.cfg.wait_timeout:.0f} s: "

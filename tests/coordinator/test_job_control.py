@@ -24,7 +24,7 @@ from coordinator.monitoring.follower import JobFollower
 from coordinator.monitoring.view import JobView
 from coordinator.pki import generate_signing_key
 from coordinator.run_dir import RunDir
-from coordinator.server import Coordinator, ModelBundle
+from coordinator.server import Coordinator, JobError, ModelBundle
 from edge_client.data import load_dataset
 from edge_client.manifest import Manifest
 from edge_client.messaging import ControlReceived
@@ -205,6 +205,19 @@ def test_a_signed_job_obeys_only_control_signed_with_its_key(
         # Execute: the same pause signed with the job's key is obeyed
         operator.publish_wait(job.topics.control, signer.control(pause), qos=1, retain=True)
         wait_state(job, "paused")
+
+
+def test_a_stop_ends_a_job_waiting_for_devices_at_once(mosquitto_broker, bundle, tmp_path, jobs):
+    # Prepare: a job waiting for devices that never come (wait_timeout 120 s)
+    job = start_job(jobs, mosquitto_broker, bundle, tmp_path)
+    with mqtt_client(mosquitto_broker, "operator") as operator:
+        coordinator_handled(operator, job, "probe-1")
+        # Execute: the operator stops it
+        stop = JobControl(job.job, "stopped", time.time() + 1, "no boards today")
+        operator.publish_wait(job.topics.control, stop.to_json(), qos=1, retain=True)
+        # Assert: it ends within seconds, saying why, not at its wait_timeout
+        with pytest.raises(JobError, match="stopped by the operator while waiting for devices"):
+            job.finish(10)
 
 
 def test_a_pause_ends_by_itself_after_max_pause_and_says_so(
