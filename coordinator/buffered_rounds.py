@@ -98,6 +98,7 @@ class BufferedRounds:
         self.used: dict[tuple[str, int], int] = {}
         self.rec: VersionRecord | None = None
         self._backlog: list[UpdateReceived] = []  # arrived after the buffer filled
+        self._told_waits: set[tuple[str, int]] = set()  # (device, grant) logged as waiting
         self._announced: RoundAnnouncement | None = None
         self._told: set[str] = set()  # devices told (in the log) they get no slot
         self._started = False
@@ -170,35 +171,16 @@ class BufferedRounds:
     # -- incoming updates -------------------------------------------------------------------
     def _take_pending(self) -> None:
         """Offer the updates that arrived, in order, until the buffer is full (the rest wait
-        for the next version: every version folds exactly --buffer-size updates). An update
-        of a device that has its share of the buffer already (:func:`device_limit`) waits
-        for the next version too, at most that many per device."""
+        for the next version: every version folds exactly --buffer-size updates)."""
         rec = self.rec
         assert rec is not None
         self._backlog.extend(self.coord.take_pending())
-        waiting: list[UpdateReceived] = []
-        limit = self._limit()
-        for item in self._backlog:
-            device = item.device or ""
+        backlog, self._backlog = self._backlog, []
+        for item in backlog:
             if len(rec.buffer) >= self.cfg.buffer_size:
-                waiting.append(item)
-            elif item.value.kind != "update" or rec.buffer.count(device) < limit:
-                self._offer(item)
-            elif sum(w.device == device for w in waiting) < limit:
-                waiting.append(item)  # its device has its share of this buffer
+                self._backlog.append(item)
             else:
-                self._reject(
-                    item.value,
-                    device,
-                    item.size,
-                    ProtocolError(
-                        f"{device} has {limit} update(s) in version {rec.version.round}'s "
-                        f"buffer and {limit} waiting for the next, the most one device may "
-                        f"have ({self.coord.bounds.max_weight_share:g} of --buffer-size "
-                        f"{self.cfg.buffer_size}, --max-weight-share)"
-                    ),
-                )
-        self._backlog = waiting
+                self._offer(item)  # back in the backlog if its device has its share
 
     def _limit(self) -> int:
         """The most updates one device may have in the current buffer."""
@@ -222,11 +204,11 @@ class BufferedRounds:
             if env.kind == "failure":
                 self._failure(env, device, grant, item.size)
                 return
-            checked = self._check(env, device, grant, item.size)
+            if self._answered(env, device, grant) or self._waits(item, grant):
+                return
+            checked = self._check(env, device, item.size)
         except ProtocolError as exc:
             self._reject(env, device, item.size, exc)
-            return
-        if checked is None:
             return
         self.used[(device, grant)] = rec.version.round
         self.grants.release(device, grant)
@@ -247,6 +229,40 @@ class BufferedRounds:
             self.cfg.buffer_size,
         )
 
+    def _waits(self, item: UpdateReceived, grant: int) -> bool:
+        """Whether a valid-so-far update waits for the next version because its device has
+        its share of this buffer (:func:`device_limit`): at most that many wait, per device
+        (ProtocolError beyond)."""
+        rec, env, device = self.rec, item.value, item.device
+        assert rec is not None and device is not None
+        limit = self._limit()
+        if rec.buffer.count(device) < limit:
+            return False
+        waiting = [w.value for w in self._backlog if w.device == device]
+        if any(w.sha256 == env.sha256 and w.meta.get("grant") == grant for w in waiting):
+            return True  # a QoS 1 duplicate of one waiting already: dropped
+        if len(waiting) >= limit:
+            raise ProtocolError(
+                f"{device} has {limit} update(s) in version {rec.version.round}'s buffer and "
+                f"{limit} waiting for the next, the most one device may have "
+                f"({self.coord.bounds.max_weight_share:g} of --buffer-size "
+                f"{self.cfg.buffer_size}, --max-weight-share)"
+            )
+        self._backlog.append(item)
+        if (device, grant) in self._told_waits:
+            return True
+        self._told_waits.add((device, grant))
+        log.info(
+            "update from %s (grant %d) waits for the next version: %d of version %d's %d "
+            "updates are its already (--max-weight-share)",
+            device,
+            grant,
+            limit,
+            rec.version.round,
+            self.cfg.buffer_size,
+        )
+        return True
+
     def _grant(self, env: Envelope, device: str) -> int:
         """The grant an update or failure answers (ProtocolError when it answers none)."""
         grant = env.meta.get("grant")
@@ -261,17 +277,24 @@ class BufferedRounds:
             raise ProtocolError(f"grant {grant} was never issued to {device}")
         return grant
 
-    def _check(self, env: Envelope, device: str, grant: int, size: int) -> Checked | None:
+    def _answered(self, env: Envelope, device: str, grant: int) -> bool:
+        """Whether ``grant`` was answered by this very update (a QoS 1 duplicate, dropped);
+        ProtocolError if by another one."""
         rec = self.rec
         assert rec is not None
-        if (device, grant) in self.used:
-            if rec.buffer.holds(device, grant, env.sha256):
-                log.debug("duplicate of %s's grant %d ignored", device, grant)
-                return None
-            raise ProtocolError(
-                f"grant {grant} of {device} was already answered (folded into or refused at "
-                f"version {self.used[(device, grant)]}): a second update for it is not taken"
-            )
+        if (device, grant) not in self.used:
+            return False
+        if rec.buffer.holds(device, grant, env.sha256):
+            log.debug("duplicate of %s's grant %d ignored", device, grant)
+            return True
+        raise ProtocolError(
+            f"grant {grant} of {device} was already answered (folded into or refused at "
+            f"version {self.used[(device, grant)]}): a second update for it is not taken"
+        )
+
+    def _check(self, env: Envelope, device: str, size: int) -> Checked:
+        rec = self.rec
+        assert rec is not None
         status = self.coord.devices.get(device)
         return check_update(
             env,

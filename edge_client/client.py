@@ -294,6 +294,18 @@ class EdgeClient:
                 current.connection = connection
                 self._resend_after_reconnect(ann)
             return  # a retained copy or a QoS 1 duplicate
+        if current is not None and _older(ann, current.announcement, self.config.device_id):
+            if self.rounds.first_time("older announcement", ann.round):  # replays repeat
+                log.warning(
+                    "ignoring an announcement of version %d (grant %s for this device): it "
+                    "is older than version %d (grant %s), seen already (a replayed or stale "
+                    "copy)",
+                    ann.round,
+                    ann.grant(self.config.device_id),
+                    current.announcement.round,
+                    current.announcement.grant(self.config.device_id),
+                )
+            return
         self.secure.on_announcement(ann)
         reconnected = current is not None and connection != current.connection
         self.rounds.announce(ann, connection)
@@ -509,8 +521,30 @@ class EdgeClient:
         return None
 
 
+def _older(newer: RoundAnnouncement, ann: RoundAnnouncement, device: str) -> bool:
+    """Whether ``newer``, of the same buffered run as ``ann``, was published before it: a
+    replayed or stale copy, which would stop or idle the device for nothing. A coordinator's
+    versions only grow (also across --resume), and so do a device's grants; within a version,
+    every open announcement published since ``device``'s grant has a deadline at least that
+    grant's time + --round-timeout (the slot's own), every one before it an earlier one. (A
+    genuine revocation with an earlier deadline than ``ann``'s is missed at worst: the
+    device's update for the grant is still taken.)"""
+    if not (newer.buffered and ann.buffered) or (newer.job, newer.run) != (ann.job, ann.run):
+        return False
+    if newer.round != ann.round:
+        return newer.round < ann.round
+    mine, theirs = ann.grant(device), newer.grant(device)
+    if mine is None or newer.state != "open":
+        return False
+    if theirs is not None:
+        return theirs < mine
+    return newer.deadline < ann.deadline
+
+
 def _ends_grant(ann: RoundAnnouncement, newer: RoundAnnouncement, device: str) -> bool:
     """Whether ``newer`` ends the buffered training of ``device``'s grant from ``ann``."""
+    if _older(newer, ann, device):
+        return False
     if newer.state != "open" or not newer.buffered or newer.grant(device) != ann.grant(device):
         return True
     return newer.round - ann.round > (newer.max_staleness or 0)

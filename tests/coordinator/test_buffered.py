@@ -49,10 +49,11 @@ def start_boards(
     *,
     broker_urls: dict[int, str] | None = None,
     parts: int = 12,
+    extra: tuple[str, ...] = (),
 ) -> list[subprocess.Popen]:
     """``n`` real `fedge run` boards (sim-00 ...) with 60,000 / ``parts`` Fashion-MNIST images
     each; board ``i`` slowed ``slowdown[i]`` times (the fleet simulator's pacing), connecting
-    to ``broker_urls[i]`` when given (a proxy)."""
+    to ``broker_urls[i]`` when given (a proxy), with ``extra`` options."""
     fleet = FleetConfig(devices=max(n, parts))
     (tmp / "devices").mkdir(parents=True, exist_ok=True)
     procs = []
@@ -64,6 +65,7 @@ def start_boards(
         board_broker = BrokerConfig.from_url(url) if url else broker
         log = open(tmp / "devices" / f"sim-{i:02d}.log", "ab")  # noqa: SIM115
         cmd = device_command(fleet, job, board_broker, i, tmp / "devices" / f"sim-{i:02d}")
+        cmd += extra  # e.g. ("--trust-key", path)
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
     return procs
 

@@ -5,15 +5,24 @@ every grant at once, banks grants by going offline and online, and replays what 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
+import threading
+import time
 from collections.abc import Mapping
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from coordinator.config import JobConfig
 from coordinator.job import run_job
+from coordinator.job_keys import job_signing_key
+from edge_client.errors import ProtocolError
+from edge_client.protocol import RoundAnnouncement, Topics, decode
+from edge_client.signing import Signer, Verifier
 from edge_client.transport import BrokerConfig
 from tests.coordinator.test_buffered import lines_of, sane, start_boards, stop
 from tests.fixtures.brokers import mqtt_client
@@ -65,3 +74,187 @@ def test_a_device_answering_every_grant_at_once_cannot_own_the_versions(
     assert lines[-1]["accuracy"] > 0.7
     sane(tmp_path / "run")
     assert math.isfinite(lines[-1]["loss"])
+
+
+def test_forged_banked_and_replayed_grants_are_refused_or_bounded(
+    mosquitto_broker, export_dir, tmp_path, caplog
+):
+    # Prepare: 4 honest boards and "evil", which banks 8 grants by going offline and online
+    # (a slot taken back stays answerable: a board that lost its link may still send it),
+    # then sends an update from other weights than announced and 7 plausible ones at once;
+    # after version 1 it forges grants, versions and senders, later it replays a grant
+    job = JobConfig(
+        job="banked", mode="buffered", rounds=5, buffer_size=4, min_devices=5,
+        round_timeout=120, wait_timeout=90, epochs=1, lr=0.05, test_data="fashion-mnist",
+        model_dir=str(export_dir("mlp")), run_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    broker = BrokerConfig.from_url(mosquitto_broker.url)
+    caplog.set_level(logging.WARNING, "edge_client.messaging")
+    rng = np.random.default_rng(0)
+    sent: dict[str, bytes] = {}
+    problems: list[str] = []
+
+    def plausible(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: v + rng.normal(0, 1e-3, v.shape).astype(v.dtype) for k, v in weights.items()}
+
+    def bank() -> None:
+        banked = sorted(evil.bank_grants(8).items())
+        problems.append(f"banked {len(banked)} grant(s)")
+        grant, ann = banked.pop()  # the last one answered from other weights than announced
+        weights = evil.global_weights(ann.round)
+        assert weights is not None
+        sent["wrong-base"] = evil.update(ann.round, grant, weights, base_sha256="0" * 64)
+        for grant, ann in banked:
+            weights = evil.global_weights(ann.round)
+            assert weights is not None
+            sent[f"banked-{grant}"] = evil.update(
+                ann.round, grant, plausible(weights), base_sha256=ann.global_sha256
+            )
+
+    def on_round(metrics) -> None:  # noqa: ANN001
+        ann = evil.announcements()[-1]
+        weights = evil.global_weights(ann.round)
+        assert weights is not None
+        base = ann.global_sha256
+        folded = [f for f in metrics.buffer if f.device == "evil"]
+        if folded and "replay" not in sent and metrics.round < 4:
+            # a second, different update for a grant already folded
+            sent["replay"] = evil.update(
+                ann.round, folded[0].grant, plausible(weights), base_sha256=base
+            )
+        if metrics.round != 1:
+            return
+        other = next(d for d in ann.selected if d != "evil")
+        forged = {
+            "never-issued": dict(version=ann.round, grant=10**6, base_sha256=base),
+            "future": dict(version=ann.round + 3, grant=1, base_sha256=base),
+            "string-grant": dict(version=ann.round, grant=None, base_sha256=base),
+            "as-another": dict(version=ann.round, grant=ann.grant(other), base_sha256=base),
+        }
+        for name, fields in forged.items():
+            sent[name] = evil.update(
+                fields["version"], fields["grant"], plausible(weights),
+                base_sha256=fields["base_sha256"],
+                sender=other if name == "as-another" else None,
+                meta={"grant": "1"} if name == "string-grant" else None,
+            )  # fmt: skip
+
+    with mqtt_client(mosquitto_broker, "evil") as client:
+        evil = ForgedDevice(client, "banked", "evil")
+        evil.status("online")
+        banker = threading.Thread(target=bank, daemon=True)
+        banker.start()
+        procs = start_boards(job, broker, tmp_path, 4, {})
+        try:
+            # Execute
+            run_job(job, broker=broker, final_models=False, on_round=on_round)
+        finally:
+            banker.join(10)
+            stop(procs)
+    # Assert: 7 grants banked and answered, yet at most 2 of evil's updates in any version;
+    # the excess waited for the next version or was refused; forged grants, versions and
+    # bases refused with their reasons; no grant folded twice; the job learned
+    lines = lines_of(tmp_path / "run")
+    assert [m["round"] for m in lines] == [1, 2, 3, 4, 5]
+    assert len([k for k in sent if k.startswith("banked-")]) == 7, (sorted(sent), problems)
+    for m in lines:
+        assert len([f for f in m["buffer"] if f["device"] == "evil"]) <= 2, m["buffer"]
+    reasons = [r["reason"] for m in lines for r in m["rejections"] if r["device"] == "evil"]
+    over = [r for r in reasons if "the most one device may have" in r]
+    folded = [(f["device"], f["grant"]) for m in lines for f in m["buffer"]]
+    evil_folded = [g for d, g in folded if d == "evil"]
+    assert len(evil_folded) + len(over) >= 7 - 2  # each banked one folded or refused...
+    assert len(folded) == len(set(folded))  # ... and none twice
+    expected = {
+        "never-issued": "grant 1000000 was never issued to evil",
+        "future": "update for version 4, the current version is",
+        "wrong-base": "base_sha256 mismatch",
+        "string-grant": "meta.grant must be an integer",
+    }
+    for name, words in expected.items():
+        assert any(words in r for r in reasons), (name, reasons)
+    assert "replay" in sent and any("was already answered" in r for r in reasons), reasons
+    dropped = [r.getMessage() for r in caplog.records if "dropped a message" in r.getMessage()]
+    assert any("update/evil" in m and "does not match 'evil'" in m for m in dropped), dropped
+    for name in [*expected, "as-another", "replay"]:
+        sha = decode(sent[name]).sha256
+        assert all(f["sha256"] != sha for m in lines for f in m["buffer"]), name
+    assert all(any(d == f"sim-0{i}" for d, _ in folded) for i in range(4))
+    assert lines[-1]["accuracy"] > 0.7
+
+
+def test_boards_with_the_jobs_key_ignore_forged_and_replayed_announcements(
+    mosquitto_broker, export_dir, tmp_path
+):
+    # Prepare: a signed buffered job; its 3 boards trust its key (fedge run --trust-key).
+    # From version 2 on, someone who can write the round topic sends, every 0.2 s: an
+    # unsigned announcement granting every board grant 99 (so that it trains it), one
+    # signed with a stranger's key that lists no slot (revoking everyone's), and the job's
+    # own signed announcements seen so far, replayed (revoking by replay)
+    keys, _ = job_signing_key("signedbuf")
+    stranger = Signer(ed25519.Ed25519PrivateKey.generate())
+    verifier = Verifier.from_spec(str(keys.public))
+    job = JobConfig(
+        job="signedbuf", mode="buffered", rounds=6, buffer_size=2, min_devices=3,
+        round_timeout=30, wait_timeout=90, epochs=1, lr=0.05, test_data="fashion-mnist",
+        model_dir=str(export_dir("mlp")), run_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    broker = BrokerConfig.from_url(mosquitto_broker.url)
+    topics = Topics("signedbuf")
+    boards = ("sim-00", "sim-01", "sim-02")
+    done = threading.Event()
+    forged: list[int] = []
+
+    def genuine() -> list[bytes]:
+        out = []
+        for m in outsider.collector.matching(topics.round):
+            with contextlib.suppress(ProtocolError):
+                verifier.announcement(m.payload)
+                out.append(m.payload)
+        return out
+
+    def forge() -> None:
+        while not done.wait(0.2):
+            seen = genuine()
+            if not seen or RoundAnnouncement.from_json(seen[-1]).round < 2:
+                continue
+            latest = dataclasses.replace(RoundAnnouncement.from_json(seen[-1]), signature=None)
+            grant_all = dataclasses.replace(
+                latest, selected=boards, grants=dict.fromkeys(boards, 99)
+            )
+            revoke_all = dataclasses.replace(latest, selected=(), grants={})
+            replays = [seen[0], *seen[-12:-1]]
+            for payload in [grant_all.to_json(), stranger.announcement(revoke_all), *replays]:
+                outsider.publish(topics.round, payload, qos=1)
+            forged.append(len(replays) + 2)
+
+    with mqtt_client(mosquitto_broker, "outsider") as outsider:
+        outsider.subscribe_wait(topics.round, qos=1)
+        thread = threading.Thread(target=forge, daemon=True)
+        thread.start()
+        procs = start_boards(job, broker, tmp_path, 3, {}, extra=("--trust-key", str(keys.public)))
+        try:
+            # Execute
+            started = time.monotonic()
+            run_job(job, broker=broker, final_models=False)
+            took = time.monotonic() - started
+        finally:
+            done.set()
+            thread.join(10)
+            stop(procs)
+    # Assert: the job went on at the boards' pace (no slot waited for its 30 s timeout),
+    # no board trained grant 99 or stopped on a forged or replayed announcement, and each
+    # said why it ignored them
+    assert sum(forged) > 50, "the attack was hardly tried"
+    lines = lines_of(tmp_path / "run")
+    assert [m["round"] for m in lines] == list(range(1, 7))
+    assert not [m for m in lines if m.get("cancelled")] and took < 60
+    reasons = [r["reason"] for m in lines for r in m["rejections"]]
+    assert not [r for r in reasons if "grant 99" in r], reasons
+    for board in boards:
+        log = (tmp_path / "devices" / f"{board}.log").read_text()
+        stopped = [x for x in log.splitlines() if "training stopped" in x]
+        assert all("the job closed version 6" in x for x in stopped), stopped
+        assert "grant 99" not in log and "Traceback" not in log, log[-3000:]
+        assert "ignoring round announcement: the round" in log  # unsigned, a stranger's key
+        assert "seen already (a replayed or stale copy)" in log

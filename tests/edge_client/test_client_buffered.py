@@ -41,6 +41,7 @@ def version(
     max_staleness: int = 4,
     state: str = "open",
     epochs: int = 1,
+    deadline: float | None = None,
 ) -> RoundAnnouncement:
     """Publish global version ``v`` (the initial weights + ``shift``) and its announcement."""
     weights = rig.files.shifted(shift)
@@ -49,7 +50,7 @@ def version(
     ann = RoundAnnouncement(
         job="demo",
         round=v,
-        deadline=time.time() + 300,
+        deadline=time.time() + 300 if deadline is None else deadline,
         selected=tuple(grants),
         hyperparams={"epochs": epochs, "lr": 0.05, "attempt": 0},
         model_sha256=rig.files.manifest.sha256,
@@ -166,6 +167,52 @@ def test_a_revoked_grant_stops_training_without_sending(rig, caplog):
     # Assert
     assert updates(rig) == [] and failures(rig) == []
     assert "revoked grant 1 of this device" in caplog.text
+
+
+def test_a_replayed_older_announcement_does_not_stop_training(rig, caplog):
+    # Prepare: version 1's announcement before this board's slot (deadline t + 300), then
+    # its grant 1 (t + 310) and version 2 with grant 2 (t + 320); the board trains grant 2
+    caplog.set_level(logging.INFO)
+    t = time.time()
+    rig.coord.model(rig.files.tflite, rig.files.manifest)
+    before = version(rig, 1, {"pi-02": 1}, deadline=t + 300)
+    first = version(rig, 1, {DEVICE: 1, "pi-02": 1}, deadline=t + 310)
+    client = rig.client()
+    rig.drain(client)
+    version(rig, 2, {DEVICE: 2}, shift=0.01, deadline=t + 320, epochs=3)
+    client.step(0)  # global version 2
+    # Execute: while it trains, someone who can write the round topic replays the signed
+    # announcements of before (another version; the same version before its grant)
+    for old in (first, before):
+        rig.coord.publish(rig.coord.topics.round, old.to_json(), False)
+    rig.drain(client)
+
+    # Assert: grant 2 trained to the end and sent; the replays ignored with a reason
+    assert [(u.round, u.meta["grant"]) for u in updates(rig)] == [(1, 1), (2, 2)]
+    assert "training stopped" not in caplog.text and failures(rig) == []
+    assert "ignoring an announcement of version 1 (grant 1 for this device): it is older than" in (
+        caplog.text
+    )
+
+
+def test_a_replayed_announcement_from_before_a_grant_does_not_idle_the_board(rig, caplog):
+    # Prepare: this board's grant 1 of version 1 arrives before its model; an announcement
+    # of version 1 from before the grant (an earlier deadline) is replayed behind it
+    caplog.set_level(logging.INFO)
+    t = time.time()
+    client = rig.client()
+    client.step(0)
+    before = version(rig, 1, {"pi-02": 1}, deadline=t + 300)
+    version(rig, 1, {DEVICE: 1, "pi-02": 1}, deadline=t + 310)
+    rig.coord.publish(rig.coord.topics.round, before.to_json(), False)
+    rig.coord.model(rig.files.tflite, rig.files.manifest)
+
+    # Execute
+    rig.drain(client)
+
+    # Assert: the grant is trained once the model is there
+    assert [(u.round, u.meta["grant"]) for u in updates(rig)] == [(1, 1)]
+    assert "ignoring an announcement of version 1 (grant None" in caplog.text
 
 
 def test_a_closed_job_stops_training(rig, caplog):
