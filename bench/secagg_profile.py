@@ -3,7 +3,7 @@
 N boards (``edge_client.secure_round.SecureRound``) and the coordinator
 (``coordinator.secure_stages.SecureRound``) run one secure round of a model with P parameters
 (``cnn``: 215,370), every stage message through its real envelope bytes but handed over in
-memory instead of MQTT, so only the stage code is timed. Prints the CPU seconds of each stage
+memory instead of MQTT, so only the stage code is timed (CPU time: the machine is shared). Prints the CPU seconds of each stage
 on one board (the mean over the boards) and on the coordinator, and the top functions of
 cProfile for each side (``--profile-out DIR`` keeps the .pstats files).
 
@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
+import os
 import pstats
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +33,13 @@ from edge_client.protocol import Envelope, SecAggParams, decode, read_stage  # n
 from edge_client.secagg import GraphParameters, choose_parameters, choose_quantization  # noqa: E402
 from edge_client.secure_round import SecureRound as BoardRound  # noqa: E402
 from edge_client.secure_round import quantized_update  # noqa: E402
+
+COORDINATOR_STEPS = {  # the stage the coordinator opened -> what it did to get there
+    "shares": "coordinator: keys in, key list out",
+    "masked": "coordinator: shares in, routed out",
+    "unmask": "coordinator: masked in, unmask out",
+    "done": "coordinator: replies in, secrets rebuilt, unmasked",
+}
 
 
 def run(n: int, p: int, graph: GraphParameters | None) -> dict[str, object]:
@@ -87,9 +97,7 @@ def run(n: int, p: int, graph: GraphParameters | None) -> dict[str, object]:
         to_coord.clear()
         coord.advance()
         coord_prof.disable()
-        stage_cpu[f"coordinator: after {coord.stage if coord.complete else coord.stage}"] = (
-            time.process_time() - t
-        )
+        stage_cpu[COORDINATOR_STEPS.get(coord.stage, coord.stage)] = time.process_time() - t
         if coord.complete:
             break
         t = time.process_time()
@@ -111,6 +119,17 @@ def top(prof: cProfile.Profile, limit: int) -> str:
     return "\n".join(out.getvalue().splitlines()[4:])
 
 
+def top_rows(prof: cProfile.Profile, limit: int) -> list[dict[str, object]]:
+    """The ``limit`` functions with the most CPU time of their own, as records."""
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    rows = [
+        {"function": f"{Path(file).name}:{line}({name})", "calls": nc, "tottime_s": round(tt, 4),
+         "cumtime_s": round(ct, 4)}
+        for (file, line, name), (_, nc, tt, ct, _) in stats.items()
+    ]  # fmt: skip
+    return sorted(rows, key=lambda r: -float(r["tottime_s"]))[:limit]  # type: ignore[arg-type]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=20)
@@ -118,14 +137,16 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=0, help="graph degree (0: fedcoord's choice)")
     parser.add_argument("--t", type=int, default=0, help="threshold, with --k")
     parser.add_argument("--top", type=int, default=15)
-    parser.add_argument("--profile-out", default=None)
+    parser.add_argument("--profile-out", default=None, help="a directory for the .pstats files")
+    parser.add_argument("--out", default=None, help="append the figures to this JSON record")
+    parser.add_argument("--label", default="", help="what code this run measured (in --out)")
     args = parser.parse_args()
     graph = GraphParameters(args.k, args.t) if args.k else None
     result = run(args.devices, args.params, graph)
     g = result["graph"]
     print(f"{args.devices} devices, {args.params} parameters, k={g['k']} t={g['threshold']}")  # type: ignore[index]
     for stage, cpu in result["stage_cpu"].items():  # type: ignore[attr-defined]
-        print(f"  {stage:34s} {cpu * 1000:9.1f} ms CPU")
+        print(f"  {stage:50s} {cpu * 1000:9.1f} ms CPU")
     for side in ("board", "coordinator"):
         prof = result[side]
         assert isinstance(prof, cProfile.Profile)
@@ -134,6 +155,23 @@ def main() -> None:
         if args.profile_out:
             Path(args.profile_out).mkdir(parents=True, exist_ok=True)
             prof.dump_stats(str(Path(args.profile_out) / f"{side}-{args.devices}.pstats"))
+    if args.out:
+        out = Path(args.out)
+        record = json.loads(out.read_text()) if out.exists() else {"runs": []}
+        record["runs"].append({
+            "command": "python bench/secagg_profile.py " + " ".join(sys.argv[1:]),
+            "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                  capture_output=True, text=True).stdout.strip(),
+            "label": args.label,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+            "devices": args.devices, "params": args.params, "k": g["k"],  # type: ignore[index]
+            "threshold": g["threshold"],  # type: ignore[index]
+            "stage_cpu_ms": {k: round(v * 1000, 1) for k, v in result["stage_cpu"].items()},  # type: ignore[attr-defined]
+            "top_board": top_rows(result["board"], args.top),  # type: ignore[arg-type]
+            "top_coordinator": top_rows(result["coordinator"], args.top),  # type: ignore[arg-type]
+        })  # fmt: skip
+        out.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
