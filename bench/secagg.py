@@ -246,8 +246,8 @@ def table(record: dict[str, Any]) -> str:
     """The markdown table of docs/benchmarks.md, from the record."""
     lines = [
         "| devices | arm (k, t) | round wall: median (min) | round CPU, all processes | "
-        "coordinator CPU | up / device | down / device | wall, bytes vs plain | "
-        "stages after training |",
+        "coordinator CPU | up / device | down / device | wall, bytes up / down vs plain "
+        "(medians) | stages after training |",
         "|---:|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for size in record["sizes"]:
@@ -261,11 +261,15 @@ def table(record: dict[str, Any]) -> str:
                 f"{s['vs_plain']['bytes_up_per_device']:.3f}x / "
                 f"{s['vs_plain']['bytes_down_per_device']:.3f}x"
             )  # fmt: skip
+            if arm != "plain" and size["devices"] == TARGET["devices"]:
+                vs = f"**{vs}**"  # the target's figures
+            n = size["devices"]
+            devices = f"{n} (virtual)" if size["kind"].startswith("virtual") else str(n)
             failed = f" ({s['failed']} failed)" if s["failed"] else ""
             a = s.get("after_training_s")
             after = f"{a['median']:.2f} s ({a['min']:.2f})" if a else "—"
             lines.append(
-                f"| {size['devices']} | {name}{failed} | {w['median']:.2f} s ({w['min']:.2f}) | "
+                f"| {devices} | {name}{failed} | {w['median']:.2f} s ({w['min']:.2f}) | "
                 f"{c['median']:.2f} s ({c['min']:.2f}) | {cc['median']:.2f} s ({cc['min']:.2f}) "
                 f"| {up / 1e6:.3f} MB | {down / 1e6:.3f} MB | {vs} | {after} |"
             )

@@ -70,4 +70,20 @@ def test_the_quick_secagg_bench_records_every_round_of_every_arm(export_dir, tmp
     assert record["target"]["wall_at_most"] == 1.3
     figures = subprocess.run([sys.executable, str(ROOT / "bench/secagg.py"), "--figures",
                               str(out)], env=env, capture_output=True, text=True, check=True)  # fmt: skip
-    assert "| 4 | complete (3, 2) |" in figures.stdout
+    assert "| 4 (virtual) | complete (3, 2) |" in figures.stdout
+
+
+def test_the_secagg_table_in_benchmarks_md_recomputes_from_its_record():
+    # Prepare
+    sys.path.insert(0, str(ROOT / "bench"))
+    import secagg
+
+    record = json.loads((ROOT / "bench/results/secagg.json").read_text())
+    doc = (ROOT / "docs/benchmarks.md").read_text()
+    # Execute
+    table = secagg.table(record)
+    # Assert: the doc quotes the table as the record gives it, and the target it states
+    assert table in doc
+    target = record["target"]
+    assert all(target[arm]["met"] for arm in ("complete", "k-regular"))
+    assert "**Target (issue 13), 20 devices: met**" in doc
