@@ -161,7 +161,10 @@ def check_update(
     too stale one). ``master``: the current version's float32 weights (the rebase target).
     The grant is checked by the caller (it knows the grants and what was folded)."""
     staleness = check_staleness(env, current.round, max_staleness)
-    grant = env.update_meta().grant
+    try:
+        grant = env.update_meta().grant
+    except ProtocolError as exc:  # the grant's answer, unusable
+        raise UnusableUpdate(f"unreadable meta: {exc}") from None
     assert grant is not None  # checked by the caller
     base = versions.get(env.round)
     if base is None:

@@ -38,6 +38,7 @@ from coordinator.buffer import (
 )
 from coordinator.grants import Grants
 from coordinator.round_mode import POLL_S, SENDER, JobError
+from coordinator.rounds import bounded
 from edge_client.errors import ProtocolError
 from edge_client.messaging import UpdateReceived
 from edge_client.protocol import (
@@ -272,7 +273,7 @@ class BufferedRounds:
                 "synchronous rounds only"
             )
         if isinstance(grant, bool) or not isinstance(grant, int):
-            raise ProtocolError(f"meta.grant must be an integer, got {grant!r}")
+            raise ProtocolError(f"meta.grant must be an integer, got {type(grant).__name__}")
         if not self.grants.issued(device, grant):
             raise ProtocolError(f"grant {grant} was never issued to {device}")
         return grant
@@ -337,11 +338,12 @@ class BufferedRounds:
             self.used[(device, grant)] = rec.version.round
         if isinstance(exc, StaleUpdate):
             rec.wasted += 1
+        reason = bounded(str(exc))  # it may quote what the device sent
         if counted:
-            rec.rejected[device] = str(exc)
-        rec.rejections.append(Rejection(device, env.sender, env.round, str(exc), counted, size))
+            rec.rejected[device] = reason
+        rec.rejections.append(Rejection(device, env.sender, env.round, reason, counted, size))
         rec.bytes_rejected += size
-        log.warning("rejected update from %s: %s", device, exc)
+        log.warning("rejected update from %s: %s", device, reason)
 
     # -- slots --------------------------------------------------------------------------------
     def _tend(self) -> None:

@@ -40,6 +40,15 @@ from edge_client.protocol import (
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 10**9  # a larger claimed sample count is a lie that would dominate FedAvg
+MAX_REASON = 1000  # characters of a rejection reason kept (it may quote what a device sent)
+
+
+def bounded(reason: str) -> str:
+    """A rejection reason of at most MAX_REASON characters (a Rejection holds 4096 at most,
+    and a reason quoting a device's message must not take the job down)."""
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
+
+
 _FLOAT_WIRE = ("float32", "float16")  # wire dtypes of floating weights (int8 needs a scale)
 
 
@@ -234,10 +243,11 @@ class RoundCollector:
             self.invalid.add(device)
         if "second, different update" in str(exc) and device in self.results:
             self.contested.add(device)
-        self.rejected[device] = str(exc)
-        self.rejections.append(Rejection(device, env.sender, env.round, str(exc), counted, size))
+        reason = bounded(str(exc))
+        self.rejected[device] = reason
+        self.rejections.append(Rejection(device, env.sender, env.round, reason, counted, size))
         self.bytes_rejected += size
-        log.warning("rejected update from %s: %s", device, exc)
+        log.warning("rejected update from %s: %s", device, reason)
 
     # -- folding, holding, closing ----------------------------------------------------------
     def _fold(self, device: str, weights: Mapping[str, np.ndarray], samples: int) -> None:
@@ -372,7 +382,7 @@ class RoundCollector:
             extra = sorted(set(specs) - set(self.shapes))
             raise InvalidUpdate(
                 f"wrong tensors: {len(env.tensors)} sent, {len(self.shapes)} expected "
-                f"(missing {missing}, unexpected {extra})"
+                f"(missing {_few(missing)}, unexpected {_few(extra)})"
             )
         for name, shape in self.shapes.items():
             spec = specs[name]
@@ -408,3 +418,9 @@ class RoundCollector:
                 f"{self.max_update_norm:g}x"
             )
         return norm
+
+
+def _few(names: list[str], limit: int = 5) -> str:
+    """``['a', 'b']``, or the first ``limit`` names and how many more (for a reason)."""
+    shown = [name[:64] for name in names[:limit]]
+    return f"{shown}" + (f" and {len(names) - limit} more" if len(names) > limit else "")

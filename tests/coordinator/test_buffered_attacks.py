@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import threading
@@ -21,7 +22,8 @@ from coordinator.config import JobConfig
 from coordinator.job import run_job
 from coordinator.job_keys import job_signing_key
 from edge_client.errors import ProtocolError
-from edge_client.protocol import RoundAnnouncement, Topics, decode
+from edge_client.protocol import DeviceStatus, RoundAnnouncement, Topics, decode, encode_failure
+from edge_client.protocol.envelope import envelope_bytes
 from edge_client.signing import Signer, Verifier
 from edge_client.transport import BrokerConfig
 from tests.coordinator.test_buffered import lines_of, sane, start_boards, stop
@@ -52,7 +54,7 @@ def test_a_device_answering_every_grant_at_once_cannot_own_the_versions(
     with mqtt_client(mosquitto_broker, "evil") as client:
         evil = ForgedDevice(client, "greedy", "evil")
         evil.status("online")
-        evil.answer_grants(flipped)
+        evil.answer_grants(evil.updating(flipped))
         procs = start_boards(job, broker, tmp_path, 4, {})
         try:
             # Execute
@@ -258,3 +260,97 @@ def test_boards_with_the_jobs_key_ignore_forged_and_replayed_announcements(
         assert "grant 99" not in log and "Traceback" not in log, log[-3000:]
         assert "ignoring round announcement: the round" in log  # unsigned, a stranger's key
         assert "seen already (a replayed or stale copy)" in log
+
+
+def test_malformed_updates_failures_and_statuses_never_stop_a_buffered_job(
+    mosquitto_broker, export_dir, tmp_path, caplog
+):
+    # Prepare: 3 honest boards and "junk", which holds slots like them but answers each
+    # grant with something malformed (and says malformed things in its status)
+    job = JobConfig(
+        job="junk", mode="buffered", rounds=4, buffer_size=2, min_devices=4,
+        round_timeout=60, wait_timeout=90, epochs=1, lr=0.05, test_data="fashion-mnist",
+        model_dir=str(export_dir("mlp")), run_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    broker = BrokerConfig.from_url(mosquitto_broker.url)
+    caplog.set_level(logging.INFO)
+    answers: list[str] = []
+
+    def long_failure(version: int, grant: int | None) -> bytes:
+        """A failure envelope whose reason is longer than the protocol allows."""
+        env = decode(encode_failure("junk", version, "junk", "x", meta={"grant": grant}))
+        return envelope_bytes({**env.header(), "meta": {**env.meta, "reason": "r" * 20_000}}, b"")
+
+    with mqtt_client(mosquitto_broker, "junk") as client:
+        junk = ForgedDevice(client, "junk", "junk")
+        junk.status("online")
+        topic = junk.topics.status("junk")
+        status = json.loads(DeviceStatus("junk", "online", time.time(), samples=5000).to_json())
+        for bad in ({"modes": {"a": 1}}, {"modes": ["x"] * 10_000}, {"samples": -1},
+                    {"device": "sim-00"}, {"state": "offline" * 1000}):  # fmt: skip
+            client.publish_wait(topic, json.dumps({**status, **bad}), qos=1)
+        junk.status("online")
+
+        def answer(ann: RoundAnnouncement, weights: Mapping[str, np.ndarray]) -> None:
+            grant, base, v = ann.grant("junk"), ann.global_sha256, ann.round
+            nan = {k: np.full_like(w, np.nan) for k, w in weights.items()}
+            many = {f"{'t' * 200}{i}": np.zeros(1, np.float32) for i in range(300)}
+            # messages that answer no grant, all at the first grant
+            unanswered = [
+                (
+                    "grant-long-string",
+                    lambda: junk.update(
+                        v, None, weights, base_sha256=base, meta={"grant": "g" * 20_000}
+                    ),
+                ),
+                ("grant-huge", lambda: junk.update(v, 10**40, weights, base_sha256=base)),
+                (
+                    "grant-float",
+                    lambda: junk.update(
+                        v, None, weights, base_sha256=base, meta={"grant": float(grant or 1)}
+                    ),
+                ),
+                ("failure-long-reason", lambda: junk.publish(long_failure(v, grant))),
+                (
+                    "failure-list-grant",
+                    lambda: junk.publish(
+                        encode_failure("junk", v, "junk", "why", meta={"grant": [grant]})
+                    ),
+                ),
+            ]
+            # one malformed answer per grant (each gives the slot back: junk is granted again)
+            answering = [
+                ("300-tensors", lambda: junk.update(v, grant, many, base_sha256=base)),
+                ("nan", lambda: junk.update(v, grant, nan, base_sha256=base)),
+                ("loss-string", lambda: junk.update(v, grant, weights, base_sha256=base,
+                                                    meta={"loss": "low"})),
+                ("samples-huge", lambda: junk.update(v, grant, weights, base_sha256=base,
+                                                     samples=10**12)),
+            ]  # fmt: skip
+            for name, send in unanswered if not answers else []:
+                answers.append(name)
+                send()
+            n = len(answers) - len(unanswered)
+            if n < len(answering):
+                answers.append(answering[n][0])
+                answering[n][1]()
+
+        junk.answer_grants(answer)
+        procs = start_boards(job, broker, tmp_path, 3, {})
+        try:
+            # Execute
+            state = run_job(job, broker=broker, final_models=False)
+        finally:
+            junk.stop()
+            stop(procs)
+    # Assert: every version made from the honest boards' updates, junk's never folded, each
+    # malformed message refused or dropped with a one-line reason, no traceback
+    assert state.round == 4 and len(answers) >= 8, answers
+    lines = lines_of(tmp_path / "run")
+    folded = [f for m in lines for f in m["buffer"]]
+    assert len(folded) == 8 and {f["device"] for f in folded} <= {"sim-00", "sim-01", "sim-02"}
+    reasons = [r["reason"] for m in lines for r in m["rejections"]]
+    assert reasons and all(len(r) <= 600 and "\n" not in r for r in reasons), reasons
+    assert "Traceback" not in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert all(len(m) <= 1000 for m in warnings), max(warnings, key=len)[:300]

@@ -96,6 +96,17 @@ def test_wrong_tensor_count_is_rejected_and_the_round_completes_with_the_rest(ca
     complete_with_the_rest(c)
 
 
+def test_an_update_of_hundreds_of_long_named_tensors_is_rejected_in_one_short_line(caplog):
+    # The reason quoted every unexpected name: 300 names of 200 characters made it longer
+    # than a Rejection holds, and the ProtocolError raised while rejecting ended the job
+    c = collector()
+    many = {f"{'t' * 200}{i}": np.zeros(1, np.float32) for i in range(300)}
+    assert not offer(c, "a", update(weights=many))
+    assert_rejected(c, "a", "wrong tensors: 300 sent, 2 expected (missing ['b', 'k']", caplog)
+    assert "and 295 more" in c.rejected["a"] and len(c.rejected["a"]) < 1000
+    complete_with_the_rest(c)
+
+
 def test_wrong_tensor_shape_is_rejected(caplog):
     c = collector()
     assert not offer(c, "a", update(weights={"k": np.zeros((3, 2), np.float32), "b": good()["b"]}))

@@ -5,6 +5,7 @@ revoked, and resends a grant's update after a restart."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -248,3 +249,48 @@ def test_after_a_restart_a_grant_still_listed_is_resent_not_retrained(rig, caplo
     assert len(again) == 2 and again[1].sha256 == sent.sha256 and again[1].round == 2
     assert "resent the update already computed" in caplog.text
     assert [s.state for s in rig.statuses()].count("training") == 1
+
+
+def test_malformed_buffered_announcements_are_dropped_with_one_line_each(rig, caplog):
+    # Prepare: a valid announcement's fields, then every way to get them wrong
+    caplog.set_level(logging.INFO)
+    rig.coord.model(rig.files.tflite, rig.files.manifest)
+    good = version(rig, 1, {DEVICE: 1, "pi-02": 1})
+    client = rig.client()
+    client.step(0)  # the model
+    client.step(0)  # global version 1
+    base = json.loads(good.to_json())
+    crowd = [f"d{i}" for i in range(100_001)]
+    bad = {
+        "grants a list": {"grants": [[DEVICE, 1]]},
+        "grant a string": {"grants": {DEVICE: "2", "pi-02": 1}},
+        "grant negative": {"grants": {DEVICE: -2, "pi-02": 1}},
+        "grant zero": {"grants": {DEVICE: 0, "pi-02": 1}},
+        "grant a bool": {"grants": {DEVICE: True, "pi-02": 1}},
+        "grant a float": {"grants": {DEVICE: 2.0, "pi-02": 1}},
+        "grants without selected": {"grants": {DEVICE: 2, "pi-02": 1, "pi-03": 1}},
+        "grant for a bad id": {"grants": {"a/b": 2}, "selected": ["a/b"]},
+        "max_staleness negative": {"max_staleness": -1},
+        "max_staleness a string": {"max_staleness": "10"},
+        "max_staleness null": {"max_staleness": None},
+        "mode unknown": {"mode": "async"},
+        "v1 with mode": {"v": 1},
+        "v2 without mode": {"mode": None, "grants": None, "max_staleness": None},
+        "v3": {"v": 3},
+        "huge list": {"selected": crowd, "grants": dict.fromkeys(crowd, 2)},
+        "deadline NaN": {"deadline": "NaN"},
+    }
+    # Execute: each published, then the valid grant 2
+    for fields in bad.values():
+        raw = json.dumps({**base, **fields}).replace('"NaN"', "NaN")
+        rig.coord.publish(rig.coord.topics.round, raw.encode(), True)
+    rig.drain(client)
+    version(rig, 1, {DEVICE: 2, "pi-02": 1})
+    rig.drain(client)
+
+    # Assert: one warning each, nothing unexpected, and the board still trains its grants
+    dropped = [r.getMessage() for r in caplog.records if "dropped a message" in r.getMessage()]
+    assert len(dropped) == len(bad), dropped
+    assert all(len(m) < 300 and "\n" not in m for m in dropped)
+    assert "unexpected error" not in caplog.text and "Traceback" not in caplog.text
+    assert [(u.round, u.meta["grant"]) for u in updates(rig)] == [(1, 1), (1, 2)]
