@@ -10,9 +10,12 @@ import dataclasses
 import json
 import logging
 import math
+import signal
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pytest
@@ -22,15 +25,28 @@ from coordinator.config import JobConfig
 from coordinator.job import run_job
 from coordinator.job_keys import job_signing_key
 from edge_client.errors import ProtocolError
-from edge_client.protocol import DeviceStatus, RoundAnnouncement, Topics, decode, encode_failure
+from edge_client.protocol import (
+    DeviceStatus,
+    RoundAnnouncement,
+    Topics,
+    decode,
+    encode_failure,
+    parse_chunk,
+)
 from edge_client.protocol.envelope import envelope_bytes
 from edge_client.signing import Signer, Verifier
 from edge_client.transport import BrokerConfig
-from tests.coordinator.test_buffered import lines_of, sane, start_boards, stop
+from tests.coordinator.test_buffered import ROOT, lines_of, sane, start_boards, stop
 from tests.fixtures.brokers import mqtt_client
 from tests.fixtures.forged_device import ForgedDevice
 
 pytestmark = pytest.mark.slow  # real boards training: left out of pytest -m "not slow"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def flipped(version: int, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -354,3 +370,59 @@ def test_malformed_updates_failures_and_statuses_never_stop_a_buffered_job(
     assert "Traceback" not in caplog.text
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert all(len(m) <= 1000 for m in warnings), max(warnings, key=len)[:300]
+
+
+def test_updates_replayed_after_a_resume_are_never_folded_twice(
+    mosquitto_broker, export_dir, tmp_path
+):
+    # Prepare: a `fedcoord start --mode buffered` process with 3 boards, killed (SIGKILL)
+    # once 2 versions are saved, then resumed; an outsider records every update sent before
+    # the kill and, once the resumed coordinator made a version, publishes them all again
+    # (as a board's stale session or anyone on the broker could)
+    run_dir = tmp_path / "run"
+    model = str(export_dir("mlp"))
+    job = JobConfig(job="replay", mode="buffered", rounds=8, model_dir=model, epochs=1)
+    broker = BrokerConfig.from_url(mosquitto_broker.url)
+    cmd = [sys.executable, "-m", "coordinator.cli", "start", "--broker", mosquitto_broker.url]
+    cmd += ["--job", "replay", "--mode", "buffered", "--rounds", "8", "--buffer-size", "2"]
+    cmd += ["--min-devices", "3", "--model-dir", model, "--run-dir", str(run_dir)]
+    cmd += ["--epochs", "1", "--lr", "0.05"]
+    updates = Topics("replay").root + "/update/#"
+    with mqtt_client(mosquitto_broker, "recorder") as recorder:
+        recorder.subscribe_wait(updates, qos=1)
+        procs = start_boards(job, broker, tmp_path, 3, {})
+        try:
+            log = open(tmp_path / "first.log", "wb")  # noqa: SIM115
+            first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+            wait_for(lambda: len(lines_of(run_dir)) >= 2 or first.poll() is not None, 120)
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            before = list(recorder.collector.matching(updates))
+            killed_at = json.loads((run_dir / "state.json").read_text())["round"]
+            assert 1 <= killed_at < 8, (tmp_path / "first.log").read_text()[-2000:]
+            second = subprocess.Popen(
+                [sys.executable, "-m", "coordinator.cli", "start", "--resume", str(run_dir)],
+                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            # Execute
+            wait_for(lambda: len(lines_of(run_dir)) > killed_at or second.poll() is not None, 120)
+            for m in before:
+                recorder.publish_wait(m.topic, m.payload, qos=1)
+            _, err = second.communicate(timeout=120)
+        finally:
+            stop(procs)
+    # Assert: versions 1..8 once each; no grant and no update folded twice; the replayed
+    # ones folded into the versions saved before the kill were refused as answered already
+    # (a version being saved at the kill is made again, from other updates)
+    assert second.returncode == 0, err[-3000:]
+    lines = lines_of(run_dir)
+    assert [m["round"] for m in lines] == list(range(1, 9))
+    folded = [f for m in lines for f in m["buffer"]]
+    assert len({(f["device"], f["grant"]) for f in folded}) == len(folded) == 16
+    assert len({f["sha256"] for f in folded}) == 16
+    replayed = {decode(parse_chunk(m.payload).data).sha256 for m in before}
+    saved = [f for m in lines[:killed_at] for f in m["buffer"] if f["sha256"] in replayed]
+    assert len(replayed) >= 3 and saved
+    refused = [r for m in lines[killed_at:] for r in m["rejections"]]
+    assert sum("was already answered" in r["reason"] for r in refused) >= len(saved), refused
+    assert "resuming a buffered job" in err
