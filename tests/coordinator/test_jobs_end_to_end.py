@@ -21,8 +21,9 @@ from coordinator.config import JobConfig
 from coordinator.job import run_job
 from coordinator.run_dir import RunDir
 from coordinator.simulation import ROOT, FleetConfig, device_command, fleet_processes
+from edge_client.protocol import RoundAnnouncement
 from edge_client.transport import BrokerConfig
-from tests.fixtures.brokers import mqtt_client
+from tests.fixtures.brokers import FixtureClient, mqtt_client
 
 pytestmark = pytest.mark.slow  # over ~5 s: left out of the fast loop (pytest -m "not slow")
 
@@ -94,7 +95,9 @@ def test_simulated_job_against_a_real_mosquitto(mosquitto_broker, tmp_path):
 
 
 @contextmanager
-def three_devices(job: JobConfig, broker: BrokerConfig, tmp: Path, slow: int) -> Iterator[None]:
+def three_devices(
+    job: JobConfig, broker: BrokerConfig, tmp: Path, slow: int
+) -> Iterator[list[subprocess.Popen]]:
     """sim-00..02 as `fedge run` processes; device ``slow`` trains 4x slower (it sleeps 3x its
     compute time after training for real, edge_client/pacing.py: same weights, later)."""
     fleet = FleetConfig(devices=3)
@@ -109,13 +112,25 @@ def three_devices(job: JobConfig, broker: BrokerConfig, tmp: Path, slow: int) ->
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=log, env={**env, **slowdown}))
         log.close()
     try:
-        yield
+        yield procs
     finally:
         for p in procs:
             try:
                 p.wait(20)  # they exit on the job's "stopped"
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def wait_for_round_open(watcher: FixtureClient, round_: int, timeout: float) -> None:
+    """Until the job's round announcement says ``round_`` is open."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for m in watcher.collector.matching("fl/v1/+/round"):
+            ann = RoundAnnouncement.from_json(m.payload)
+            if ann.round == round_ and ann.state == "open":
+                return
+        time.sleep(0.005)
+    raise AssertionError(f"round {round_} was not announced within {timeout} s")
 
 
 def final_state(run_dir: Path, job: str) -> tuple[dict[str, np.ndarray], list[dict]]:
@@ -151,16 +166,25 @@ def test_coordinator_killed_mid_round_resumes_to_the_weights_of_an_uninterrupted
     cmd += ["--job", "cut", "--rounds", str(rounds), "--min-devices", "3", "--model-dir", model]
     cmd += ["--run-dir", str(run_dir), *FAST_FLAGS, "--test-data", "fashion-mnist"]
     with (
-        three_devices(job, broker, tmp_path, slow=2),
+        three_devices(job, broker, tmp_path, slow=2) as devices,
         mqtt_client(mosquitto_broker, "watcher") as watcher,
     ):
         watcher.subscribe_wait("fl/v1/cut/update/+/0", qos=1)
+        watcher.subscribe_wait("fl/v1/cut/round", qos=1)
         first_log = tmp_path / "first-coordinator.log"  # a file: a full pipe would block it
         with first_log.open("wb") as log:
             first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
-        watcher.collector.wait_for("fl/v1/cut/update/+/0", n=3 * (kill_in - 1) + 1, timeout=240)
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+        # The slow board is frozen as soon as round 2 is announced (it cannot have trained
+        # yet), so on a loaded machine too its update is still to come when the kill lands;
+        # it is thawed after the kill and delivers to the resumed coordinator.
+        wait_for_round_open(watcher, kill_in, timeout=240)
+        devices[2].send_signal(signal.SIGSTOP)
+        try:
+            watcher.collector.wait_for("fl/v1/cut/update/+/0", n=3 * (kill_in - 1) + 1, timeout=240)
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        finally:
+            devices[2].send_signal(signal.SIGCONT)
         in_flight = len(watcher.collector.matching("fl/v1/cut/update/+/0")) - 3 * (kill_in - 1)
         done_before = rounds_in(run_dir)
         second = subprocess.run(
