@@ -291,3 +291,36 @@ def test_every_record_and_image_is_referenced_and_small() -> None:
             assert f"docs/results/{rel.parts[0]}/" in doc, f"docs/results/{rel.parts[0]} unused"
     for img in re.findall(r"\]\((results/[^)]+)\)", doc):
         assert (DOC.parent / img).exists(), f"docs/results.md links {img}, which is missing"
+
+
+def check_section(text: str) -> None:
+    (section,) = [s for s in sections(text) if s.title == "t"]
+    records = section.records()
+    for rows in tables(section):
+        check_table(records, rows)
+    check_prose(section, records)
+
+
+def test_the_checks_catch_a_wrong_figure() -> None:
+    """The checks above on a small page built from the Fashion-MNIST record: right, then
+    each kind of wrong (so a passing page means something)."""
+    v = load_record(RESULTS / "fashion-mnist-paper").only()
+    right = (
+        "## t\nRecord: docs/results/fashion-mnist-paper/\n\n"
+        "| variant | round 2 | federated |\n|---|---|---|\n"
+        f"| federated | {pct(v.federated(2))} | {pct(v.federated(50))} |\n"
+        f"| centralized | {pct(v.centralized(2))} | {pct(v.federated(50))} |\n\n"
+        f"After 50 rounds, {pct(v.federated(50))} (round 3: {pct(v.federated(3))}).\n"
+    )
+    check_section(right)
+    wrong = [
+        (f"| federated | {pct(v.federated(2))}", f"| federated | {pct(v.federated(3))}"),
+        (f"| centralized | {pct(v.centralized(2))}", f"| centralized | {pct(v.federated(2))}"),
+        (f"rounds, {pct(v.federated(50))}", "rounds, 12.34 %"),
+        ("(round 3:", "(round 4:"),
+        ("| round 2 |", "| after round 2 |"),
+    ]
+    for old, new in wrong:
+        assert old in right, old
+        with pytest.raises(AssertionError):
+            check_section(right.replace(old, new))
