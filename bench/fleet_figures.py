@@ -15,9 +15,9 @@ machine, `startup_s`, is recorded apart and is not the fleet's):
 - accepted updates: updates aggregated into a global model within the budget (late ones
   folded included);
 - accuracy after the same number of accepted updates: N = the fewest accepted updates any
-  mode of the same fleet and partition reached within the budget; each mode's last global
-  model with at most N updates behind it (the number is recorded: rounds of ~K updates
-  cannot always hit N exactly, and the mode with fewer gets no benefit of the doubt);
+  mode of the same fleet and partition reached within the budget; each mode's accuracy at N
+  updates, interpolated linearly between its two global models around N (rounds and
+  versions come in steps of about K updates; both models are recorded);
 - wasted updates: trained and sent, then discarded (late for a closed round, too stale, or
   rejected);
 - stopped trainings: boards still training when a semi-synchronous round closed that
@@ -144,31 +144,57 @@ def run_figures(run: dict[str, Any], targets: list[float]) -> dict[str, Any]:
             "max": max(loads) if loads else None,
         },
         "cores": summary["cores"],
+        "by_profile": by_profile(summary),
         "_timeline": line,
     }
 
 
+def by_profile(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per board profile: boards, local trainings started per board (mean), and the cycle
+    the fleet file gives one training (compute x slow-down + transfers, estimated): on a
+    faithful run the trainings go as the inverse of the cycle."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for b in summary["boards"].values():
+        groups.setdefault(b["profile"], []).append(b)
+    return {
+        profile: {
+            "boards": len(bs),
+            "trainings_per_board": round(statistics.mean(b["trainings"] for b in bs), 2),
+            "cycle_s_estimated": round(statistics.mean(b["busy_s"] for b in bs), 1),
+        }
+        for profile, bs in groups.items()
+    }
+
+
 def same_updates(runs: list[dict[str, Any]]) -> None:
-    """Accuracy after N accepted updates, N the fewest any mode of the group reached (in place)."""
+    """Accuracy after N accepted updates, N the fewest any mode of the group reached within
+    its budget (in place): interpolated linearly in the number of updates between the two
+    evaluated global models around N (rounds and versions come in steps of ~K updates)."""
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault((r["fleet"], r["partition"], r["repeat"]), []).append(r)
     for group in groups.values():
         n = min(r["accepted_updates"] for r in group)
         for r in group:
-            hit = next(
-                (
-                    p
-                    for p in reversed(r["_timeline"])
-                    if p["accepted"] <= n and p["accuracy"] is not None
-                ),
-                None,
-            )
+            points = [
+                p for p in r["_timeline"] if p["accuracy"] is not None and p["t"] <= r["budget_s"]
+            ]
+            lo = next((p for p in reversed(points) if p["accepted"] <= n), None)
+            hi = next((p for p in points if p["accepted"] >= n), None)
+            acc = None
+            if lo is not None and hi is not None:
+                span = hi["accepted"] - lo["accepted"]
+                share = (n - lo["accepted"]) / span if span else 0.0
+                acc = lo["accuracy"] + share * (hi["accuracy"] - lo["accuracy"])
+            elif hi is not None:  # N below this mode's first model: its first model
+                acc = hi["accuracy"]
             r["same_updates"] = {
                 "n": n,
-                "accepted": hit["accepted"] if hit else None,
-                "accuracy": hit["accuracy"] if hit else None,
-                "t": round(hit["t"], 1) if hit else None,
+                "accuracy": None if acc is None else round(acc, 4),
+                "between": [
+                    None if x is None else {"accepted": x["accepted"], "accuracy": x["accuracy"]}
+                    for x in (lo, hi)
+                ],
             }
 
 
@@ -232,6 +258,11 @@ def _time(t: float | None, budget: float) -> str:
     return f"> {budget:g} s" if t is None else f"{t:.0f} s"
 
 
+def _around(su: dict[str, Any]) -> str:
+    seen = {(x["accepted"], x["accuracy"]) for x in su["between"] if x is not None}
+    return ", ".join(f"{_pct(acc)} at {n}" for n, acc in sorted(seen))
+
+
 def _mb(x: float | None) -> str:
     return "—" if x is None else f"{x / 1e6:.2f} MB"
 
@@ -242,7 +273,7 @@ def table(result: dict[str, Any], targets: list[float]) -> str:
     one = [
         "| fleet | partition | mode | "
         + " | ".join(heads)
-        + " | accuracy at the budget | accepted updates | after N updates (its count) |",
+        + " | accuracy at the budget | accepted updates | after N updates (models around N) |",
         "|---" * (6 + len(heads)) + "|",
     ]
     two = [
@@ -258,7 +289,7 @@ def table(result: dict[str, Any], targets: list[float]) -> str:
             name
             + " | ".join(_time(r["time_to"][f"{100 * x:g}"], r["budget_s"]) for x in targets)
             + f" | {_pct(r['accuracy_at_budget'])} ({r['budget_s']:g} s) | "
-            f"{r['accepted_updates']} | {_pct(su['accuracy'])} ({su['accepted']}) |"
+            f"{r['accepted_updates']} | {_pct(su['accuracy'])} at {su['n']} ({_around(su)}) |"
         )
         two.append(
             name + f"{r['wasted_updates']} | {r['stopped_trainings']} | "
@@ -293,10 +324,24 @@ def acceptance_table(result: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    raw = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results/fleet"
+    """``fleet_figures.py [RAW_DIR] [--update RECORD]``: print the tables; with --update,
+    write the recomputed figures into RECORD (bench/results/fleet.json), keeping its command,
+    date and settings."""
+    args = sys.argv[1:]
+    record = None
+    if "--update" in args:
+        i = args.index("--update")
+        record = Path(args[i + 1])
+        del args[i : i + 2]
+    raw = Path(args[0]) if args else Path(__file__).parent / "results/fleet"
     first = next(p for p in sorted(raw.iterdir()) if p.is_dir())
     targets = json.loads((first / "bench.json").read_text())["targets"]
     result = figures(raw, targets)
+    if record is not None:
+        data = json.loads(record.read_text())
+        data.update(result)
+        data["figures_command"] = f"python bench/fleet_figures.py {raw} --update {record}"
+        record.write_text(json.dumps(data, indent=1) + "\n")
     print(table(result, targets))
     print()
     print(acceptance_table(result))
