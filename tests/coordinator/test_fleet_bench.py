@@ -80,3 +80,17 @@ def test_an_unknown_mode_is_a_one_line_error(tmp_path):
     )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == ["error: unknown mode 'async': use sync, semi, fedbuff"]
+
+
+def test_the_fleet_tables_in_benchmarks_md_recompute_from_the_raw_records():
+    # Prepare: the committed record of the full run and its raw records
+    record = json.loads((ROOT / "bench/results/fleet.json").read_text())
+    targets = record["settings"]["targets"]
+    # Execute
+    again = fleet_figures.figures(ROOT / "bench/results/fleet", targets)
+    # Assert: the record's figures and the doc's three tables are the raw records' own
+    assert again["runs"] == record["runs"] and again["acceptance"] == record["acceptance"]
+    doc = (ROOT / "docs/benchmarks.md").read_text()
+    tables = fleet_figures.table(again, targets).split("\n\n")
+    for table in [*tables, fleet_figures.acceptance_table(again)]:
+        assert table in doc
