@@ -92,9 +92,13 @@ def copy_record(
     spec = load_experiment(experiment)
     name = str(spec["experiment"]["name"])
     src, dest = out_root / name, dest_root / name
+    if not (src / "summary.json").is_file():
+        raise SystemExit(
+            f"{src}/summary.json not found: run the experiment first (without --copy-only)"
+        )
+    summary = json.loads((src / "summary.json").read_text())
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(experiment, dest / "experiment.toml")
-    summary = json.loads((src / "summary.json").read_text())
     old = dest / "summary.json"
     if only and old.exists():  # keep the other variants' entries
         kept = [v for v in json.loads(old.read_text())["variants"] if v["variant"] != only]
