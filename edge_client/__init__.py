@@ -33,6 +33,9 @@ The shared contract:
   simulated board down (docs/fleet-simulation.md).
 - ``edge_client.secagg``: secure aggregation's primitives and masking arithmetic
   (docs/secure-aggregation.md). Import it from the package.
+- ``edge_client.secure_round``: a board's side of one secure round (``SecureRound``,
+  ``quantized_update``), shared so the load generator's virtual devices run the board's own
+  stage code rather than a second implementation of the cryptography.
 - ``edge_client`` itself: ``__version__``.
 """
 
@@ -52,5 +55,6 @@ SHARED_MODULES: tuple[str, ...] = (
     "edge_client.cli_support",
     "edge_client.pacing",
     "edge_client.secagg",
+    "edge_client.secure_round",
 )
 """The modules other packages may import from ``edge_client`` (see the module docstring)."""
