@@ -35,7 +35,7 @@ from coordinator.aggregation import Strategy
 from coordinator.influence import Held, InfluenceBounds, capped_claims, change_outliers, risk
 from coordinator.late import stale_change, staleness_weight
 from coordinator.robust_strategies import delta_norm
-from coordinator.rounds import RoundCollector
+from coordinator.rounds import RoundCollector, device_metrics
 from coordinator.run_dir import atomic_write
 from edge_client.errors import EdgeFLError, ProtocolError
 from edge_client.manifest import Manifest
@@ -191,22 +191,13 @@ def check_update(
         raise UnusableUpdate(str(exc)) from None
     weight = staleness_weight(staleness)
     rebased = stale_change(master, base.weights, trained, weight)
-    interpreter = f"{meta.interpreter or ''} {meta.interpreter_version or ''}".strip()
     return Checked(
         FoldedUpdate(
             device, grant, env.round, staleness, round(weight, 6), env.samples, env.sha256
         ),
         rebased,
         delta_norm(rebased, master),
-        DeviceMetrics(
-            device,
-            samples=env.samples,
-            loss=meta.loss,
-            accuracy=meta.accuracy,
-            duration_s=meta.duration_s,
-            interpreter=interpreter[:256],
-            bytes_up=size,
-        ),
+        device_metrics(device, meta, env.samples, size),
         trained,
     )
 

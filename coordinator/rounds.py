@@ -221,16 +221,7 @@ class RoundCollector:
             return True
         meta, weights, change = checked
         self.invalid.discard(device)
-        interpreter = f"{meta.interpreter or ''} {meta.interpreter_version or ''}".strip()
-        self.results[device] = DeviceMetrics(
-            device,
-            samples=envelope.samples,
-            loss=meta.loss,
-            accuracy=meta.accuracy,
-            duration_s=meta.duration_s,
-            interpreter=interpreter[:256],
-            bytes_up=size,
-        )
+        self.results[device] = device_metrics(device, meta, envelope.samples, size)
         if self.bounds is None:
             self._fold(device, weights, envelope.samples)
         else:
@@ -424,3 +415,17 @@ def _few(names: list[str], limit: int = 5) -> str:
     """``['a', 'b']``, or the first ``limit`` names and how many more (for a reason)."""
     shown = [name[:64] for name in names[:limit]]
     return f"{shown}" + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def device_metrics(device: str, meta: UpdateMeta, samples: int, size: int) -> DeviceMetrics:
+    """A device's line in a round's (or a version's) metrics, from its accepted update."""
+    interpreter = f"{meta.interpreter or ''} {meta.interpreter_version or ''}".strip()
+    return DeviceMetrics(
+        device,
+        samples=samples,
+        loss=meta.loss,
+        accuracy=meta.accuracy,
+        duration_s=meta.duration_s,
+        interpreter=interpreter[:256],
+        bytes_up=size,
+    )
