@@ -162,7 +162,10 @@ def test_forged_banked_and_replayed_grants_are_refused_or_bounded(
         evil.status("online")
         banker = threading.Thread(target=bank, daemon=True)
         banker.start()
-        procs = start_boards(job, broker, tmp_path, 4, {})
+        # honest boards paced 6x slower (seconds per version, not the mlp's fraction of one),
+        # so the banking is done and answered in the first versions, where the replay and the
+        # forged grants are tried
+        procs = start_boards(job, broker, tmp_path, 4, {i: 6.0 for i in range(4)})
         try:
             # Execute
             run_job(job, broker=broker, final_models=False, on_round=on_round)
