@@ -120,5 +120,64 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _gap(points: float) -> str:
+    g = f"{points:.2f}"
+    return f"+{g}" if points > 0 and g != "0.00" else g
+
+
+def _header(runtime: str) -> str:
+    """'tensorflow 2.21.0' -> 'tf.lite, TensorFlow 2.21' (its interpreter)."""
+    name, version = runtime.rsplit(" ", 1)
+    if name == "tensorflow":
+        return f"tf.lite, TensorFlow {'.'.join(version.split('.')[:2])}"
+    return runtime
+
+
+def table(record: dict) -> str:
+    """docs/benchmarks.md's table: every seed, then the mean (sd; min-max) over the seeds."""
+    runtimes = [s["runtime"] for s in record["summary"]]
+    by = {(r["seed"], r["runtime"]): r for r in record["rows"]}
+    lines = [
+        "| seed | "
+        + " | ".join(f"interpreter ({_header(rt)})" for rt in runtimes)
+        + " | Keras fit | gap (interpreter − Keras) |",
+        "|---" * (len(runtimes) + 3) + "|",
+    ]
+    for seed in record["seeds"]:
+        rows = [by[seed, rt] for rt in runtimes]
+        gaps = " / ".join(dict.fromkeys(_gap(r["signed_gap_points"]) for r in rows))
+        accs = " | ".join(f"{100 * r['interpreter_accuracy']:.2f} %" for r in rows)
+        keras = f"{100 * rows[0]['keras_fit_accuracy']:.2f} %"
+        lines.append(f"| {seed} | {accs} | {keras} | {gaps} points |")
+    s0 = record["summary"][0]
+    mean = lambda d: f"{d['mean']:.2f} % ({d['sd']:.2f})"
+    g = s0["signed_gap_points"]
+    gap = f"{_gap(g['mean'])} points (sd {g['sd']:.2f}; {g['min']:.2f}–{g['max']:.2f})"
+    accs = " | ".join(mean(s["interpreter_accuracy"]) for s in record["summary"])
+    lines.append(
+        f"| **mean (sd; min–max)** | {accs} | {mean(s0['keras_fit_accuracy'])} | **{gap}** |"
+    )
+    return "\n".join(lines)
+
+
+def claims(record: dict) -> list[str]:
+    """The phrases of the section's prose that quote the record."""
+    by_seed: dict[int, set[float]] = {}
+    for r in record["rows"]:
+        by_seed.setdefault(r["seed"], set()).add(r["interpreter_accuracy"])
+    same = all(len(accs) == 1 for accs in by_seed.values())
+    s0 = record["summary"][0]
+    gap, acc = s0["signed_gap_points"], s0["interpreter_accuracy"]
+    return [
+        "Both interpreters give the same accuracy for every seed"
+        if same
+        else "The interpreters differ",
+        f"The gap between the two ways of training ({gap['mean']:.2f} points on average, at "
+        f"most {gap['max']:.2f})",
+        f"(sd {acc['sd']:.1f} points, {acc['min']:.2f}–{acc['max']:.2f} %)",
+        f"sd is the sample standard deviation over the {len(record['seeds'])} seeds",
+    ]
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

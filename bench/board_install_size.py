@@ -134,5 +134,61 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
+LABELS = {  # the doc's platform names; the first row of a platform says which OS
+    "aarch64": ("aarch64 (64-bit Raspberry Pi OS)", "aarch64"),
+    "armv7l": ("armv7l (32-bit Raspberry Pi OS)", "armv7l"),
+    "x86_64": ("x86-64", "x86-64"),
+}
+LARGE = 5e6  # the "largest parts" column lists distributions above 5 MB
+DEBIAN_NAMED = ("numpy", "cffi")  # the Debian packages the client uses (the others are cffi's)
+
+
+def _debian(part: dict) -> str:
+    versions = {
+        e.split("-")[0]: e.split("-")[1].removesuffix(".egg")
+        for e in part["entries"]
+        if e.endswith(".egg-info")
+    }
+    named = " and ".join(f"{n} {versions[n]}" for n in DEBIAN_NAMED)
+    return f" + {part['bytes'] / 1e6:.1f} MB of Debian's {named}"
+
+
+def table(record: dict) -> str:
+    """docs/benchmarks.md's table; the emulated boards' sizes in bold."""
+    lines = [
+        "| platform | extra | site-packages | largest parts |",
+        "|---|---|---|---|",
+    ]
+    seen: set[str] = set()
+    for r in record["rows"]:
+        first, later = LABELS[r["platform"]]
+        label = later if r["platform"] in seen else first
+        seen.add(r["platform"])
+        size = f"{r['bytes'] / 1e6:.1f} MB"
+        if r["source"].startswith("emulated"):
+            size = f"**{size}**"
+        if "debian_dist_packages" in r:
+            size += _debian(r["debian_dist_packages"])
+        parts = sorted(r["distributions"].items(), key=lambda kv: -kv[1]["bytes"])
+        large = ", ".join(
+            f"{name} {d['version']} {d['bytes'] / 1e6:.1f}"
+            for name, d in parts
+            if d["bytes"] > LARGE
+        )
+        lines.append(f"| {label} | `{r['extra']}` | {size} | {large} MB |")
+    return "\n".join(lines)
+
+
+def claims(record: dict) -> list[str]:
+    """The phrases of the section's prose that quote the record."""
+    wheel = {
+        r["distributions"]["edgefl"]["bytes"]
+        for r in record["rows"]
+        if "edgefl" in r["distributions"]
+    }
+    sizes = " / ".join(f"{b / 1e6:.1f}" for b in sorted(wheel))
+    return [f"The client wheel (`edgefl`) is {sizes} MB installed"]
+
+
 if __name__ == "__main__":
     main()

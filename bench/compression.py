@@ -138,5 +138,89 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+HEADLINE = "int8"  # the encoding the doc's figures lead with (in bold)
+
+
+def _cost(points: float) -> str:
+    return f"{points:.2f} points"
+
+
+def table_one_seed(record: dict) -> str:
+    """docs/benchmarks.md's first table: one run per encoding (bytes, accuracy, cost)."""
+    lines = [
+        "| encoding | bytes per device per round (up / down) | vs float32 | final accuracy | cost |",
+        "|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        bold = (lambda s: f"**{s}**") if r["encoding"] == HEADLINE else (lambda s: s)
+        ratio = bold(f"{r['bytes_ratio_vs_float32']:.2f}x")
+        cost = "—" if r["encoding"] == "float32" else bold(_cost(r["accuracy_cost_points"]))
+        lines.append(
+            f"| {r['encoding']} | {r['bytes_up_per_device_round'] / 1e6:.3f} MB / "
+            f"{r['bytes_down_per_device_round'] / 1e6:.3f} MB | {ratio} | "
+            f"{100 * r['final_accuracy']:.2f} % | {cost} |"
+        )
+    return "\n".join(lines)
+
+
+def table_seeds(record: dict) -> str:
+    """docs/benchmarks.md's second table: per encoding over the seeds, from ``summary``."""
+    seeds = ", ".join(map(str, record["seeds"]))
+    lines = [
+        f"| encoding ({record['rounds']} rounds, seeds {seeds}) | final accuracy, mean (sd) | "
+        "cost vs float32 of the same seed: mean (sd) [min, max] |",
+        "|---|---|---|",
+    ]
+    for e in record["summary"]:
+        a, c = e["final_accuracy"], e.get("accuracy_cost_points")
+        cost = (
+            "—"
+            if e["encoding"] == "float32" or c is None
+            else f"{_cost(c['mean'])} ({c['sd']:.2f}) [{c['min']:.2f}, {c['max']:.2f}]"
+        )
+        lines.append(f"| {e['encoding']} | {a['mean']:.2f} % ({a['sd']:.2f}) | {cost} |")
+    return "\n".join(lines)
+
+
+def claims(one_seed: dict, seeds: dict) -> list[str]:
+    """The phrases of the section's prose that quote the two records."""
+    one = {r["encoding"]: r for r in one_seed["rows"]}
+    many = {e["encoding"]: e for e in seeds["summary"]}
+    lossy = [e for e in many.values() if e["encoding"] != "float32"]
+    noise = all(
+        e["accuracy_cost_points"]["sd"] > abs(e["accuracy_cost_points"]["mean"]) for e in lossy
+    )
+    head = one[HEADLINE]
+    met = head["bytes_ratio_vs_float32"] >= 3.5 and head["accuracy_cost_points"] < 0.5
+    single = [one[e]["accuracy_cost_points"] for e in ("int8", "float16")]
+    worst = [many[e]["accuracy_cost_points"]["max"] for e in ("int8", "float16")]
+    acc = [many[e]["final_accuracy"] for e in ("int8", "float16")]
+    ranges = [a["max"] - a["min"] for a in acc]
+    above = all(s > w for s, w in zip(single, worst))
+    within = all(s <= r for s, r in zip(single, ranges))
+    pair = lambda xs: " / ".join(f"{x:.2f}" for x in xs)
+    return [
+        f"On one seed and {one_seed['rounds']} rounds (the table;",
+        "at least 3.5x fewer bytes than float32 with less than 0.5 points lost"
+        if met
+        else "the target (3.5x fewer bytes, under 0.5 points lost) is not met",
+        f"Over **{len(seeds['seeds'])} seeds** the accuracy cost is "
+        + (
+            "**not distinguishable from zero**: the seed-to-seed spread is larger than the cost"
+            if noise
+            else "distinguishable from zero"
+        ),
+        f"At {seeds['rounds']} rounds float32 is already at "
+        f"{many['float32']['final_accuracy']['mean']:.2f} % against "
+        f"{100 * one['float32']['final_accuracy']:.2f} % after {one_seed['rounds']} (one seed)",
+        f"The single-seed {pair(single)} points of the table ({HEADLINE} / float16) are "
+        + ("larger than" if above else "not larger than")
+        + f" any seed's cost at {seeds['rounds']} rounds (at most {pair(worst)} points) and "
+        + ("within" if within else "outside")
+        + f" the seeds' spread of final accuracy ({pair(ranges)} points from the worst seed "
+        "to the best)",
+    ]
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -236,5 +236,30 @@ def publish_round(url: str, model_dir: Path) -> None:
     c.disconnect()
 
 
+RUNTIME_NOTES = {"tflite-runtime": " (board env, numpy 1.26)"}  # the doc's labels
+
+
+def table(record: dict) -> str:
+    """docs/benchmarks.md's table; the first row (the target's setting) in bold."""
+    lines = ["| runtime | data | peak RSS | of which imports |", "|---|---|---|---|"]
+    for i, r in enumerate(record["rows"]):
+        note = RUNTIME_NOTES.get(r["runtime"].split()[0], "")
+        peak = f"{r['peak_rss_mb']:.1f} MB"
+        lines.append(
+            f"| {r['runtime']}{note} | `{r['data']}` | {f'**{peak}**' if i == 0 else peak} "
+            f"| {r['import_only_rss_mb']:.1f} MB |"
+        )
+    return "\n".join(lines)
+
+
+def claims(record: dict) -> list[str]:
+    """The phrases of the section's prose that quote the record."""
+    tf_free = all(not r["heavy_modules_imported"] for r in record["rows"])
+    return [
+        f"Target: below {record['target_mb']:.0f} MB with ai-edge-litert",
+        "No TensorFlow module is loaded in the client" if tf_free else "TensorFlow is loaded",
+    ]
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -228,6 +229,52 @@ def main() -> None:
     }
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def _update_mb(row: dict) -> float:
+    """One update's size, from the load generator's own count ("N updates sent (X MB)")."""
+    m = re.search(r"(\d+) updates sent \(([\d.]+) MB\)", row["loadgen"])
+    assert m, row["loadgen"]
+    return float(m[2]) / int(m[1])
+
+
+def _broker(mb: float) -> str:
+    """The record's RSS "MB" are VmHWM kB / 1024 (MiB): 1024 of them make the doc's GB."""
+    return f"{mb:.0f} MB" if mb < 1000 else f"{mb / 1024:.1f} GB"
+
+
+def table(records: list[dict]) -> str:
+    """docs/benchmarks.md's table: every size of every record (one record per encoding)."""
+    lines = [
+        "| devices | encoding | round closes in | messages/s | updates in, MB/s | coordinator "
+        "peak RSS | Mosquitto peak RSS | FedAvg = plan |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for rec in records:
+        for i, r in enumerate(rec["rows"]):
+            enc = rec["encoding"] + (f" ({_update_mb(r):.2f} MB)" if i == 0 else "")
+            lines.append(
+                f"| {r['devices']:,} | {enc} | {r['round_close_s_median']:.2f} s "
+                f"| {r['messages_per_s_median']:,.0f} | {r['update_mb_per_s_median']:,.0f} "
+                f"| {r['coordinator_peak_rss_mb']:.1f} MB | {_broker(r['mosquitto_peak_rss_mb'])} "
+                f"| {'yes' if r['fedavg_matches_plan'] else 'no'} |"
+            )
+    return "\n".join(lines)
+
+
+def claims(record: dict) -> list[str]:
+    """The phrases of the section's prose that quote the float32 record."""
+    by = {r["devices"]: r for r in record["rows"]}
+    small, large = by[1000], by[5000]
+    gb = lambda r: f"{round(_update_mb(r) * r['devices'] / 1000, 1):g}"
+    after = large["coordinator_rss_after_each_round_mb"]
+    growth = (after[-1] - after[0]) / (len(after) - 1)
+    return [
+        f"(+{large['coordinator_peak_rss_mb'] - small['coordinator_peak_rss_mb']:.0f} MB from "
+        f"{small['devices']:,} to {large['devices']:,} devices while the updates grow from "
+        f"{gb(small)} to {gb(large)} GB per round; about {growth:.0f} MB per round of it",
+        f"({_broker(large['mosquitto_peak_rss_mb'])} at {large['devices']:,} float32 updates)",
+    ]
 
 
 if __name__ == "__main__":

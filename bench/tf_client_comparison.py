@@ -201,5 +201,34 @@ def main() -> int:
     return 0
 
 
+EDGE, TF = "edge client (ai-edge-litert)", "TensorFlow client (Keras fit)"  # the record's rows
+
+
+def table(record: dict) -> str:
+    """docs/benchmarks.md's table: both clients and TensorFlow's over ours."""
+    ours, theirs = record["rows"][EDGE], record["rows"][TF]
+    ratio = record["tensorflow_over_edge_client"]
+    mb = lambda x: f"{x:,.1f} MB"
+    return "\n".join(
+        [
+            "| client | installed size | peak RSS | of which imports | one epoch |",
+            "|---|---|---|---|---|",
+            f"| edge client, {ours['runtime']} (+ numpy, paho-mqtt, click, cryptography) "
+            f"| **{mb(ours['installed_mb'])}** | **{mb(ours['peak_rss_mb'])}** "
+            f"| {mb(ours['import_only_rss_mb'])} | {ours['train_s']:.1f} s |",
+            f"| TensorFlow {theirs['tensorflow']} client (+ numpy, paho-mqtt), Keras `fit` "
+            f"| {mb(theirs['installed_mb'])} | {mb(theirs['peak_rss_mb'])} "
+            f"| {mb(theirs['import_only_rss_mb'])} | {theirs['train_s']:.1f} s |",
+            f"| TensorFlow / edge client | {ratio['installed_size']:.1f}x | "
+            f"{ratio['peak_rss']:.1f}x | | {theirs['train_s'] / ours['train_s']:.1f}x |",
+        ]
+    )
+
+
+def claims(record: dict) -> list[str]:
+    """The phrases of the section's prose that quote the record."""
+    return [f"Of the edge client's {record['rows'][EDGE]['installed_mb']:.1f} MB"]
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
