@@ -70,21 +70,27 @@ dropout = { probability = 0.2, kill_share = 0.5, mean_downtime_s = 5 }
 """
 
 
-def mode_settings(mode: str, k: int, over_select: float, late: str) -> dict[str, Any]:
-    """The job settings of a round mode, K updates per global model in each."""
+def mode_settings(
+    mode: str, k: int, over_select: float, late: str, buffer_size: int
+) -> dict[str, Any]:
+    """The job settings of a round mode: K updates per round (synchronous, semi-synchronous),
+    ``buffer_size`` per version (FedBuff)."""
     if mode == "sync":
         return {"clients_per_round": k}
     if mode == "semi":
         return {"clients_per_round": k, "over_select": over_select, "late_updates": late}
-    if mode == "fedbuff":
+    if mode.startswith("fedbuff"):  # fedbuff: the buffer size of --buffer-size; fedbuffN: N
         names = {f.name for f in dataclasses.fields(JobConfig)}
         if "buffer_size" not in names:
             raise SystemExit(
                 "error: FedBuff (--mode buffered) is not in this checkout: run with "
                 "--modes sync,semi, or update to a main that has it"
             )
-        return {"mode": "buffered", "buffer_size": k}
-    raise SystemExit(f"error: unknown mode {mode!r}: use {', '.join(MODES)}")
+        size = mode.removeprefix("fedbuff")
+        if size and not (size.isdigit() and int(size) >= 1):
+            raise SystemExit(f"error: unknown mode {mode!r}: use fedbuff or fedbuffN (N >= 1)")
+        return {"mode": "buffered", "buffer_size": int(size) if size else buffer_size}
+    raise SystemExit(f"error: unknown mode {mode!r}: use {', '.join(MODES)} (or fedbuffN)")
 
 
 class LoadSampler(threading.Thread):
@@ -128,7 +134,7 @@ def run_one(
         round_timeout=args.round_timeout,
         listen="127.0.0.1:0",
         seed=repeat,
-        **mode_settings(mode, args.k, args.over_select, args.late_updates),
+        **mode_settings(mode, args.k, args.over_select, args.late_updates, args.buffer_size),
     )
     fc = FleetConfig(dataset="fashion-mnist", partition=partition, partition_seed=repeat)
     spec = fleet_spec(fleet, args.work)
@@ -181,7 +187,9 @@ def run_one(
         "budget_s": budget,
         "targets": args.targets,
         "load_samples": sampler.samples,  # (seconds since the run's start, 1-minute load)
-        "job_settings": mode_settings(mode, args.k, args.over_select, args.late_updates),
+        "job_settings": mode_settings(
+            mode, args.k, args.over_select, args.late_updates, args.buffer_size
+        ),
     }
     (out / "bench.json").write_text(json.dumps(bench, indent=1) + "\n")
     print(
@@ -211,14 +219,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a 4-board fleet, mlp, short budgets")
     p.add_argument("--fleets", default=None, help="presets or files (mixed-pi,homogeneous)")
     p.add_argument("--partitions", default=None, help="iid,dirichlet:0.5")
-    p.add_argument("--modes", default=None, help=f"of {','.join(MODES)} (default: all)")
+    p.add_argument(
+        "--modes",
+        default=None,
+        help=f"of {','.join(MODES)} and fedbuffN (FedBuff, a buffer of N) (default: all three)",
+    )
     p.add_argument(
         "--budget",
         default=None,
         help="wall-clock seconds per run, FLEET=S,... (mixed-pi=240,homogeneous=120)",
     )
     p.add_argument("--targets", default="0.85,0.88", help="test accuracies to time")
-    p.add_argument("--k", type=int, default=10, help="updates per global model, every mode")
+    p.add_argument("--k", type=int, default=10, help="updates per round (sync, semi)")
+    p.add_argument(
+        "--buffer-size",
+        type=int,
+        default=JobConfig.buffer_size,
+        help=f"FedBuff's updates per version (default: the toolkit's, {JobConfig.buffer_size})",
+    )
     p.add_argument("--over-select", type=float, default=1.5)
     p.add_argument("--late-updates", default="fold", choices=("discard", "fold"))
     p.add_argument("--epochs", type=int, default=2)
@@ -240,14 +258,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.targets = [float(x) for x in args.targets.split(",")]
     if q:
         args.model = "mlp" if args.model == "cnn" else args.model
-        args.epochs, args.k, args.round_timeout = 1, 2, 30.0
+        args.epochs, args.k, args.buffer_size, args.round_timeout = 1, 2, 2, 30.0
     args.raw = args.raw or args.out.with_suffix("")
     args.work = args.work or ROOT / "runs" / f"bench-fleet-{time.strftime('%Y%m%d-%H%M%S')}"
     for f in args.fleets:
         if f not in args.budget:
             p.error(f"--budget names no budget for fleet {f}")
     for m in args.modes:
-        mode_settings(m, args.k, args.over_select, args.late_updates)  # fail before running
+        mode_settings(
+            m, args.k, args.over_select, args.late_updates, args.buffer_size
+        )  # fail before running
     return args
 
 
@@ -280,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": args.model,
             "epochs": args.epochs,
             "k": args.k,
+            "buffer_size": args.buffer_size,
             "over_select": args.over_select,
             "late_updates": args.late_updates,
             "round_timeout_s": args.round_timeout,

@@ -38,6 +38,13 @@ from typing import Any
 LABELS = {"sync": "synchronous FedAvg", "semi": "semi-synchronous", "fedbuff": "FedBuff"}
 
 
+def label(mode: str) -> str:
+    """``fedbuff2`` (bench/fleet.py --modes: FedBuff with a buffer of 2) -> ``FedBuff, buffer 2``."""
+    if mode.startswith("fedbuff") and mode != "fedbuff":
+        return f"FedBuff, buffer {mode.removeprefix('fedbuff')}"
+    return LABELS.get(mode, mode)
+
+
 def read_run(path: Path) -> dict[str, Any]:
     lines = (
         (path / "metrics.jsonl").read_text().splitlines()
@@ -199,15 +206,15 @@ def same_updates(runs: list[dict[str, Any]]) -> None:
 
 
 def acceptance(runs: list[dict[str, Any]], fleet: str = "mixed-pi") -> list[dict[str, Any]]:
-    """Issue 12's acceptance, per partition (and repeat) of ``fleet``: FedBuff reaches 85 %
-    at least 3x sooner than synchronous FedAvg; its accuracy after the same number of
-    accepted updates is within 1 point of FedAvg's."""
+    """Issue 12's acceptance, per partition (and repeat) of ``fleet`` and FedBuff run (one
+    per buffer size): FedBuff reaches 85 % at least 3x sooner than synchronous FedAvg; its
+    accuracy after the same number of accepted updates is within 1 point of FedAvg's."""
     out = []
     by = {(r["partition"], r["repeat"], r["mode"]): r for r in runs if r["fleet"] == fleet}
     for part, rep, mode in sorted(by):
-        if mode != "fedbuff" or (part, rep, "sync") not in by:
+        if not mode.startswith("fedbuff") or (part, rep, "sync") not in by:
             continue
-        fb, sync = by[(part, rep, "fedbuff")], by[(part, rep, "sync")]
+        fb, sync = by[(part, rep, mode)], by[(part, rep, "sync")]
         t_fb, t_sync = fb["time_to"].get("85"), sync["time_to"].get("85")
         speedup: float | None = None
         bound = ""
@@ -222,6 +229,7 @@ def acceptance(runs: list[dict[str, Any]], fleet: str = "mixed-pi") -> list[dict
                 "fleet": fleet,
                 "partition": part,
                 "repeat": rep,
+                "mode": mode,
                 "speedup_to_85": None if speedup is None else round(speedup, 2),
                 "speedup_bound": bound,
                 "speedup_met": speedup is not None and speedup >= 3,
@@ -284,7 +292,7 @@ def table(result: dict[str, Any], targets: list[float]) -> str:
     ]
     for r in result["runs"]:
         su, la = r["same_updates"], r["load_average"]
-        name = f"| {r['fleet']} | {r['partition']} | {LABELS.get(r['mode'], r['mode'])} | "
+        name = f"| {r['fleet']} | {r['partition']} | {label(r['mode'])} | "
         one.append(
             name
             + " | ".join(_time(r["time_to"][f"{100 * x:g}"], r["budget_s"]) for x in targets)
@@ -304,15 +312,15 @@ def table(result: dict[str, Any], targets: list[float]) -> str:
 
 def acceptance_table(result: dict[str, Any]) -> str:
     rows = [
-        "| fleet | partition | FedBuff to 85 % vs FedAvg (target >= 3x) | after the same updates, "
-        "FedBuff - FedAvg (target >= -1 point) |",
-        "|---|---|---|---|",
+        "| fleet | partition | FedBuff run | FedBuff to 85 % vs FedAvg (target >= 3x) | after the "
+        "same updates, FedBuff - FedAvg (target >= -1 point) |",
+        "|---|---|---|---|---|",
     ]
     for a in result["acceptance"]:
         speed = a["speedup_to_85"]
         gap = a["same_updates_gap_points"]
         rows.append(
-            f"| {a['fleet']} | {a['partition']} | "
+            f"| {a['fleet']} | {a['partition']} | {label(a.get('mode', 'fedbuff'))} | "
             + ("—" if speed is None else f"{a['speedup_bound']}{speed:.2f}x")
             + (" (met)" if a["speedup_met"] else " (not met)")
             + " | "

@@ -79,7 +79,27 @@ def test_an_unknown_mode_is_a_one_line_error(tmp_path):
         timeout=60,
     )
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines() == ["error: unknown mode 'async': use sync, semi, fedbuff"]
+    assert r.stderr.strip().splitlines() == [
+        "error: unknown mode 'async': use sync, semi, fedbuff (or fedbuffN)"
+    ]
+
+
+def test_fedbuff_n_runs_fedbuff_with_a_buffer_of_n_and_is_labelled_so():
+    # Prepare
+    sys.path.insert(0, str(ROOT / "bench"))
+    import fleet
+
+    # Execute
+    two = fleet.mode_settings("fedbuff2", 10, 1.5, "fold", 5)
+    default = fleet.mode_settings("fedbuff", 10, 1.5, "fold", 5)
+    # Assert: fedbuffN overrides --buffer-size; a malformed N is a one-line error
+    assert two == {"mode": "buffered", "buffer_size": 2}
+    assert default == {"mode": "buffered", "buffer_size": 5}
+    assert fleet_figures.label("fedbuff2") == "FedBuff, buffer 2"
+    assert fleet_figures.label("fedbuff") == "FedBuff"
+    for bad in ("fedbuff0", "fedbuffx"):
+        with pytest.raises(SystemExit, match=f"unknown mode '{bad}': use fedbuff or fedbuffN"):
+            fleet.mode_settings(bad, 10, 1.5, "fold", 5)
 
 
 def test_the_fleet_tables_in_benchmarks_md_recompute_from_the_raw_records():

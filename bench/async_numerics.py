@@ -1,0 +1,443 @@
+"""FedBuff against synchronous FedAvg on a virtual clock: the numerics, without the machine.
+
+bench/fleet.py measures the round modes in wall time, on real processes behind throttled
+links; its figures move with the machine's load (a loaded 2-core machine flattens the
+fleet's speeds). This bench keeps only what decides accuracy per update and per second of
+a fleet: every board trains for real (its own partition of Fashion-MNIST, the board's
+``train_local`` through the TFLite interpreter, one update at a time), but a training
+*takes* the board's cycle on a virtual clock (its estimated compute x its slow-down factor
++ its link's transfers: coordinator/fleet/budget.py, the figures bench/fleet.py's
+simulator paces its boards to), and the coordinator's own Buffer folds the updates (the
+influence bounds, the per-device share, FedAvg, the server step). Availability and
+dropouts are left out: every board is always online and always delivers.
+
+    synchronous: each round selects K boards at random and lasts as long as the slowest
+    FedBuff:     every board trains continuously from the newest version it has; each K
+                 updates make a version, a change weighted by 1/(1+s)^a (s: versions behind)
+
+    .venv/bin/python bench/async_numerics.py --seeds 0,1,2 --variants lr1,lr0.5
+    .venv/bin/python bench/async_numerics.py --quick          # 1 seed, short horizon
+
+Prints time to each target accuracy (virtual seconds) and the accuracy after the number of
+updates sync made within the horizon, per seed and as min/median; records
+bench/results/async_numerics.json with every version's (time, updates, accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import heapq
+import json
+import multiprocessing
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from coordinator.buffer import Buffer, Checked, device_limit  # noqa: E402
+from coordinator.evaluation import Evaluator  # noqa: E402
+from coordinator.fleet.budget import Calibration, calibrate, estimate_demand  # noqa: E402
+from coordinator.fleet.spec import load_fleet  # noqa: E402
+from coordinator.influence import InfluenceBounds  # noqa: E402
+from coordinator.late import stale_change  # noqa: E402
+from coordinator.robust_strategies import delta_norm  # noqa: E402
+from coordinator.strategies import make_strategy  # noqa: E402
+from edge_client.data import Normalization, load_dataset  # noqa: E402
+from edge_client.data.partition import partition  # noqa: E402
+from edge_client.local_training import RoundSettings, train_local  # noqa: E402
+from edge_client.manifest import Manifest  # noqa: E402
+from edge_client.protocol import DeviceMetrics, FoldedUpdate  # noqa: E402
+from edge_client.trainable_model import TrainableModel  # noqa: E402
+
+Weights = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A FedBuff setting: server learning rate and staleness exponent a in 1/(1+s)^a."""
+
+    name: str
+    server_lr: float = 1.0
+    exponent: float = 0.5
+    toward_model: bool = False  # the change is (trained - current), not (trained - base)
+    k: int | None = None  # buffer size (default --k)
+    per_device: int | None = None  # most updates of one board in a buffer (default: the share's)
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        """``lr0.5``, ``a1``, ``k5``, ``per1``, ``model``, ``lr0.5-a1``: server lr, staleness
+        exponent, buffer size, most updates per board in a buffer, changes toward the trained
+        model rather than from the update's base."""
+        lr, a, toward, k, per = 1.0, 0.5, False, None, None
+        for part in text.split("-"):
+            if part == "model":
+                toward = True
+            elif part.startswith("per"):
+                per = int(part[3:])
+            elif part.startswith("k"):
+                k = int(part[1:])
+            elif part.startswith("lr"):
+                lr = float(part[2:])
+            elif part.startswith("a"):
+                a = float(part[1:])
+            else:
+                raise SystemExit(f"unknown variant part {part!r} in {text!r}: use lrX and aY")
+        return cls(text, lr, a, toward, k, per)
+
+
+@dataclass
+class Run:
+    partition: str
+    mode: str
+    seed: int
+    points: list[dict[str, float]] = field(default_factory=list)  # one per global model
+    wasted: int = 0  # trained, then too stale to fold
+
+    def time_to(self, target: float) -> float | None:
+        return next((p["t"] for p in self.points if p["accuracy"] >= target), None)
+
+    def accuracy_at(self, updates: int) -> float | None:
+        """Accuracy of the last global model made from at most ``updates`` updates."""
+        done = [p for p in self.points if p["updates"] <= updates]
+        return done[-1]["accuracy"] if done else None
+
+
+class Fleet:
+    """The boards: data, cycles, one interpreter for all (weights set per training)."""
+
+    def __init__(
+        self, args: argparse.Namespace, model_dir: Path, partition_: str, seed: int,
+        cal: Calibration,
+    ) -> None:  # fmt: skip
+        manifest = Manifest.load(model_dir / "manifest.json")
+        tflite = (model_dir / "model.tflite").read_bytes()
+        self.partition = partition_
+        self.model = TrainableModel(tflite, manifest, num_threads=1)
+        self.norm = Normalization.from_dict(manifest.normalization)
+        train = load_dataset("fashion-mnist", "train")
+        spec = load_fleet(args.fleet)
+        self.ids = [b.device_id for b in spec.boards]
+        parts = partition(train.y, len(self.ids), partition_, seed)
+        self.data = {d: train.subset(idx) for d, idx in zip(self.ids, parts, strict=True)}
+        samples = {d: len(x) for d, x in self.data.items()}
+        demand = estimate_demand(spec, cal, samples, epochs=args.epochs, mode="continuous")
+        self.cycle = {b.device_id: b.busy_s for b in demand.boards}
+        self.settings = RoundSettings(args.epochs, float(manifest.hyperparameters["lr"]))
+        self.evaluator = Evaluator(
+            TrainableModel(tflite, manifest, num_threads=1), load_dataset("fashion-mnist", "test")
+        )
+        self.trainings = 0
+
+    def train(self, device: str, weights: Weights, tag: int) -> Weights:
+        self.model.set_weights(weights)
+        result = train_local(
+            self.model, self.data[device], self.settings, self.norm,
+            rng=[zlib.crc32(device.encode()), tag], evaluate=False,
+        )  # fmt: skip
+        self.trainings += 1
+        return result.weights
+
+    def accuracy(self, weights: Weights) -> float:
+        return float(self.evaluator.evaluate(weights).accuracy)
+
+
+def checked(
+    device: str, grant: int, base_round: int, staleness: int, weight: float,
+    samples: int, master: Weights, base: Weights, trained: Weights,
+) -> Checked:  # fmt: skip
+    rebased = stale_change(master, base, trained, weight)
+    metrics = DeviceMetrics(device, samples=samples)
+    folded = FoldedUpdate(device, grant, base_round, staleness, weight, samples, f"{grant:064d}")
+    return Checked(folded, rebased, delta_norm(rebased, master), metrics, trained)
+
+
+def bounds(args: argparse.Namespace) -> InfluenceBounds:
+    return InfluenceBounds(check_samples=False, max_weight_share=args.max_weight_share)
+
+
+def run_sync(fleet: Fleet, args: argparse.Namespace, seed: int, w0: Weights) -> Run:
+    rng = np.random.default_rng(seed)
+    run, weights, t, updates = Run(fleet.partition, "sync", seed), w0, 0.0, 0
+    run.points.append(dict(t=0.0, updates=0, accuracy=fleet.accuracy(w0)))
+    round_ = 0
+    while t < args.horizon:
+        round_ += 1
+        chosen = sorted(rng.choice(fleet.ids, size=args.k, replace=False))
+        buf = Buffer(weights, make_strategy("fedavg"), bounds(args), server_lr=1.0)
+        for grant, d in enumerate(chosen, start=1):
+            trained = fleet.train(d, weights, round_ * 1000 + grant)
+            n = len(fleet.data[d])
+            buf.add(checked(d, grant, round_, 0, 1.0, n, weights, weights, trained))
+        weights = buf.close().weights
+        t += max(fleet.cycle[d] for d in chosen)
+        updates += len(chosen)
+        run.points.append(dict(t=round(t, 2), updates=updates, accuracy=fleet.accuracy(weights)))
+        print(f"  sync r{round_} t={t:.1f} updates={updates} acc={run.points[-1]['accuracy']:.4f}")
+    return run
+
+
+def run_fedbuff(
+    fleet: Fleet, args: argparse.Namespace, seed: int, w0: Weights, variant: Variant
+) -> Run:
+    """Every board trains from the newest version when it starts; K updates make a version."""
+    run = Run(fleet.partition, f"fedbuff-{variant.name}", seed)
+    versions = {0: w0}
+    current = 0
+    run.points.append(dict(t=0.0, updates=0, accuracy=fleet.accuracy(w0)))
+    k = variant.k or args.k
+    limit = variant.per_device or device_limit(k, args.max_weight_share, len(fleet.ids))
+    buf = Buffer(w0, make_strategy("fedavg"), bounds(args), server_lr=variant.server_lr)
+    events: list[tuple[float, int, str, int]] = []  # (finish time, grant, device, base)
+    grant = 0
+    idle: list[str] = []  # boards with their share of the open buffer: wait for the next
+    backlog: list[tuple[str, int, int, Weights]] = []
+    for d in fleet.ids:
+        grant += 1
+        heapq.heappush(events, (fleet.cycle[d], grant, d, 0))
+    updates = 0
+    t = 0.0
+    while events and t < args.horizon:
+        t, g, d, base = heapq.heappop(events)
+        if base in versions:
+            backlog.append((d, g, base, fleet.train(d, versions[base], g)))
+        else:  # more than --max-staleness behind already: the coordinator would reject it
+            run.wasted += 1
+        while backlog and len(buf) < k:
+            item = next((b for b in backlog if buf.count(b[0]) < limit), None)
+            if item is None:
+                break
+            backlog.remove(item)
+            dev, gr, b, tr = item
+            s = current - b
+            if s > args.max_staleness:
+                run.wasted += 1
+                continue
+            weight = (1.0 + s) ** -variant.exponent
+            n = len(fleet.data[dev])
+            origin = versions[current] if variant.toward_model else versions[b]
+            buf.add(checked(dev, gr, b, s, weight, n, versions[current], origin, tr))
+            updates += 1
+            if len(buf) >= k:
+                current += 1
+                versions[current] = buf.close().weights
+                for old in [v for v in versions if v < current - args.max_staleness]:
+                    del versions[old]
+                acc = fleet.accuracy(versions[current])
+                run.points.append(dict(t=round(t, 2), updates=updates, accuracy=acc))
+                print(f"  {run.mode} v{current} t={t:.1f} updates={updates} acc={acc:.4f}")
+                buf = Buffer(
+                    versions[current], make_strategy("fedavg"), bounds(args),
+                    server_lr=variant.server_lr,
+                )  # fmt: skip
+                for waiting in idle:
+                    grant += 1
+                    heapq.heappush(events, (t + fleet.cycle[waiting], grant, waiting, current))
+                idle = []
+        # the board trains again at once, unless it has its share of the open buffer
+        if buf.count(d) + sum(b[0] == d for b in backlog) >= limit:
+            idle.append(d)
+        else:
+            grant += 1
+            heapq.heappush(events, (t + fleet.cycle[d], grant, d, current))
+    return run
+
+
+def run_cell(
+    args: argparse.Namespace, model_dir: Path, part: str, seed: int, cal: Calibration,
+    variants: list[Variant],
+) -> list[Run]:  # fmt: skip
+    """Synchronous FedAvg and every FedBuff variant on one partition and seed."""
+    fleet = Fleet(args, model_dir, part, seed, cal)
+    w0 = fleet.model.get_weights()
+    print(f"{part} seed {seed}: cycles " + ", ".join(
+        f"{d} {c:.1f}s" for d, c in fleet.cycle.items() if d.endswith("-00")
+    ), flush=True)  # fmt: skip
+    runs = [] if args.no_sync else [run_sync(fleet, args, seed, w0)]
+    return runs + [run_fedbuff(fleet, args, seed, w0, v) for v in variants]
+
+
+def summary(runs: list[Run], targets: list[float]) -> dict[str, dict[str, list[dict]]]:
+    """partition -> mode -> one row per seed: times to the targets, the accuracy after as
+    many updates as sync made within the horizon (and its gap to sync's), wasted updates."""
+    out: dict[str, dict[str, list[dict]]] = {}
+    for r in runs:
+        sync = next(
+            (x for x in runs if (x.partition, x.mode, x.seed) == (r.partition, "sync", r.seed)),
+            None,
+        )
+        row: dict[str, Any] = {"seed": r.seed}
+        for target in targets:
+            row[f"t{round(100 * target)}"] = r.time_to(target)
+        if sync is not None:
+            same = int(sync.points[-1]["updates"])
+            acc, ref = r.accuracy_at(same), sync.accuracy_at(same)
+            row["same_updates"] = same
+            row["accuracy_at_same_updates"] = acc
+            row["gap_points"] = None if acc is None or ref is None else round(100 * (acc - ref), 2)
+        row["final_accuracy"] = r.points[-1]["accuracy"]
+        row["updates"] = int(r.points[-1]["updates"])
+        row["wasted"] = r.wasted
+        out.setdefault(r.partition, {}).setdefault(r.mode, []).append(row)
+    return out
+
+
+def _seconds(values: list[float | None]) -> str:
+    """``32.8 / 29.0-36.3 s`` (median / min-max over seeds), ``never`` when none reached it,
+    and how many seeds did when some did not."""
+    got = [v for v in values if v is not None]
+    if not got:
+        return "never"
+    text = f"{statistics.median(got):.1f} s ({min(got):.1f}-{max(got):.1f})"
+    return text if len(got) == len(values) else f"{text}, {len(got)} of {len(values)} seeds"
+
+
+def _points(values: list[float | None]) -> str:
+    got = [v for v in values if v is not None]
+    if not got:
+        return "—"
+    return f"{statistics.median(got):+.2f} ({min(got):+.2f} to {max(got):+.2f})"
+
+
+def mode_name(mode: str, record: dict[str, Any]) -> str:
+    """``synchronous FedAvg, 10 per round`` / ``FedBuff, buffer 5`` for a table row."""
+    if mode == "sync":
+        return f"synchronous FedAvg, {record['settings']['k']} boards per round"
+    v = Variant.parse(mode.removeprefix("fedbuff-"))
+    parts = [f"buffer {v.k or record['settings']['k']}"]
+    if v.exponent != 0.5:
+        parts.append(f"weight 1/(1+s)^{v.exponent:g}")
+    if v.server_lr != 1.0:
+        parts.append(f"server lr {v.server_lr:g}")
+    if v.per_device is not None:
+        parts.append(f"at most {v.per_device} per board")
+    if v.toward_model:
+        parts.append("changes toward the trained model")
+    return "FedBuff, " + ", ".join(parts)
+
+
+def table(record: dict[str, Any]) -> str:
+    """docs/benchmarks.md's table: per partition and mode, medians (min-max) over the seeds."""
+    seeds = len(record["settings"]["seeds"].split(","))
+    targets = [float(x) for x in record["settings"]["targets"].split(",")]
+    head = [f"to {round(100 * t)} %" for t in targets]
+    lines = [
+        "| partition | mode | " + " | ".join(head) + " | accuracy after sync's updates, "
+        f"vs sync (points) | accuracy at {record['settings']['horizon']:g} s | updates "
+        "(wasted) |",
+        "|---|---|" + "---|" * (len(head) + 3),
+    ]
+    for part, modes in record["summary"].items():
+        for mode, rows in modes.items():
+            assert len(rows) == seeds
+            times = [_seconds([r[f"t{round(100 * t)}"] for r in rows]) for t in targets]
+            same = rows[0].get("same_updates")
+            gap = "—" if mode == "sync" else _points([r.get("gap_points") for r in rows])
+            accs = [r["accuracy_at_same_updates"] for r in rows]
+            final = [r["final_accuracy"] for r in rows]
+            lines.append(
+                f"| {part} | {mode_name(mode, record)} | " + " | ".join(times) + " | "
+                f"{100 * statistics.median(accs):.2f} % at {same}, {gap} | "
+                f"{100 * statistics.median(final):.2f} % | "
+                f"{statistics.median(r['updates'] for r in rows):.0f} "
+                f"({sum(r['wasted'] for r in rows)}) |"
+            )
+    return "\n".join(lines)
+
+
+def spread(values: list[float | None]) -> str:
+    got = [v for v in values if v is not None]
+    if not got:
+        return "never"
+    miss = len(values) - len(got)
+    text = f"min {min(got):.1f} median {statistics.median(got):.1f}"
+    return text + (f" ({miss} of {len(values)} never)" if miss else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--fleet", default="mixed-pi")
+    p.add_argument("--partitions", default="iid,dirichlet:0.5")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variants", default="k5", help="FedBuff settings: k5,k10,k5-a1,lr0.5,...")
+    p.add_argument("--no-sync", action="store_true", help="FedBuff only")
+    p.add_argument("--k", type=int, default=10, help="sync: boards per round (FedBuff's default)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--horizon", type=float, default=80.0, help="virtual seconds")
+    p.add_argument("--max-staleness", type=int, default=10)
+    p.add_argument("--max-weight-share", type=float, default=0.5)
+    p.add_argument("--targets", default="0.85,0.88")
+    p.add_argument("--model-dir", required=True, help="an exported cnn (fedcoord export)")
+    p.add_argument("--jobs", type=int, default=1, help="processes: (partition, seed) cells")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "bench/results/async_numerics.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.horizon, args.partitions = "0", 30.0, "iid"
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = [Variant.parse(v) for v in args.variants.split(",")]
+    targets = [float(x) for x in args.targets.split(",")]
+    model_dir = Path(args.model_dir)
+    manifest = Manifest.load(model_dir / "manifest.json")
+    cal = calibrate((model_dir / "model.tflite").read_bytes(), manifest)  # once: one clock
+    t0, c0 = time.monotonic(), time.process_time()
+    cells = [(part, seed) for part in args.partitions.split(",") for seed in seeds]
+    if args.jobs > 1:  # (partition, seed) cells in parallel processes: the clock is virtual
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+            done = pool.map(
+                run_cell, *zip(*[(args, model_dir, p, s, cal, variants) for p, s in cells])
+            )
+            runs = [r for cell in done for r in cell]
+    else:
+        runs = [r for p, s in cells for r in run_cell(args, model_dir, p, s, cal, variants)]
+    table = summary(runs, targets)
+    for part, modes in table.items():
+        for mode, rows in modes.items():
+            parts = [f"{part} {mode}:"]
+            for target in targets:
+                key = f"t{round(100 * target)}"
+                parts.append(f"time to {target:.0%} {spread([r[key] for r in rows])} s")
+            gaps = [r.get("gap_points") for r in rows]
+            parts.append(f"gap at sync's updates {spread(gaps)} points")
+            print("  ".join(parts))
+    record = {
+        "command": "python bench/async_numerics.py " + " ".join(argv or sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": _commit(),
+        "machine": platform.machine(),
+        "wall_s": round(time.monotonic() - t0, 1),
+        "cpu_s": round(time.process_time() - c0, 1),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "calibration": dataclasses.asdict(cal),
+        "summary": table,
+        "runs": [dataclasses.asdict(r) for r in runs],
+    }
+    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    print(f"recorded {args.out}")
+    return 0
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
