@@ -11,16 +11,24 @@ simulator paces its boards to), and the coordinator's own Buffer folds the updat
 influence bounds, the per-device share, FedAvg, the server step). Availability and
 dropouts are left out: every board is always online and always delivers.
 
-    synchronous: each round selects K boards at random and lasts as long as the slowest
-    FedBuff:     every board trains continuously from the newest version it has; each K
-                 updates make a version, a change weighted by 1/(1+s)^a (s: versions behind)
+    synchronous: each round selects 10 boards at random (--k) and lasts as long as the
+                 slowest of them; FedAvg of their updates
+    FedBuff:     every board trains continuously from the newest version when it starts;
+                 each B updates (--variants kB) make a version, a change re-based on it and
+                 weighted by 1/(1+s)^a (s: versions behind; a = 0.5 unless aX), at most
+                 --max-weight-share of a buffer from one board, beyond --max-staleness wasted
 
-    .venv/bin/python bench/async_numerics.py --seeds 0,1,2 --variants lr1,lr0.5
-    .venv/bin/python bench/async_numerics.py --quick          # 1 seed, short horizon
+    .venv/bin/fedcoord export --model cnn --optimizer adam --lr 0.001 --out models/cnn-adam
+    .venv/bin/python bench/async_numerics.py --model-dir models/cnn-adam --variants k5,k2 \
+        --seeds 0,1,2 --partitions iid,dirichlet:0.5 --horizon 120 --jobs 2
+    .venv/bin/python bench/async_numerics.py --model-dir models/cnn-adam --quick   # ~1 min
 
-Prints time to each target accuracy (virtual seconds) and the accuracy after the number of
-updates sync made within the horizon, per seed and as min/median; records
-bench/results/async_numerics.json with every version's (time, updates, accuracy).
+Prints per partition and mode the time to each target accuracy (virtual seconds; median and
+range over the seeds) and the accuracy after as many updates as synchronous FedAvg made
+within the horizon; records bench/results/async_numerics.json: the settings, the
+calibration (this machine's train step, from which every board's cycle follows), every
+version's (time, updates, accuracy) and the summary ``table()`` renders for
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -46,12 +54,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from async_figures import Variant, table  # noqa: E402
+
 from coordinator.buffer import Buffer, Checked, device_limit  # noqa: E402
 from coordinator.evaluation import Evaluator  # noqa: E402
 from coordinator.fleet.budget import Calibration, calibrate, estimate_demand  # noqa: E402
 from coordinator.fleet.spec import load_fleet  # noqa: E402
 from coordinator.influence import InfluenceBounds  # noqa: E402
-from coordinator.late import stale_change  # noqa: E402
+from coordinator.late import stale_change, staleness_weight  # noqa: E402
 from coordinator.robust_strategies import delta_norm  # noqa: E402
 from coordinator.strategies import make_strategy  # noqa: E402
 from edge_client.data import Normalization, load_dataset  # noqa: E402
@@ -62,39 +72,6 @@ from edge_client.protocol import DeviceMetrics, FoldedUpdate  # noqa: E402
 from edge_client.trainable_model import TrainableModel  # noqa: E402
 
 Weights = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A FedBuff setting: server learning rate and staleness exponent a in 1/(1+s)^a."""
-
-    name: str
-    server_lr: float = 1.0
-    exponent: float = 0.5
-    toward_model: bool = False  # the change is (trained - current), not (trained - base)
-    k: int | None = None  # buffer size (default --k)
-    per_device: int | None = None  # most updates of one board in a buffer (default: the share's)
-
-    @classmethod
-    def parse(cls, text: str) -> Variant:
-        """``lr0.5``, ``a1``, ``k5``, ``per1``, ``model``, ``lr0.5-a1``: server lr, staleness
-        exponent, buffer size, most updates per board in a buffer, changes toward the trained
-        model rather than from the update's base."""
-        lr, a, toward, k, per = 1.0, 0.5, False, None, None
-        for part in text.split("-"):
-            if part == "model":
-                toward = True
-            elif part.startswith("per"):
-                per = int(part[3:])
-            elif part.startswith("k"):
-                k = int(part[1:])
-            elif part.startswith("lr"):
-                lr = float(part[2:])
-            elif part.startswith("a"):
-                a = float(part[1:])
-            else:
-                raise SystemExit(f"unknown variant part {part!r} in {text!r}: use lrX and aY")
-        return cls(text, lr, a, toward, k, per)
 
 
 @dataclass
@@ -224,7 +201,7 @@ def run_fedbuff(
             if s > args.max_staleness:
                 run.wasted += 1
                 continue
-            weight = (1.0 + s) ** -variant.exponent
+            weight = staleness_weight(s, variant.exponent)
             n = len(fleet.data[dev])
             origin = versions[current] if variant.toward_model else versions[b]
             buf.add(checked(dev, gr, b, s, weight, n, versions[current], origin, tr))
@@ -268,9 +245,12 @@ def run_cell(
     return runs + [run_fedbuff(fleet, args, seed, w0, v) for v in variants]
 
 
-def summary(runs: list[Run], targets: list[float]) -> dict[str, dict[str, list[dict]]]:
-    """partition -> mode -> one row per seed: times to the targets, the accuracy after as
-    many updates as sync made within the horizon (and its gap to sync's), wasted updates."""
+def summary(
+    runs: list[Run], targets: list[float], horizon: float
+) -> dict[str, dict[str, list[dict]]]:
+    """partition -> mode -> one row per seed, all within ``horizon`` virtual seconds: times
+    to the targets, the accuracy after as many updates as sync made (and its gap to sync's),
+    the accuracy and updates at the horizon, wasted updates."""
     out: dict[str, dict[str, list[dict]]] = {}
     for r in runs:
         sync = next(
@@ -278,82 +258,21 @@ def summary(runs: list[Run], targets: list[float]) -> dict[str, dict[str, list[d
             None,
         )
         row: dict[str, Any] = {"seed": r.seed}
+        within = [p for p in r.points if p["t"] <= horizon]
         for target in targets:
-            row[f"t{round(100 * target)}"] = r.time_to(target)
+            t = r.time_to(target)
+            row[f"t{round(100 * target)}"] = t if t is not None and t <= horizon else None
         if sync is not None:
-            same = int(sync.points[-1]["updates"])
+            same = int([p for p in sync.points if p["t"] <= horizon][-1]["updates"])
             acc, ref = r.accuracy_at(same), sync.accuracy_at(same)
             row["same_updates"] = same
             row["accuracy_at_same_updates"] = acc
             row["gap_points"] = None if acc is None or ref is None else round(100 * (acc - ref), 2)
-        row["final_accuracy"] = r.points[-1]["accuracy"]
-        row["updates"] = int(r.points[-1]["updates"])
+        row["final_accuracy"] = within[-1]["accuracy"]
+        row["updates"] = int(within[-1]["updates"])
         row["wasted"] = r.wasted
         out.setdefault(r.partition, {}).setdefault(r.mode, []).append(row)
     return out
-
-
-def _seconds(values: list[float | None]) -> str:
-    """``32.8 / 29.0-36.3 s`` (median / min-max over seeds), ``never`` when none reached it,
-    and how many seeds did when some did not."""
-    got = [v for v in values if v is not None]
-    if not got:
-        return "never"
-    text = f"{statistics.median(got):.1f} s ({min(got):.1f}-{max(got):.1f})"
-    return text if len(got) == len(values) else f"{text}, {len(got)} of {len(values)} seeds"
-
-
-def _points(values: list[float | None]) -> str:
-    got = [v for v in values if v is not None]
-    if not got:
-        return "—"
-    return f"{statistics.median(got):+.2f} ({min(got):+.2f} to {max(got):+.2f})"
-
-
-def mode_name(mode: str, record: dict[str, Any]) -> str:
-    """``synchronous FedAvg, 10 per round`` / ``FedBuff, buffer 5`` for a table row."""
-    if mode == "sync":
-        return f"synchronous FedAvg, {record['settings']['k']} boards per round"
-    v = Variant.parse(mode.removeprefix("fedbuff-"))
-    parts = [f"buffer {v.k or record['settings']['k']}"]
-    if v.exponent != 0.5:
-        parts.append(f"weight 1/(1+s)^{v.exponent:g}")
-    if v.server_lr != 1.0:
-        parts.append(f"server lr {v.server_lr:g}")
-    if v.per_device is not None:
-        parts.append(f"at most {v.per_device} per board")
-    if v.toward_model:
-        parts.append("changes toward the trained model")
-    return "FedBuff, " + ", ".join(parts)
-
-
-def table(record: dict[str, Any]) -> str:
-    """docs/benchmarks.md's table: per partition and mode, medians (min-max) over the seeds."""
-    seeds = len(record["settings"]["seeds"].split(","))
-    targets = [float(x) for x in record["settings"]["targets"].split(",")]
-    head = [f"to {round(100 * t)} %" for t in targets]
-    lines = [
-        "| partition | mode | " + " | ".join(head) + " | accuracy after sync's updates, "
-        f"vs sync (points) | accuracy at {record['settings']['horizon']:g} s | updates "
-        "(wasted) |",
-        "|---|---|" + "---|" * (len(head) + 3),
-    ]
-    for part, modes in record["summary"].items():
-        for mode, rows in modes.items():
-            assert len(rows) == seeds
-            times = [_seconds([r[f"t{round(100 * t)}"] for r in rows]) for t in targets]
-            same = rows[0].get("same_updates")
-            gap = "—" if mode == "sync" else _points([r.get("gap_points") for r in rows])
-            accs = [r["accuracy_at_same_updates"] for r in rows]
-            final = [r["final_accuracy"] for r in rows]
-            lines.append(
-                f"| {part} | {mode_name(mode, record)} | " + " | ".join(times) + " | "
-                f"{100 * statistics.median(accs):.2f} % at {same}, {gap} | "
-                f"{100 * statistics.median(final):.2f} % | "
-                f"{statistics.median(r['updates'] for r in rows):.0f} "
-                f"({sum(r['wasted'] for r in rows)}) |"
-            )
-    return "\n".join(lines)
 
 
 def spread(values: list[float | None]) -> str:
@@ -402,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             runs = [r for cell in done for r in cell]
     else:
         runs = [r for p, s in cells for r in run_cell(args, model_dir, p, s, cal, variants)]
-    table = summary(runs, targets)
-    for part, modes in table.items():
+    result = summary(runs, targets, args.horizon)
+    for part, modes in result.items():
         for mode, rows in modes.items():
             parts = [f"{part} {mode}:"]
             for target in targets:
@@ -421,10 +340,11 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_s": round(time.process_time() - c0, 1),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
         "calibration": dataclasses.asdict(cal),
-        "summary": table,
+        "summary": result,
         "runs": [dataclasses.asdict(r) for r in runs],
     }
     Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    print(table(record))
     print(f"recorded {args.out}")
     return 0
 

@@ -9,6 +9,7 @@ current version and scaled by its staleness weight (coordinator/late.py)::
 
     rebased = w_V + (w_trained - w_base) / sqrt(1 + s),   s = V - base
 
+(``(1 + s) ** -a`` with ``--staleness-exponent a``)
 and held in the :class:`Buffer`. When the buffer is full, :meth:`Buffer.close` applies the
 round-wide influence bounds (coordinator/influence.py: change vs the buffer's median, weight
 share) as a synchronous round does at its close, the job's strategy aggregates the rebased
@@ -33,7 +34,7 @@ import numpy as np
 
 from coordinator.aggregation import Strategy
 from coordinator.influence import Held, InfluenceBounds, capped_claims, change_outliers, risk
-from coordinator.late import stale_change, staleness_weight
+from coordinator.late import DEFAULT_STALENESS_EXPONENT, stale_change, staleness_weight
 from coordinator.robust_strategies import delta_norm
 from coordinator.rounds import RoundCollector, device_metrics
 from coordinator.run_dir import atomic_write
@@ -156,6 +157,7 @@ def check_update(
     max_update_norm: float,
     bounds: InfluenceBounds | None,
     announced: int,
+    staleness_exponent: float = DEFAULT_STALENESS_EXPONENT,
 ) -> Checked:
     """Validate an ``update`` of a buffered job (ProtocolError says why not; StaleUpdate for a
     too stale one). ``master``: the current version's float32 weights (the rebase target).
@@ -189,7 +191,7 @@ def check_update(
         meta, trained, _ = checker.check_content(env, device)
     except ProtocolError as exc:
         raise UnusableUpdate(str(exc)) from None
-    weight = staleness_weight(staleness)
+    weight = staleness_weight(staleness, staleness_exponent)
     rebased = stale_change(master, base.weights, trained, weight)
     return Checked(
         FoldedUpdate(

@@ -310,6 +310,7 @@ class BufferedRounds:
             max_update_norm=self.cfg.max_update_norm,
             bounds=self.coord.bounds,
             announced=status.samples if status is not None else 0,
+            staleness_exponent=self.cfg.staleness_exponent,
         )
 
     def _failure(self, env: Envelope, device: str, grant: int, size: int) -> None:

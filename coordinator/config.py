@@ -74,6 +74,9 @@ class JobConfig:
     # the most rounds behind a folded late update (late_updates fold), or versions behind a
     # buffered update, may be; 0: the mode's default (DEFAULT_MAX_STALENESS)
     max_staleness: int = 0
+    # a folded late update's or a buffered update's change, s rounds or versions stale, is
+    # weighted (1 + s) ** -staleness_exponent (0.5: 1/sqrt(1+s), FedBuff's; 0: not at all)
+    staleness_exponent: float = 0.5
     seed: int = 0  # participant selection (and the initial weights of an export)
     # -- aggregation ----------------------------------------------------------------------
     strategy: str = "fedavg"  # one of coordinator.strategies.STRATEGIES
@@ -205,6 +208,10 @@ def _mode_checks(c: JobConfig) -> list[tuple[bool, str]]:
         (c.max_concurrency >= 0, "max_concurrency must be >= 0 (0: every online device)"),
         (c.server_lr > 0, "server_lr must be positive"),
         (
+            math.isfinite(c.staleness_exponent) and c.staleness_exponent >= 0,
+            "staleness_exponent must be a number >= 0 (0.5: 1/sqrt(1+s); 0: no down-weighting)",
+        ),
+        (
             not buffered or c.over_select == 1,
             "over_select is for synchronous rounds: a buffered job bounds its training "
             "devices with max_concurrency",
@@ -212,7 +219,7 @@ def _mode_checks(c: JobConfig) -> list[tuple[bool, str]]:
         (
             not buffered or c.late_updates == "discard",
             "late_updates fold is for synchronous rounds: a buffered job folds every update "
-            "within max_staleness versions, weighted 1/sqrt(1+s)",
+            "within max_staleness versions, weighted by its staleness",
         ),
     ]
 

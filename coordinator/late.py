@@ -6,7 +6,8 @@ for a closed round. By default (``--late-updates discard``) the update is discar
 reason recorded and counted as wasted in the open round's metrics. With ``fold`` it is
 validated exactly as it would have been in time (against its own round: selection, base
 weights, tensors, norm), and its change is applied to the open round's global weights,
-scaled by the staleness weight ``1 / sqrt(1 + s)`` (``s``: rounds behind), before it goes
+scaled by the staleness weight ``1 / sqrt(1 + s)`` (``s``: rounds behind; ``(1 + s) ** -a``
+with ``--staleness-exponent a``), before it goes
 through the job's strategy like any update (so clipping, robust strategies and DP see it
 as one more update). Beyond ``--max-staleness`` rounds it is discarded.
 
@@ -38,9 +39,13 @@ from edge_client.protocol import Envelope
 log = logging.getLogger(__name__)
 
 
-def staleness_weight(staleness: int) -> float:
-    """How much of a late update's change is applied: 1/sqrt(1+s) (FedBuff's polynomial)."""
-    return 1.0 / math.sqrt(1.0 + staleness)
+DEFAULT_STALENESS_EXPONENT = 0.5  # FedBuff's and FedAsync's polynomial: 1/sqrt(1+s)
+
+
+def staleness_weight(staleness: int, exponent: float = DEFAULT_STALENESS_EXPONENT) -> float:
+    """How much of a stale update's change is applied: ``(1 + s) ** -exponent``
+    (``--staleness-exponent``; 0.5, the default, is 1/sqrt(1+s): FedBuff's polynomial)."""
+    return 1.0 if staleness <= 0 else math.pow(1.0 + staleness, -exponent)
 
 
 def stale_change(
@@ -62,9 +67,12 @@ def stale_change(
 class LateUpdates:
     """Remembers the last closed rounds and decides what happens to their late updates."""
 
-    def __init__(self, mode: str, max_staleness: int) -> None:
+    def __init__(
+        self, mode: str, max_staleness: int, exponent: float = DEFAULT_STALENESS_EXPONENT
+    ) -> None:
         self.mode = mode
         self.max_staleness = max_staleness
+        self.exponent = exponent
         self._closed: dict[int, RoundCollector] = {}
 
     def closed(self, collector: RoundCollector) -> None:
@@ -109,7 +117,7 @@ class LateUpdates:
             self._discard(open_, device, self._too_stale(envelope.round, staleness))
             return
         assert closed.global_weights is not None and open_.global_weights is not None
-        weight = staleness_weight(staleness)
+        weight = staleness_weight(staleness, self.exponent)
         folded = stale_change(open_.global_weights, closed.global_weights, trained, weight)
         open_.take_late(device, envelope.round, folded, envelope.samples, change, size)
         log.info(

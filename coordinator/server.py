@@ -112,7 +112,9 @@ class Coordinator:
         self.run_id = run_dir.run_id()  # in every announcement: boards key progress on it
         self.control = ControlChannel(config, transport, self.topics, self.signer)
         self.devices: dict[str, DeviceStatus] = {}
-        self.late = LateUpdates(config.late_updates, config.staleness_limit)
+        self.late = LateUpdates(
+            config.late_updates, config.staleness_limit, config.staleness_exponent
+        )
         self._pending: list[UpdateReceived] = []  # arrived while no round was open
         # What a broker restart loses and the coordinator republishes (retained): the model
         # envelope, the current global weights and the last announcement, as published.

@@ -138,8 +138,16 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         "late_updates",
         click.Choice(LATE_UPDATES),
         "An update for a round that already closed: discard it (counted as wasted) or fold "
-        "its change into the open round, weighted 1/sqrt(1+s) for s rounds of staleness. "
-        f"[default: {D.late_updates}]",
+        "its change into the open round, weighted 1/sqrt(1+s) for s rounds of staleness "
+        f"(--staleness-exponent). [default: {D.late_updates}]",
+    ),
+    (
+        "--staleness-exponent",
+        "staleness_exponent",
+        float,
+        "A change trained s rounds (--late-updates fold) or global versions (--mode buffered) "
+        "behind is weighted (1+s)^-A: 0.5 is FedBuff's 1/sqrt(1+s), 1 damps stale changes "
+        f"more, 0 not at all. [default: {D.staleness_exponent:g}]",
     ),
     (
         "--max-staleness",

@@ -1,4 +1,4 @@
-"""bench/async_numerics.py: FedBuff against synchronous FedAvg on a virtual clock.
+"""bench/async_numerics.py (and bench/async_figures.py, its rendering): FedBuff against synchronous FedAvg on a virtual clock.
 
 The quick setting runs for real (the mlp, one seed, a short horizon): every board's update
 is a real local training and the coordinator's Buffer folds them; the virtual clock is the
@@ -16,20 +16,20 @@ import pytest
 from coordinator.simulation import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
-import async_numerics  # noqa: E402
+import async_figures  # noqa: E402
 
 
 def test_variants_parse_and_name_their_settings():
     # Prepare
     record = {"settings": {"k": 10}}
     # Execute
-    v = async_numerics.Variant.parse("k2-a1-lr0.5-per1")
+    v = async_figures.Variant.parse("k2-a1-lr0.5-per1")
     # Assert
     assert (v.k, v.exponent, v.server_lr, v.per_device, v.toward_model) == (2, 1.0, 0.5, 1, False)
-    assert async_numerics.mode_name("fedbuff-k5", record) == "FedBuff, buffer 5"
-    assert async_numerics.mode_name("sync", record) == "synchronous FedAvg, 10 boards per round"
+    assert async_figures.mode_name("fedbuff-k5", record) == "FedBuff, buffer 5"
+    assert async_figures.mode_name("sync", record) == "synchronous FedAvg, 10 boards per round"
     with pytest.raises(SystemExit, match="unknown variant part 'x2'"):
-        async_numerics.Variant.parse("k2-x2")
+        async_figures.Variant.parse("k2-x2")
 
 
 @pytest.mark.slow
@@ -58,4 +58,4 @@ def test_quick_run_records_versions_that_learn_on_the_fleets_clock(export_dir, t
     assert all(p["updates"] % 2 == 0 for p in runs["fedbuff-k2"]["points"])
     rows = record["summary"]["iid"]
     assert rows["sync"][0]["t50"] is not None and rows["sync"][0]["t99"] is None
-    assert "| iid | FedBuff, buffer 2 |" in async_numerics.table(record)
+    assert "| iid | FedBuff, buffer 2 |" in async_figures.table(record)

@@ -35,6 +35,16 @@ def checked(device: str, grant: int, base: dict, trained: dict, s: int, samples:
     )
 
 
+def test_the_staleness_weight_is_a_polynomial_of_the_staleness_with_its_exponent():
+    # Execute / Assert: (1 + s) ** -a; a = 0.5 (the default) is 1/sqrt(1 + s); fresh is 1
+    assert staleness_weight(3) == pytest.approx(0.5)
+    assert staleness_weight(3, 1.0) == pytest.approx(0.25)
+    assert staleness_weight(8, 0.5) == pytest.approx(1 / 3)
+    assert staleness_weight(5, 0.0) == 1.0
+    assert staleness_weight(0, 2.0) == 1.0
+    assert JobConfig().staleness_exponent == 0.5
+
+
 def test_a_buffer_folds_staleness_weighted_changes_with_the_server_learning_rate():
     # Prepare: a fresh update (+[2, 0], 100 samples) and one 3 versions stale
     # (+[0, 4] from its own base, 300 samples, weight 1/sqrt(4) = 0.5)

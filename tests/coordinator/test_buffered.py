@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -97,10 +96,12 @@ def sane(run_dir: Path) -> None:
 def test_a_buffered_job_folds_versions_with_staleness_and_learns(
     mosquitto_broker, export_dir, tmp_path, caplog
 ):
-    # Prepare: 3 boards, sim-02 five times slower; a version every 2 updates; and "old-01",
-    # a board that predates buffered rounds (its status says no modes)
+    # Prepare: 3 boards, sim-02 five times slower; a version every 2 updates, stale changes
+    # weighted 1/(1+s) (--staleness-exponent 1); and "old-01", a board that predates
+    # buffered rounds (its status says no modes)
     job = JobConfig(
         job="fedbuff", mode="buffered", rounds=8, buffer_size=2, min_devices=3,
+        staleness_exponent=1.0,
         round_timeout=120, wait_timeout=90, epochs=1, lr=0.05, test_data="fashion-mnist",
         model_dir=str(export_dir("mlp")), run_dir=str(tmp_path / "run"),
     )  # fmt: skip
@@ -126,7 +127,7 @@ def test_a_buffered_job_folds_versions_with_staleness_and_learns(
     for m in lines:
         for f in m["buffer"]:
             assert f["staleness"] == m["round"] - f["base"] >= 0
-            assert f["weight"] == pytest.approx(1 / math.sqrt(1 + f["staleness"]), abs=1e-6)
+            assert f["weight"] == pytest.approx(1 / (1 + f["staleness"]), abs=1e-6)
     # the fast boards do not wait for the slow one: it arrives versions behind, or not yet
     stale = [f for m in lines for f in m["buffer"] if f["staleness"] > 0]
     assert stale, "no update was ever stale: the boards waited for each other"

@@ -44,6 +44,8 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path):
             "late_updates fold is for synchronous rounds",
         ),
         ({"flags": {"max_concurrency": -1}}, "max_concurrency must be >= 0"),
+        ({"flags": {"staleness_exponent": -0.5}}, "staleness_exponent must be a number >= 0"),
+        ({"file": "staleness_exponent = nan"}, "staleness_exponent must be a number >= 0"),
         (
             {"flags": {"mode": "buffered", "secure_aggregation": True}},
             "--secure-aggregation needs synchronous rounds",

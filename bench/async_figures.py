@@ -1,0 +1,128 @@
+"""The figures of bench/async_numerics.py's record, as docs/benchmarks.md quotes them.
+
+Pure rendering (no interpreter, no training): bench/doc_sections.py and the tests call
+``table(record)`` on bench/results/async_numerics.json. ``Variant`` is a FedBuff setting
+as ``--variants`` names it (``k5``, ``k2-a1``, ...).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A FedBuff setting: server learning rate and staleness exponent a in 1/(1+s)^a."""
+
+    name: str
+    server_lr: float = 1.0
+    exponent: float = 0.5
+    toward_model: bool = False  # the change is (trained - current), not (trained - base)
+    k: int | None = None  # buffer size (default --k)
+    per_device: int | None = None  # most updates of one board in a buffer (default: the share's)
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        """``lr0.5``, ``a1``, ``k5``, ``per1``, ``model``, ``lr0.5-a1``: server lr, staleness
+        exponent, buffer size, most updates per board in a buffer, changes toward the trained
+        model rather than from the update's base."""
+        lr, a, toward, k, per = 1.0, 0.5, False, None, None
+        for part in text.split("-"):
+            if part == "model":
+                toward = True
+            elif part.startswith("per"):
+                per = int(part[3:])
+            elif part.startswith("k"):
+                k = int(part[1:])
+            elif part.startswith("lr"):
+                lr = float(part[2:])
+            elif part.startswith("a"):
+                a = float(part[1:])
+            else:
+                raise SystemExit(f"unknown variant part {part!r} in {text!r}: use lrX and aY")
+        return cls(text, lr, a, toward, k, per)
+
+
+def _seconds(values: list[float | None]) -> str:
+    """``32.8 / 29.0-36.3 s`` (median / min-max over seeds), ``never`` when none reached it,
+    and how many seeds did when some did not."""
+    got = [v for v in values if v is not None]
+    if not got:
+        return "never"
+    text = f"{statistics.median(got):.1f} s ({min(got):.1f}-{max(got):.1f})"
+    return text if len(got) == len(values) else f"{text}, {len(got)} of {len(values)} seeds"
+
+
+def _points(values: list[float | None]) -> str:
+    got = [v for v in values if v is not None]
+    if not got:
+        return "—"
+    return f"{statistics.median(got):+.2f} ({min(got):+.2f} to {max(got):+.2f})"
+
+
+def _sooner(
+    sync: list[dict[str, Any]], rows: list[dict[str, Any]], target: float, horizon: float
+) -> str:
+    """``, 4.5x sooner``: sync's median time to ``target`` over this mode's (seeds that never
+    reached it count as the horizon: a lower bound, ``>=``)."""
+    key = f"t{round(100 * target)}"
+    mine = [r[key] for r in rows]
+    if any(t is None for t in mine):
+        return ""
+    theirs = [r[key] for r in sync]
+    if all(t is None for t in theirs):
+        return ", sync never"
+    bound = ">=" if any(t is None for t in theirs) else ""
+    ratio = statistics.median(horizon if t is None else t for t in theirs) / statistics.median(mine)
+    return f", {bound}{ratio:.1f}x sooner"
+
+
+def mode_name(mode: str, record: dict[str, Any]) -> str:
+    """``synchronous FedAvg, 10 per round`` / ``FedBuff, buffer 5`` for a table row."""
+    if mode == "sync":
+        return f"synchronous FedAvg, {record['settings']['k']} boards per round"
+    v = Variant.parse(mode.removeprefix("fedbuff-"))
+    parts = [f"buffer {v.k or record['settings']['k']}"]
+    if v.exponent != 0.5:
+        parts.append(f"weight 1/(1+s)^{v.exponent:g}")
+    if v.server_lr != 1.0:
+        parts.append(f"server lr {v.server_lr:g}")
+    if v.per_device is not None:
+        parts.append(f"at most {v.per_device} per board")
+    if v.toward_model:
+        parts.append("changes toward the trained model")
+    return "FedBuff, " + ", ".join(parts)
+
+
+def table(record: dict[str, Any]) -> str:
+    """docs/benchmarks.md's table: per partition and mode, medians (min-max) over the seeds."""
+    seeds = len(record["settings"]["seeds"].split(","))
+    targets = [float(x) for x in record["settings"]["targets"].split(",")]
+    head = [f"to {round(100 * t)} %" for t in targets]
+    horizon = float(record["settings"]["horizon"])
+    lines = [
+        "| partition | mode | " + " | ".join(head) + " | accuracy after sync's updates, "
+        f"vs sync (points) | accuracy at {record['settings']['horizon']:g} s | updates "
+        "(wasted) |",
+        "|---|---|" + "---|" * (len(head) + 3),
+    ]
+    for part, modes in record["summary"].items():
+        for mode, rows in modes.items():
+            assert len(rows) == seeds
+            times = [_seconds([r[f"t{round(100 * t)}"] for r in rows]) for t in targets]
+            if mode != "sync":
+                times[0] += _sooner(modes["sync"], rows, targets[0], horizon)
+            same = rows[0].get("same_updates")
+            gap = "—" if mode == "sync" else _points([r.get("gap_points") for r in rows])
+            accs = [r["accuracy_at_same_updates"] for r in rows]
+            final = [r["final_accuracy"] for r in rows]
+            lines.append(
+                f"| {part} | {mode_name(mode, record)} | " + " | ".join(times) + " | "
+                f"{100 * statistics.median(accs):.2f} % at {same}, {gap} | "
+                f"{100 * statistics.median(final):.2f} % | "
+                f"{statistics.median(r['updates'] for r in rows):.0f} "
+                f"({sum(r['wasted'] for r in rows)}) |"
+            )
+    return "\n".join(lines)
