@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,18 +80,24 @@ def mode_settings(
         return {"clients_per_round": k}
     if mode == "semi":
         return {"clients_per_round": k, "over_select": over_select, "late_updates": late}
-    if mode.startswith("fedbuff"):  # fedbuff: the buffer size of --buffer-size; fedbuffN: N
+    if mode.startswith("fedbuff"):
+        # fedbuff: a buffer of --buffer-size; fedbuffN: of N; -aX: --staleness-exponent X
         names = {f.name for f in dataclasses.fields(JobConfig)}
         if "buffer_size" not in names:
             raise SystemExit(
                 "error: FedBuff (--mode buffered) is not in this checkout: run with "
                 "--modes sync,semi, or update to a main that has it"
             )
-        size = mode.removeprefix("fedbuff")
-        if size and not (size.isdigit() and int(size) >= 1):
-            raise SystemExit(f"error: unknown mode {mode!r}: use fedbuff or fedbuffN (N >= 1)")
-        return {"mode": "buffered", "buffer_size": int(size) if size else buffer_size}
-    raise SystemExit(f"error: unknown mode {mode!r}: use {', '.join(MODES)} (or fedbuffN)")
+        m = re.fullmatch(r"fedbuff([1-9]\d*)?(?:-a(\d+(?:\.\d+)?))?", mode)
+        if m is None:
+            raise SystemExit(
+                f"error: unknown mode {mode!r}: use fedbuff, fedbuffN (N >= 1) or fedbuffN-aX"
+            )
+        out: dict[str, Any] = {"mode": "buffered", "buffer_size": int(m[1] or buffer_size)}
+        if m[2] is not None:
+            out["staleness_exponent"] = float(m[2])
+        return out
+    raise SystemExit(f"error: unknown mode {mode!r}: use {', '.join(MODES)} (or fedbuffN-aX)")
 
 
 class LoadSampler(threading.Thread):

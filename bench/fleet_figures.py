@@ -40,9 +40,11 @@ LABELS = {"sync": "synchronous FedAvg", "semi": "semi-synchronous", "fedbuff": "
 
 def label(mode: str) -> str:
     """``fedbuff2`` (bench/fleet.py --modes: FedBuff with a buffer of 2) -> ``FedBuff, buffer 2``."""
-    if mode.startswith("fedbuff") and mode != "fedbuff":
-        return f"FedBuff, buffer {mode.removeprefix('fedbuff')}"
-    return LABELS.get(mode, mode)
+    m = re.fullmatch(r"fedbuff(\d+)?(?:-a([\d.]+))?", mode)
+    if m is None or mode == "fedbuff":
+        return LABELS.get(mode, mode)
+    parts = ([f"buffer {m[1]}"] if m[1] else []) + ([f"weight 1/(1+s)^{m[2]}"] if m[2] else [])
+    return "FedBuff, " + ", ".join(parts)
 
 
 def read_run(path: Path) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def test_an_unknown_mode_is_a_one_line_error(tmp_path):
     )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        "error: unknown mode 'async': use sync, semi, fedbuff (or fedbuffN)"
+        "error: unknown mode 'async': use sync, semi, fedbuff (or fedbuffN-aX)"
     ]
 
 
@@ -97,8 +97,14 @@ def test_fedbuff_n_runs_fedbuff_with_a_buffer_of_n_and_is_labelled_so():
     assert default == {"mode": "buffered", "buffer_size": 5}
     assert fleet_figures.label("fedbuff2") == "FedBuff, buffer 2"
     assert fleet_figures.label("fedbuff") == "FedBuff"
-    for bad in ("fedbuff0", "fedbuffx"):
-        with pytest.raises(SystemExit, match=f"unknown mode '{bad}': use fedbuff or fedbuffN"):
+    assert fleet.mode_settings("fedbuff2-a1", 10, 1.5, "fold", 5) == {
+        "mode": "buffered",
+        "buffer_size": 2,
+        "staleness_exponent": 1.0,
+    }
+    assert fleet_figures.label("fedbuff2-a1") == "FedBuff, buffer 2, weight 1/(1+s)^1"
+    for bad in ("fedbuff0", "fedbuffx", "fedbuff2-b1"):
+        with pytest.raises(SystemExit, match=f"unknown mode '{bad}': use fedbuff, fedbuffN"):
             fleet.mode_settings(bad, 10, 1.5, "fold", 5)
 
 
