@@ -132,9 +132,9 @@ class Fleet:
 
 def checked(
     device: str, grant: int, base_round: int, staleness: int, weight: float,
-    samples: int, master: Weights, base: Weights, trained: Weights,
+    samples: int, master: Weights, base: Weights, trained: Weights, mode: str = "from-base",
 ) -> Checked:  # fmt: skip
-    rebased = stale_change(master, base, trained, weight)
+    rebased = stale_change(master, base, trained, weight, mode)
     metrics = DeviceMetrics(device, samples=samples)
     folded = FoldedUpdate(device, grant, base_round, staleness, weight, samples, f"{grant:064d}")
     return Checked(folded, rebased, delta_norm(rebased, master), metrics, trained)
@@ -203,8 +203,8 @@ def run_fedbuff(
                 continue
             weight = staleness_weight(s, variant.exponent)
             n = len(fleet.data[dev])
-            origin = versions[current] if variant.toward_model else versions[b]
-            buf.add(checked(dev, gr, b, s, weight, n, versions[current], origin, tr))
+            mode = "toward-model" if variant.toward_model else "from-base"
+            buf.add(checked(dev, gr, b, s, weight, n, versions[current], versions[b], tr, mode))
             updates += 1
             if len(buf) >= k:
                 current += 1

@@ -9,7 +9,8 @@ current version and scaled by its staleness weight (coordinator/late.py)::
 
     rebased = w_V + (w_trained - w_base) / sqrt(1 + s),   s = V - base
 
-(``(1 + s) ** -a`` with ``--staleness-exponent a``)
+(``(1 + s) ** -a`` with ``--staleness-exponent a``; ``w_V + (w_trained - w_V) * weight``,
+a step toward the trained weights, with ``--stale-changes toward-model``)
 and held in the :class:`Buffer`. When the buffer is full, :meth:`Buffer.close` applies the
 round-wide influence bounds (coordinator/influence.py: change vs the buffer's median, weight
 share) as a synchronous round does at its close, the job's strategy aggregates the rebased
@@ -158,6 +159,7 @@ def check_update(
     bounds: InfluenceBounds | None,
     announced: int,
     staleness_exponent: float = DEFAULT_STALENESS_EXPONENT,
+    stale_changes: str = "from-base",
 ) -> Checked:
     """Validate an ``update`` of a buffered job (ProtocolError says why not; StaleUpdate for a
     too stale one). ``master``: the current version's float32 weights (the rebase target).
@@ -192,7 +194,7 @@ def check_update(
     except ProtocolError as exc:
         raise UnusableUpdate(str(exc)) from None
     weight = staleness_weight(staleness, staleness_exponent)
-    rebased = stale_change(master, base.weights, trained, weight)
+    rebased = stale_change(master, base.weights, trained, weight, stale_changes)
     return Checked(
         FoldedUpdate(
             device, grant, env.round, staleness, round(weight, 6), env.samples, env.sha256

@@ -311,6 +311,7 @@ class BufferedRounds:
             bounds=self.coord.bounds,
             announced=status.samples if status is not None else 0,
             staleness_exponent=self.cfg.staleness_exponent,
+            stale_changes=self.cfg.stale_changes,
         )
 
     def _failure(self, env: Envelope, device: str, grant: int, size: int) -> None:

@@ -23,6 +23,7 @@ else:  # pragma: no cover
 
 ENV_PREFIX = "EDGEFL_"
 LATE_UPDATES = ("discard", "fold")  # what a job does with an update for a closed round
+STALE_CHANGES = ("from-base", "toward-model")  # how a stale change is re-based (late.py)
 MODES = ("sync", "buffered")  # round modes: synchronous rounds, or FedBuff's global versions
 # --max-staleness 0: the mode's default. Late updates of synchronous rounds come one or two
 # rounds late; in a buffered job a slow board's update arrives (its training time / the
@@ -77,6 +78,9 @@ class JobConfig:
     # a folded late update's or a buffered update's change, s rounds or versions stale, is
     # weighted (1 + s) ** -staleness_exponent (0.5: 1/sqrt(1+s), FedBuff's; 0: not at all)
     staleness_exponent: float = 0.5
+    # how a stale change is re-based (coordinator/late.py stale_change): "from-base" adds the
+    # change its training made (FedBuff); "toward-model" steps toward the trained weights
+    stale_changes: str = "from-base"
     seed: int = 0  # participant selection (and the initial weights of an export)
     # -- aggregation ----------------------------------------------------------------------
     strategy: str = "fedavg"  # one of coordinator.strategies.STRATEGIES
@@ -207,6 +211,10 @@ def _mode_checks(c: JobConfig) -> list[tuple[bool, str]]:
         (c.buffer_size >= 1, "buffer_size must be at least 1"),
         (c.max_concurrency >= 0, "max_concurrency must be >= 0 (0: every online device)"),
         (c.server_lr > 0, "server_lr must be positive"),
+        (
+            c.stale_changes in STALE_CHANGES,
+            f"stale_changes must be one of {', '.join(STALE_CHANGES)}",
+        ),
         (
             math.isfinite(c.staleness_exponent) and c.staleness_exponent >= 0,
             "staleness_exponent must be a number >= 0 (0.5: 1/sqrt(1+s); 0: no down-weighting)",

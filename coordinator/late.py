@@ -53,12 +53,22 @@ def stale_change(
     base: Mapping[str, np.ndarray],
     trained: Mapping[str, np.ndarray],
     weight: float,
+    mode: str = "from-base",
 ) -> dict[str, np.ndarray]:
-    """``current + weight * (trained - base)``: a late update re-based on today's weights."""
+    """A stale update re-based on today's weights (``--stale-changes``):
+
+    - ``from-base`` (FedBuff's): ``current + weight * (trained - base)``, the change its
+      training made, added to today's weights;
+    - ``toward-model`` (FedAsync's mixing): ``current + weight * (trained - current)``, a
+      step toward the weights it trained, which never goes past them: when many boards
+      trained from the same old version (a fleet of equal boards that all finish together),
+      their changes are not added again and again on top of each other.
+    """
+    origin = current if mode == "toward-model" else base
     return {
         k: (
             np.asarray(current[k], np.float64)
-            + weight * (np.asarray(trained[k], np.float64) - np.asarray(base[k], np.float64))
+            + weight * (np.asarray(trained[k], np.float64) - np.asarray(origin[k], np.float64))
         ).astype(np.float32)
         for k in current
     }
@@ -68,11 +78,16 @@ class LateUpdates:
     """Remembers the last closed rounds and decides what happens to their late updates."""
 
     def __init__(
-        self, mode: str, max_staleness: int, exponent: float = DEFAULT_STALENESS_EXPONENT
+        self,
+        mode: str,
+        max_staleness: int,
+        exponent: float = DEFAULT_STALENESS_EXPONENT,
+        stale_changes: str = "from-base",
     ) -> None:
         self.mode = mode
         self.max_staleness = max_staleness
         self.exponent = exponent
+        self.stale_changes = stale_changes
         self._closed: dict[int, RoundCollector] = {}
 
     def closed(self, collector: RoundCollector) -> None:
@@ -118,7 +133,9 @@ class LateUpdates:
             return
         assert closed.global_weights is not None and open_.global_weights is not None
         weight = staleness_weight(staleness, self.exponent)
-        folded = stale_change(open_.global_weights, closed.global_weights, trained, weight)
+        folded = stale_change(
+            open_.global_weights, closed.global_weights, trained, weight, self.stale_changes
+        )
         open_.take_late(device, envelope.round, folded, envelope.samples, change, size)
         log.info(
             "folding %s's late update for round %d into round %d (staleness %d, weight %.3f)",

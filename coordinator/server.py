@@ -113,7 +113,10 @@ class Coordinator:
         self.control = ControlChannel(config, transport, self.topics, self.signer)
         self.devices: dict[str, DeviceStatus] = {}
         self.late = LateUpdates(
-            config.late_updates, config.staleness_limit, config.staleness_exponent
+            config.late_updates,
+            config.staleness_limit,
+            config.staleness_exponent,
+            config.stale_changes,
         )
         self._pending: list[UpdateReceived] = []  # arrived while no round was open
         # What a broker restart loses and the coordinator republishes (retained): the model

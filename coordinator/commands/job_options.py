@@ -15,7 +15,13 @@ from typing import Any
 
 import click
 
-from coordinator.config import DEFAULT_MAX_STALENESS, LATE_UPDATES, MODES, JobConfig
+from coordinator.config import (
+    DEFAULT_MAX_STALENESS,
+    LATE_UPDATES,
+    MODES,
+    STALE_CHANGES,
+    JobConfig,
+)
 from coordinator.influence import InfluenceBounds
 from coordinator.strategies import STRATEGY_NAMES, strategy_help
 from edge_client.cli_support import CONNECTION_OPTIONS
@@ -148,6 +154,15 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         "A change trained s rounds (--late-updates fold) or global versions (--mode buffered) "
         "behind is weighted (1+s)^-A: 0.5 is FedBuff's 1/sqrt(1+s), 1 damps stale changes "
         f"more, 0 not at all. [default: {D.staleness_exponent:g}]",
+    ),
+    (
+        "--stale-changes",
+        "stale_changes",
+        click.Choice(STALE_CHANGES),
+        "How a stale update is re-based on the newest weights: from-base adds the change its "
+        "training made (FedBuff); toward-model steps toward the weights it trained (FedAsync), "
+        "which cannot overshoot when many boards trained from the same old version. "
+        f"[default: {D.stale_changes}]",
     ),
     (
         "--max-staleness",

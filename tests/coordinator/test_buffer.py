@@ -45,6 +45,19 @@ def test_the_staleness_weight_is_a_polynomial_of_the_staleness_with_its_exponent
     assert JobConfig().staleness_exponent == 0.5
 
 
+def test_a_stale_change_goes_from_its_base_or_toward_its_trained_weights():
+    # Prepare: today's weights [1, 2]; trained [5, 2] from an old base [3, 2]; weight 0.5
+    base, trained = {"w": np.array([3.0, 2.0])}, {"w": np.array([5.0, 2.0])}
+    # Execute
+    from_base = stale_change(W, base, trained, 0.5)
+    toward = stale_change(W, base, trained, 0.5, "toward-model")
+    # Assert: FedBuff adds half the training's change (+2): [2, 2]; toward-model goes half
+    # the way to the trained weights: [3, 2], never past them (weight <= 1)
+    np.testing.assert_allclose(from_base["w"], [2.0, 2.0])
+    np.testing.assert_allclose(toward["w"], [3.0, 2.0])
+    assert JobConfig().stale_changes == "from-base"
+
+
 def test_a_buffer_folds_staleness_weighted_changes_with_the_server_learning_rate():
     # Prepare: a fresh update (+[2, 0], 100 samples) and one 3 versions stale
     # (+[0, 4] from its own base, 300 samples, weight 1/sqrt(4) = 0.5)

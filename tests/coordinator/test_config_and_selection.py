@@ -46,6 +46,7 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path):
         ({"flags": {"max_concurrency": -1}}, "max_concurrency must be >= 0"),
         ({"flags": {"staleness_exponent": -0.5}}, "staleness_exponent must be a number >= 0"),
         ({"file": "staleness_exponent = nan"}, "staleness_exponent must be a number >= 0"),
+        ({"flags": {"stale_changes": "sideways"}}, "stale_changes must be one of from-base, "),
         (
             {"flags": {"mode": "buffered", "secure_aggregation": True}},
             "--secure-aggregation needs synchronous rounds",

@@ -103,6 +103,10 @@ def test_fedbuff_n_runs_fedbuff_with_a_buffer_of_n_and_is_labelled_so():
         "staleness_exponent": 1.0,
     }
     assert fleet_figures.label("fedbuff2-a1") == "FedBuff, buffer 2, weight 1/(1+s)^1"
+    assert fleet.mode_settings("fedbuff2-model", 10, 1.5, "fold", 5)["stale_changes"] == (
+        "toward-model"
+    )
+    assert fleet_figures.label("fedbuff2-model") == "FedBuff, buffer 2, toward the trained model"
     for bad in ("fedbuff0", "fedbuffx", "fedbuff2-b1"):
         with pytest.raises(SystemExit, match=f"unknown mode '{bad}': use fedbuff, fedbuffN"):
             fleet.mode_settings(bad, 10, 1.5, "fold", 5)
