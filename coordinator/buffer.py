@@ -4,14 +4,13 @@ Every update of a buffered job was trained from some recent global version (its 
 ``round``). :func:`check_update` takes it only if it is at most ``max_staleness`` versions
 behind, answers a grant issued to its device and not used before, was trained from that
 version's weights, and passes the content checks of a synchronous round (the
-:class:`RoundCollector`'s, against its own base version). Its change is then re-based on the
-current version and scaled by its staleness weight (coordinator/late.py)::
+:class:`RoundCollector`'s, against its own base version). It is then re-based on the
+current version, scaled by its staleness weight (coordinator/late.py ``stale_change``)::
 
-    rebased = w_V + (w_trained - w_base) / sqrt(1 + s),   s = V - base
+    rebased = w_V + (w_trained - w_V) / sqrt(1 + s),      s = V - base  (toward-model)
+    rebased = w_V + (w_trained - w_base) / sqrt(1 + s)                  (from-base)
 
-(``(1 + s) ** -a`` with ``--staleness-exponent a``; ``w_V + (w_trained - w_V) * weight``,
-a step toward the trained weights, with ``--stale-changes toward-model``)
-and held in the :class:`Buffer`. When the buffer is full, :meth:`Buffer.close` applies the
+(``--stale-changes``; ``(1 + s) ** -a`` with ``--staleness-exponent a``), and held in the :class:`Buffer`. When the buffer is full, :meth:`Buffer.close` applies the
 round-wide influence bounds (coordinator/influence.py: change vs the buffer's median, weight
 share) as a synchronous round does at its close, the job's strategy aggregates the rebased
 updates (so clipping, the robust strategies and DP-FedAvg work per buffer), and the next

@@ -78,9 +78,11 @@ class JobConfig:
     # a folded late update's or a buffered update's change, s rounds or versions stale, is
     # weighted (1 + s) ** -staleness_exponent (0.5: 1/sqrt(1+s), FedBuff's; 0: not at all)
     staleness_exponent: float = 0.5
-    # how a stale change is re-based (coordinator/late.py stale_change): "from-base" adds the
-    # change its training made (FedBuff); "toward-model" steps toward the trained weights
-    stale_changes: str = "from-base"
+    # how a stale change is re-based (coordinator/late.py stale_change): "toward-model" steps
+    # toward the trained weights (cannot overshoot when many boards trained from the same old
+    # version: a fleet of equal boards collapsed with the other rule, docs/benchmarks.md);
+    # "from-base" adds the change its training made (the FedBuff paper's rule)
+    stale_changes: str = "toward-model"
     seed: int = 0  # participant selection (and the initial weights of an export)
     # -- aggregation ----------------------------------------------------------------------
     strategy: str = "fedavg"  # one of coordinator.strategies.STRATEGIES

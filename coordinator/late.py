@@ -5,7 +5,8 @@ target (``--over-select``) or its deadline; a device still training then sends a
 for a closed round. By default (``--late-updates discard``) the update is discarded, its
 reason recorded and counted as wasted in the open round's metrics. With ``fold`` it is
 validated exactly as it would have been in time (against its own round: selection, base
-weights, tensors, norm), and its change is applied to the open round's global weights,
+weights, tensors, norm), and it is re-based on the open round's global weights (a step
+toward its trained weights, or its own change added: ``--stale-changes``, :func:`stale_change`)
 scaled by the staleness weight ``1 / sqrt(1 + s)`` (``s``: rounds behind; ``(1 + s) ** -a``
 with ``--staleness-exponent a``), before it goes
 through the job's strategy like any update (so clipping, robust strategies and DP see it

@@ -159,9 +159,10 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         "--stale-changes",
         "stale_changes",
         click.Choice(STALE_CHANGES),
-        "How a stale update is re-based on the newest weights: from-base adds the change its "
-        "training made (FedBuff); toward-model steps toward the weights it trained (FedAsync), "
-        "which cannot overshoot when many boards trained from the same old version. "
+        "How a stale update is re-based on the newest weights: toward-model steps toward the "
+        "weights it trained (FedAsync's mixing), which cannot overshoot when many boards "
+        "trained from the same old version; from-base adds the change its training made (the "
+        "FedBuff paper's rule). "
         f"[default: {D.stale_changes}]",
     ),
     (

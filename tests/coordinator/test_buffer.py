@@ -55,7 +55,7 @@ def test_a_stale_change_goes_from_its_base_or_toward_its_trained_weights():
     # the way to the trained weights: [3, 2], never past them (weight <= 1)
     np.testing.assert_allclose(from_base["w"], [2.0, 2.0])
     np.testing.assert_allclose(toward["w"], [3.0, 2.0])
-    assert JobConfig().stale_changes == "from-base"
+    assert JobConfig().stale_changes == "toward-model"  # the default since it was measured
 
 
 def test_a_buffer_folds_staleness_weighted_changes_with_the_server_learning_rate():

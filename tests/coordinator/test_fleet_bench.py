@@ -107,17 +107,21 @@ def test_fedbuff_n_runs_fedbuff_with_a_buffer_of_n_and_is_labelled_so():
         "toward-model"
     )
     assert fleet_figures.label("fedbuff2-model") == "FedBuff, buffer 2, toward the trained model"
+    assert fleet.mode_settings("fedbuff-base", 10, 1.5, "fold", 5)["stale_changes"] == "from-base"
+    assert fleet_figures.label("fedbuff-base") == "FedBuff, from its base"
     for bad in ("fedbuff0", "fedbuffx", "fedbuff2-b1"):
         with pytest.raises(SystemExit, match=f"unknown mode '{bad}': use fedbuff, fedbuffN"):
             fleet.mode_settings(bad, 10, 1.5, "fold", 5)
 
 
-def test_the_fleet_tables_in_benchmarks_md_recompute_from_the_raw_records():
-    # Prepare: the committed record of the full run and its raw records
-    record = json.loads((ROOT / "bench/results/fleet.json").read_text())
+@pytest.mark.parametrize("name", ["fleet", "fleet_stale_changes"])
+def test_the_fleet_tables_in_benchmarks_md_recompute_from_the_raw_records(name):
+    # Prepare: the committed record of a full run (the modes; the follow-up on stale
+    # changes) and its raw records
+    record = json.loads((ROOT / f"bench/results/{name}.json").read_text())
     targets = record["settings"]["targets"]
     # Execute
-    again = fleet_figures.figures(ROOT / "bench/results/fleet", targets)
+    again = fleet_figures.figures(ROOT / f"bench/results/{name}", targets)
     # Assert: the record's figures and the doc's three tables are the raw records' own
     assert again["runs"] == record["runs"] and again["acceptance"] == record["acceptance"]
     doc = (ROOT / "docs/benchmarks.md").read_text()
