@@ -97,16 +97,18 @@ def mode_name(mode: str, record: dict[str, Any]) -> str:
 
 
 def table(record: dict[str, Any]) -> str:
-    """docs/benchmarks.md's table: per partition and mode, medians (min-max) over the seeds."""
+    """docs/benchmarks.md's table: per partition and mode, medians (min-max) over the seeds.
+    "After sync's updates": after as many accepted updates as synchronous FedAvg made within
+    the horizon with the same seed (a range when the seeds differ)."""
     seeds = len(record["settings"]["seeds"].split(","))
     targets = [float(x) for x in record["settings"]["targets"].split(",")]
     head = [f"to {round(100 * t)} %" for t in targets]
     horizon = float(record["settings"]["horizon"])
     lines = [
-        "| partition | mode | " + " | ".join(head) + " | accuracy after sync's updates, "
+        "| fleet | partition | mode | " + " | ".join(head) + " | accuracy after sync's updates, "
         f"vs sync (points) | accuracy at {record['settings']['horizon']:g} s | updates "
         "(wasted) |",
-        "|---|---|" + "---|" * (len(head) + 3),
+        "|---|---|---|" + "---|" * (len(head) + 3),
     ]
     for part, modes in record["summary"].items():
         for mode, rows in modes.items():
@@ -114,12 +116,15 @@ def table(record: dict[str, Any]) -> str:
             times = [_seconds([r[f"t{round(100 * t)}"] for r in rows]) for t in targets]
             if mode != "sync":
                 times[0] += _sooner(modes["sync"], rows, targets[0], horizon)
-            same = rows[0].get("same_updates")
+            counts = sorted({r.get("same_updates") for r in rows})
+            same = counts[0] if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
             gap = "—" if mode == "sync" else _points([r.get("gap_points") for r in rows])
             accs = [r["accuracy_at_same_updates"] for r in rows]
             final = [r["final_accuracy"] for r in rows]
             lines.append(
-                f"| {part} | {mode_name(mode, record)} | " + " | ".join(times) + " | "
+                f"| {record['settings']['fleet']} | {part} | {mode_name(mode, record)} | "
+                + " | ".join(times)
+                + " | "
                 f"{100 * statistics.median(accs):.2f} % at {same}, {gap} | "
                 f"{100 * statistics.median(final):.2f} % | "
                 f"{statistics.median(r['updates'] for r in rows):.0f} "

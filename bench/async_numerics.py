@@ -64,8 +64,7 @@ from coordinator.influence import InfluenceBounds  # noqa: E402
 from coordinator.late import stale_change, staleness_weight  # noqa: E402
 from coordinator.robust_strategies import delta_norm  # noqa: E402
 from coordinator.strategies import make_strategy  # noqa: E402
-from edge_client.data import Normalization, load_dataset  # noqa: E402
-from edge_client.data.partition import partition  # noqa: E402
+from edge_client.data import Normalization, load_dataset, partition  # noqa: E402
 from edge_client.local_training import RoundSettings, train_local  # noqa: E402
 from edge_client.manifest import Manifest  # noqa: E402
 from edge_client.protocol import DeviceMetrics, FoldedUpdate  # noqa: E402

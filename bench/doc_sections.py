@@ -278,6 +278,10 @@ CHECKED_ELSEWHERE = {
         "tests/coordinator/test_fleet_bench.py",
         ("fleet",),
     ),
+    "Follow-up: damping the waves of stale updates": (
+        "tests/coordinator/test_fleet_bench.py",
+        ("fleet_stale_changes",),
+    ),
 }
 
 

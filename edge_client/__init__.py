@@ -36,6 +36,9 @@ The shared contract:
 - ``edge_client.secure_round``: a board's side of one secure round (``SecureRound``,
   ``quantized_update``), shared so the load generator's virtual devices run the board's own
   stage code rather than a second implementation of the cryptography.
+- ``edge_client.local_training``: a board's local training (``train_local``,
+  ``RoundSettings``), shared so bench/async_numerics.py's virtual-clock fleet trains each
+  update with the board's own loop.
 - ``edge_client`` itself: ``__version__``.
 """
 
@@ -56,5 +59,6 @@ SHARED_MODULES: tuple[str, ...] = (
     "edge_client.pacing",
     "edge_client.secagg",
     "edge_client.secure_round",
+    "edge_client.local_training",
 )
 """The modules other packages may import from ``edge_client`` (see the module docstring)."""

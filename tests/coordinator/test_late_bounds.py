@@ -139,11 +139,12 @@ def test_a_late_update_claiming_most_of_the_rounds_weight_is_capped_at_half(
     assert second.late_folded == {"late": 1} and second.updates_aggregated == 3
     sent = [decode(d.sent[2]) for d in honest]
     trained = decode(late.sent[1]).weights()
-    before, after = kit.bundle.initial_weights, checkpoints[0]  # rounds 1 and 2 started here
+    after = checkpoints[0]  # round 2 started here
     share = sum(e.samples for e in sent)
     for name, w in checkpoints[1].items():
+        # re-based as a step toward its trained weights (--stale-changes toward-model)
         folded = after[name].astype(np.float64) + (
-            trained[name].astype(np.float64) - before[name]
+            trained[name].astype(np.float64) - after[name]
         ) / math.sqrt(2)
         folded = folded.astype(np.float32).astype(np.float64)  # as re-based, in float32
         expected = sum(e.samples * e.weights()[name].astype(np.float64) for e in sent)
