@@ -91,8 +91,7 @@ def mode_name(mode: str, record: dict[str, Any]) -> str:
         parts.append(f"server lr {v.server_lr:g}")
     if v.per_device is not None:
         parts.append(f"at most {v.per_device} per board")
-    if v.toward_model:
-        parts.append("changes toward the trained model")
+    parts.append("toward the trained model" if v.toward_model else "from its base")
     return "FedBuff, " + ", ".join(parts)
 
 

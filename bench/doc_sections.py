@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import accuracy_vs_keras
+import async_figures
 import board_install_size
 import compression
 import doc_figures
@@ -136,6 +137,10 @@ def _site_tier() -> list[str]:
     ]
 
 
+def _async_numerics() -> list[str]:
+    return [async_figures.table(record("async_numerics"))]
+
+
 def _board_install() -> list[str]:
     r = record("board_install_size")
     return [board_install_size.table(r), *board_install_size.claims(r)]
@@ -243,6 +248,9 @@ SECTIONS = [
         },
     ),
     Section(BENCHMARKS, "Board install size", ("board_install_size",), _board_install),
+    Section(
+        BENCHMARKS, "FedBuff's numerics on the fleet's clock", ("async_numerics",), _async_numerics
+    ),
     Section(
         README,
         "Two commands",

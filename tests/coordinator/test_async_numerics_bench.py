@@ -26,7 +26,10 @@ def test_variants_parse_and_name_their_settings():
     v = async_figures.Variant.parse("k2-a1-lr0.5-per1")
     # Assert
     assert (v.k, v.exponent, v.server_lr, v.per_device, v.toward_model) == (2, 1.0, 0.5, 1, False)
-    assert async_figures.mode_name("fedbuff-k5", record) == "FedBuff, buffer 5"
+    assert async_figures.mode_name("fedbuff-k5", record) == "FedBuff, buffer 5, from its base"
+    assert async_figures.mode_name("fedbuff-k2-model", record) == (
+        "FedBuff, buffer 2, toward the trained model"
+    )
     assert async_figures.mode_name("sync", record) == "synchronous FedAvg, 10 boards per round"
     with pytest.raises(SystemExit, match="unknown variant part 'x2'"):
         async_figures.Variant.parse("k2-x2")
@@ -58,4 +61,4 @@ def test_quick_run_records_versions_that_learn_on_the_fleets_clock(export_dir, t
     assert all(p["updates"] % 2 == 0 for p in runs["fedbuff-k2"]["points"])
     rows = record["summary"]["iid"]
     assert rows["sync"][0]["t50"] is not None and rows["sync"][0]["t99"] is None
-    assert "| iid | FedBuff, buffer 2 |" in async_figures.table(record)
+    assert "| mixed-pi | iid | FedBuff, buffer 2, from its base |" in async_figures.table(record)
