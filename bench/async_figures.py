@@ -96,7 +96,8 @@ def mode_name(mode: str, record: dict[str, Any]) -> str:
 
 
 def table(record: dict[str, Any]) -> str:
-    """docs/benchmarks.md's table: per partition and mode, medians (min-max) over the seeds.
+    """docs/benchmarks.md's table: per partition and mode, medians (min-max) over the seeds
+    (updates and wasted updates: medians).
     "After sync's updates": after as many accepted updates as synchronous FedAvg made within
     the horizon with the same seed (a range when the seeds differ)."""
     seeds = len(record["settings"]["seeds"].split(","))
@@ -127,6 +128,6 @@ def table(record: dict[str, Any]) -> str:
                 f"{100 * statistics.median(accs):.2f} % at {same}, {gap} | "
                 f"{100 * statistics.median(final):.2f} % | "
                 f"{statistics.median(r['updates'] for r in rows):.0f} "
-                f"({sum(r['wasted'] for r in rows)}) |"
+                f"({statistics.median(r['wasted'] for r in rows):.0f}) |"
             )
     return "\n".join(lines)
