@@ -177,8 +177,8 @@ class JobConfig:
                 self.optimizer in OPTIMIZERS,
                 f"unknown optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}",
             ),
+            *secure_checks(self),  # first: its refusals name --secure-aggregation itself
             *_robustness_checks(self),
-            *secure_checks(self),
             (
                 not (self.unsigned and self.signing_key),
                 "unsigned and signing_key contradict each other: give one or neither",
@@ -287,13 +287,19 @@ def secure_checks(c: JobConfig) -> list[tuple[bool, str]]:
             f"update, {need}; use fedavg, fedprox or fedavgm",
         ),
         (
-            c.dp_clip == 0,
-            f"--secure-aggregation cannot run DP-FedAvg (--dp-clip): it clips each update, {need}",
+            c.dp_clip == 0 and c.dp_noise_multiplier == 0,
+            "--secure-aggregation cannot run DP-FedAvg (--dp-clip, --dp-noise-multiplier): it "
+            f"clips each update, {need}; leave both at 0 (--clip-norm bounds each board's change)",
         ),
-        (not c.eval_devices, f"--eval-devices scores each board's update, {need}"),
+        (
+            not c.eval_devices,
+            f"--secure-aggregation cannot run --eval-devices: it scores each board's update, "
+            f"{need}; turn --eval-devices off",
+        ),
         (
             c.late_updates != "fold",
-            f"--late-updates fold adds single late updates, {need}; use discard",
+            "--secure-aggregation cannot run --late-updates fold: it adds single late updates, "
+            f"{need}; use --late-updates discard",
         ),
         (
             c.mode == "sync",
@@ -307,8 +313,9 @@ def secure_checks(c: JobConfig) -> list[tuple[bool, str]]:
         checks.append(
             (
                 value in (0, default),
-                f"--{name.replace('_', '-')} {value:g} judges each update, {need}: leave it "
-                f"at {default:g} or 0 (off under secure aggregation either way)",
+                f"--secure-aggregation cannot run --{name.replace('_', '-')} {value:g}: it "
+                f"judges each update, {need}; leave it at {default:g} or 0 (off under secure "
+                "aggregation either way)",
             )
         )
     return checks

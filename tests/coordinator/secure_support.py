@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 from coordinator.config import JobConfig
 from coordinator.simulation import ROOT, FleetConfig, device_command
@@ -17,7 +19,7 @@ from edge_client.client import EdgeClient, mqtt_transport
 from edge_client.config import ClientConfig
 from edge_client.data import Dataset, load_dataset, partition
 from edge_client.pacing import ENV as SLOWDOWN_ENV
-from edge_client.protocol import Envelope, Reassembler, Topics, decode
+from edge_client.protocol import Envelope, Reassembler, RoundAnnouncement, Topics, decode
 from edge_client.transport import BrokerConfig
 from tests.fixtures.brokers import ReceivedMessage
 
@@ -89,6 +91,22 @@ class HookedBoard(threading.Thread):
             return 0 if out is None else publish(out)
 
         self.client.secure._publish = hooked
+        # (round, trained weights, the global it trained from, samples) of every secure round
+        # it began: what a test compares the aggregate with (never sent by the board)
+        self.began: list[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray], int]] = []
+        begin = current.begin
+
+        def recorded(
+            ann: RoundAnnouncement,
+            trained: Mapping[str, np.ndarray],
+            base: Mapping[str, np.ndarray],
+            names: Sequence[str],
+            samples: int,
+        ) -> None:
+            self.began.append((ann.round, dict(trained), dict(base), samples))
+            begin(ann, trained, base, names, samples)
+
+        current.begin = recorded  # type: ignore[method-assign]
 
     def run(self) -> None:
         try:
@@ -107,6 +125,18 @@ def drop_at(stage: str, round_: int = 1) -> Hook:
 
     def hook(r: int, s: str, env: Envelope) -> Envelope | None:
         return None if r == round_ and order.index(s) >= order.index(stage) else env
+
+    return hook
+
+
+def hold_at(stage: str, release: threading.Event, round_: int = 1, timeout: float = 60) -> Hook:
+    """Publish ``stage``'s message of round ``round_`` only once ``release`` is set (or after
+    ``timeout`` s): the coordinator waits for it, so the stage stays open meanwhile."""
+
+    def hook(r: int, s: str, env: Envelope) -> Envelope | None:
+        if r == round_ and s == stage:
+            release.wait(timeout)
+        return env
 
     return hook
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from coordinator.config import JobConfig, resolve
 from coordinator.selection import round_size, select_devices
+from coordinator.simulation import ROOT
 from edge_client.errors import ConfigError
 
 
@@ -60,6 +64,90 @@ def test_bad_configuration_names_the_problem(tmp_path, source, message):
         job_file.write_text(source["file"])
     with pytest.raises(ConfigError, match=message):
         resolve(source.get("flags", {}), str(job_file) if job_file else None, source.get("env", {}))
+
+
+HIDDEN = "which secure aggregation hides from the coordinator"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        *(
+            (
+                {"flags": {"strategy": name}},
+                f"--secure-aggregation cannot run strategy {name}: it looks at each board's "
+                f"update, {HIDDEN}; use fedavg, fedprox or fedavgm",
+            )
+            for name in ("median", "trimmed_mean", "krum", "multi_krum")
+        ),
+        ({"file": "strategy = 'krum'"}, "cannot run strategy krum: .*; use fedavg"),
+        *(
+            (
+                {"flags": dp},
+                r"--secure-aggregation cannot run DP-FedAvg \(--dp-clip, --dp-noise-multiplier\)"
+                f": it clips each update, {HIDDEN}; leave both at 0",
+            )
+            for dp in (
+                {"dp_clip": 1.0},
+                {"dp_noise_multiplier": 1.0},
+                {"dp_clip": 1.0, "dp_noise_multiplier": 0.5},
+            )
+        ),
+        (
+            {"env": {"EDGEFL_EVAL_DEVICES": "1"}},
+            f"--secure-aggregation cannot run --eval-devices: it scores each board's update, "
+            f"{HIDDEN}; turn --eval-devices off",
+        ),
+        (
+            {"file": "late_updates = 'fold'"},
+            f"--secure-aggregation cannot run --late-updates fold: .*{HIDDEN}; use --late-updates "
+            "discard",
+        ),
+        (
+            {"flags": {"max_update_norm": 5.0}},
+            f"--secure-aggregation cannot run --max-update-norm 5: it judges each update, {HIDDEN}; "
+            "leave it at 10 or 0",
+        ),
+        ({"flags": {"max_weight_share": 0.3}}, "cannot run --max-weight-share 0.3: .*at 0.5 or 0"),
+        (
+            {"env": {"EDGEFL_MAX_CHANGE_RATIO": "3"}},
+            "cannot run --max-change-ratio 3: .*at 10 or 0",
+        ),
+    ],
+)
+def test_secure_aggregation_refuses_what_needs_single_updates_in_one_line(
+    tmp_path, source, message
+):
+    # Prepare: secure aggregation on, and one setting that needs each board's update
+    job_file = tmp_path / "job.toml"
+    job_file.write_text("secure_aggregation = true\n" + source.get("file", ""))
+    flags = source.get("flags", {})
+    # Execute / Assert: refused, naming the setting and what to do, on one line
+    with pytest.raises(ConfigError, match=message) as refused:
+        resolve(flags, str(job_file), source.get("env", {}))
+    assert "\n" not in str(refused.value)
+
+
+def test_secure_aggregation_takes_averaging_strategies_and_per_update_bounds_off():
+    for strategy in ("fedavg", "fedprox", "fedavgm"):
+        assert resolve({"secure_aggregation": True, "strategy": strategy}, None, {}).strategy
+    off = {"max_update_norm": 0.0, "max_weight_share": 0.0, "max_change_ratio": 0.0}
+    assert resolve({"secure_aggregation": True, **off}, None, {}).secure_aggregation
+
+
+def test_fedcoord_start_refuses_secure_aggregation_with_a_robust_strategy_in_one_line(tmp_path):
+    # Execute: the CLI as a user runs it (refused before it connects or writes anything)
+    cmd = [sys.executable, "-m", "coordinator.cli", "start", "--secure-aggregation"]
+    cmd += ["--strategy", "median", "--broker", "mqtt://127.0.0.1:1"]
+    cmd += ["--run-dir", str(tmp_path / "run")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    # Assert: exit 1, one line naming the problem and the fix, no traceback, no run dir
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines() == [
+        f"error: --secure-aggregation cannot run strategy median: it looks at each board's "
+        f"update, {HIDDEN}; use fedavg, fedprox or fedavgm"
+    ]
+    assert "Traceback" not in r.stdout + r.stderr and not (tmp_path / "run").exists()
 
 
 def test_missing_and_malformed_job_files(tmp_path):

@@ -7,8 +7,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -29,8 +33,10 @@ from edge_client.protocol import (
     Shares,
     Topics,
     UnmaskReply,
+    decode,
     encode_masked,
     encode_shares,
+    encode_weights,
     read_stage,
 )
 from edge_client.protocol.secagg import CIPHERTEXT_BYTES
@@ -43,11 +49,12 @@ from tests.coordinator.secure_support import (
     board_log,
     drop_at,
     envelopes,
+    hold_at,
     local_data,
     of_job,
     real_boards,
 )
-from tests.fixtures.brokers import mqtt_client
+from tests.fixtures.brokers import FixtureClient, mqtt_client
 
 pytestmark = pytest.mark.slow  # over ~5 s: left out of the fast loop (pytest -m "not slow")
 
@@ -142,6 +149,10 @@ def test_a_secure_round_is_plain_fedavg_of_the_same_updates_and_hides_each_one(
     assert "secure round 1: unmask reply sent" in board_log(tmp_path / "s", 0)
 
 
+def _as_is(r: int, stage: str, env: Envelope) -> Envelope:
+    return env
+
+
 def _hooked(broker, job, tmp, boards):  # noqa: ANN001, ANN202
     """Start HookedBoards: {device: (partition index, hook)} of 6 partitions."""
     started = []
@@ -190,6 +201,146 @@ def test_dropouts_after_keys_shares_and_masked_vector_are_recovered(
     assert not any(b.errors for b in hooked)
     weights, _ = RunDir(tmp_path / "run").load_weights(state)
     assert all(np.all(np.isfinite(w)) for w in weights.values())
+
+
+@pytest.mark.parametrize("encoding", ["int8", "float16"])
+def test_compressed_global_weights_secure_round_is_fedavg_of_the_boards_updates(
+    mosquitto_broker, export_dir, tmp_path, encoding
+):
+    # Prepare: a secure job whose global weights go out as int8 (or float16); 3 real edge
+    # clients that record what they trained from and what they trained (never sent)
+    model = export_dir("mlp")
+    broker = BrokerConfig.from_url(mosquitto_broker.url)
+    job = JobConfig(
+        job=f"secure-{encoding}", run_dir=str(tmp_path / "run"), model_dir=str(model),
+        secure_aggregation=True, encoding=encoding, **BASE,
+    )  # fmt: skip
+    boards = _hooked(broker, job.job, tmp_path, {f"b{i}": (i, _as_is) for i in range(3)})
+    try:
+        # Execute
+        state = run_job(job, broker=broker, final_models=False)
+    finally:
+        for b in boards:
+            b.stop()
+    # Assert 1: the boards trained from the compressed global (what the coordinator
+    # unmasks their changes against), not from the exact one
+    manifest = Manifest.load(model / "manifest.json")
+    start = TrainableModel((model / "model.tflite").read_bytes(), manifest).get_weights()
+    sent = decode(
+        encode_weights(start, kind="global", job=job.job, round=1, sender="c", encoding=encoding)
+    ).weights()
+    began = [b.began for b in boards]
+    assert all(len(b) == 1 and b[0][0] == 1 for b in began)
+    for ((_, _, base, _),) in began:
+        assert all(np.array_equal(base[k], sent[k]) for k in start)
+    assert not all(np.array_equal(sent[k], start[k]) for k in start)  # it was compressed
+    # Assert 2: the secure global is FedAvg of the boards' trained weights, within the bound
+    (m,) = state.history
+    assert m.participants == ("b0", "b1", "b2") and m.secagg["stage"] == "done"
+    bound = m.secagg["error_bound"]
+    assert 0 < bound < 1e-6
+    fedavg = weighted_average((trained, n) for ((_, trained, _, n),) in began)
+    assert m.samples == sum(n for ((_, _, _, n),) in began)
+    weights, _ = RunDir(tmp_path / "run").load_weights(state)
+    for name, expected in fedavg.items():
+        ulp = np.spacing(np.abs(expected))
+        assert np.all(np.abs(weights[name] - expected) <= bound + ulp), name
+    assert not any(b.errors for b in boards)
+
+
+def _sent_masked(recorder: FixtureClient, topics: Topics, device: str) -> bool:
+    """Whether ``device``'s masked vector (all its chunks) has crossed the broker."""
+    messages = recorder.collector.matching(f"{topics.secagg(device)}/#")
+    return any(read_stage(env).stage == "masked" for _, env in envelopes(messages, topics))
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_board_process_killed_after_its_masked_vector_is_still_in_the_sum(
+    mosquitto_broker, export_dir, tmp_path
+):
+    # Prepare: 3 real `fedge run` boards and one edge client ("gate") that holds its masked
+    # vector until sim-00 is dead, so the masked stage is open when the kill happens; the
+    # same 4 boards first run a plain job, whose updates are the reference (deterministic
+    # training from the same global)
+    model = export_dir("mlp")
+    broker = BrokerConfig.from_url(mosquitto_broker.url)
+    common = {**BASE, "model_dir": str(model), "min_devices": 4}
+    plain = JobConfig(job="plain", run_dir=str(tmp_path / "plain"), **common)
+    secure = JobConfig(
+        job="killed", run_dir=str(tmp_path / "secure"), secure_aggregation=True, **common
+    )
+    released = threading.Event()
+    with mqtt_client(mosquitto_broker, "recorder") as recorder:
+        recorder.subscribe_wait("fl/v1/#", qos=1)
+        (gate,) = _hooked(broker, plain.job, tmp_path / "p", {"gate": (3, _as_is)})
+        try:
+            with real_boards(plain, broker, tmp_path / "p", 3, of=4):
+                run_job(plain, broker=broker, final_models=False)
+        finally:
+            gate.stop()
+        (gate,) = _hooked(
+            broker, secure.job, tmp_path / "s", {"gate": (3, hold_at("masked", released))}
+        )
+        topics = Topics(secure.job)
+        try:
+            with real_boards(secure, broker, tmp_path / "s", 3, of=4) as procs:
+
+                def kill_after_masked() -> None:
+                    try:
+                        _wait(lambda: _sent_masked(recorder, topics, "sim-00"), "sim-00's vector")
+                        procs[0].send_signal(signal.SIGKILL)
+                        procs[0].wait(10)
+                        _wait(  # its Last Will: the coordinator drops it, waits for it no more
+                            lambda: any(
+                                DeviceStatus.from_json(m.payload).state == "offline"
+                                for m in recorder.collector.matching(topics.status("sim-00"))
+                                if m.payload
+                            ),
+                            "sim-00's offline status",
+                        )
+                    finally:
+                        released.set()
+
+                killer = threading.Thread(target=kill_after_masked, daemon=True)
+                killer.start()
+                # Execute
+                state = run_job(secure, broker=broker, final_models=False)
+                killer.join(10)
+        finally:
+            released.set()
+            gate.stop()
+        messages = recorder.collector.matching("fl/v1/#")
+    # Assert 1: sim-00 was killed after its masked vector and before it could answer
+    assert procs[0].returncode == -signal.SIGKILL
+    log = board_log(tmp_path / "s", 0)
+    assert "unmask reply sent" not in log and "Traceback" not in log
+    # Assert 2: the round completed with all 4 vectors: sim-00's self mask was rebuilt from
+    # the survivors' shares, so its update is in the sum (docs/secure-aggregation.md)
+    (m,) = state.history
+    everyone = ("gate", "sim-00", "sim-01", "sim-02")
+    assert m.participants == everyone and m.secagg["stage"] == "done"
+    assert m.dropped == ("sim-00",) and m.secagg["recovered"] == []
+    assert m.secagg["stages"]["unmask"]["devices"] == 3 and m.secagg["threshold"] <= 3
+    # Assert 3: it is FedAvg of the same 4 boards' plain updates, within the bound
+    updates = {
+        env.sender: (env.weights(), env.samples)
+        for kind, env in envelopes(messages, Topics(plain.job))
+        if kind == "update" and env.kind == "update"
+    }
+    assert tuple(sorted(updates)) == everyone and m.samples == sum(n for _, n in updates.values())
+    fedavg = weighted_average(updates.values())
+    weights, _ = RunDir(tmp_path / "secure").load_weights(state)
+    bound = m.secagg["error_bound"]
+    for name, expected in fedavg.items():
+        ulp = np.spacing(np.abs(expected))
+        assert np.all(np.abs(weights[name] - expected) <= bound + ulp), name
+    assert not gate.errors
 
 
 def test_fewer_than_the_threshold_fails_the_round_cleanly_and_the_job_goes_on(
