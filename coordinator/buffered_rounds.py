@@ -155,7 +155,7 @@ class BufferedRounds:
             len(closed.folded),
             staleness_summary(closed.folded),
         )
-        return closed.weights, self._metrics(rec, closed.folded, closed.weights)
+        return closed.weights, self._metrics(rec, closed.folded)
 
     def _start(self) -> None:
         """Once per coordinator run: what was folded before (--resume), the job's state."""
@@ -453,15 +453,8 @@ class BufferedRounds:
         self,
         rec: VersionRecord,
         folded: list[FoldedUpdate],
-        weights: Mapping[str, np.ndarray],
     ) -> RoundMetrics:
         cfg, round_ = self.cfg, rec.version.round
-        accuracy = loss = None
-        if self.coord.evaluator is not None and (
-            round_ % cfg.eval_every == 0 or round_ == cfg.rounds
-        ):
-            result = self.coord.evaluator.evaluate(weights)
-            accuracy, loss = result.accuracy, result.loss
         samples: dict[str, int] = {}
         for f in folded:
             samples[f.device] = samples.get(f.device, 0) + f.samples
@@ -472,8 +465,6 @@ class BufferedRounds:
         return RoundMetrics(
             job=cfg.job,
             round=round_,
-            accuracy=accuracy,
-            loss=loss,
             participants=tuple(sorted(samples)),
             bytes_up=rec.bytes_up,
             bytes_down=rec.bytes_down,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,13 @@ class Evaluator:
         self.y = test.y.astype(np.int32)  # (N,)
         self.samples = len(test)
         log.info("evaluating on %d test samples", self.samples)
+
+    def twin(self, model: TrainableModel) -> Evaluator:
+        """The same test set (shared, read-only) through another interpreter, for another
+        thread: an interpreter is not shared between threads."""
+        twin = copy.copy(self)  # shares x and y
+        twin.model = model
+        return twin
 
     def evaluate(self, weights: Mapping[str, np.ndarray]) -> EvalResult:
         self.model.set_weights(weights)

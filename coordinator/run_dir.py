@@ -17,6 +17,7 @@ left unconfirmed is dropped on loading and a resumed job never counts a round tw
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -175,6 +176,13 @@ class RunDir:
         self._write_state(new)
         self._prune(round_)
         return new
+
+    def record_metrics(self, state: RunState, metrics: RoundMetrics) -> RunState:
+        """Replace round ``metrics.round``'s line of metrics.jsonl (its score came in after
+        the checkpoint); state.json is unchanged."""
+        history = [metrics if h.round == metrics.round else h for h in state.history]
+        self._write_history(history)
+        return dataclasses.replace(state, history=history)
 
     def mark_finished(self, state: RunState) -> RunState:
         new = RunState(state.job, state.round, state.checkpoint, state.history, True)

@@ -114,7 +114,7 @@ class SecureRounds:
                 round_,
                 len(failures),
             )
-        metrics = self._metrics(round_, sr, bytes_down, time.time() - t0, new_weights, failures)
+        metrics = self._metrics(round_, sr, bytes_down, time.time() - t0, failures)
         return new_weights, metrics
 
     # -- one attempt -----------------------------------------------------------------------------
@@ -278,16 +278,8 @@ class SecureRounds:
         sr: SecureRound,
         bytes_down: int,
         duration: float,
-        weights: Mapping[str, np.ndarray],
         failures: list[str],
     ) -> RoundMetrics:
-        accuracy = loss = None
-        evaluator = self.coord.evaluator
-        if evaluator is not None and (
-            round_ % self.cfg.eval_every == 0 or round_ == self.cfg.rounds
-        ):
-            result = evaluator.evaluate(weights)
-            accuracy, loss = result.accuracy, result.loss
         record = sr.record()
         if failures:
             record["attempts"] = [*failures, *([] if sr.failed else ["done"])]
@@ -299,8 +291,6 @@ class SecureRounds:
         return RoundMetrics(
             job=self.cfg.job,
             round=round_,
-            accuracy=accuracy,
-            loss=loss,
             participants=participants,
             bytes_up=sum(sr.bytes_by_device.values()),
             bytes_down=bytes_down,

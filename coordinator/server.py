@@ -31,6 +31,7 @@ from coordinator.late import LateUpdates
 from coordinator.round_mode import POLL_S, SENDER, JobError, RoundMode
 from coordinator.rounds import RoundCollector
 from coordinator.run_dir import RunDir, RunState
+from coordinator.scoring import ScoredMetrics, Scorer
 from coordinator.secure_rounds import SecureRounds
 from coordinator.strategies import STRATEGIES, build_strategy
 from coordinator.sync_rounds import SyncRounds
@@ -52,6 +53,7 @@ from edge_client.protocol import (
     encode_weights,
 )
 from edge_client.signing import Signer
+from edge_client.trainable_model import TrainableModel
 from edge_client.transport import Transport
 
 __all__ = [
@@ -119,6 +121,8 @@ class Coordinator:
             config.stale_changes,
         )
         self._pending: list[UpdateReceived] = []  # arrived while no round was open
+        self.scores: ScoredMetrics | None = None  # rounds' metrics waiting for their scores
+        self._state = RunState(config.job)  # the run directory's state, as last saved
         # What a broker restart loses and the coordinator republishes (retained): the model
         # envelope, the current global weights and the last announcement, as published.
         self._retained: dict[str, bytes] = {}
@@ -183,6 +187,8 @@ class Coordinator:
         took it); also ends an overlong pause and republishes after a reconnect."""
         self.control.end_pause_after_limit()
         self._republish_after_reconnect()
+        if self.scores is not None:
+            self.scores.collect()  # scores that came back: their rounds' metrics go out
         item = self.inbox.get(timeout)
         if item is not None and not (on_item is not None and on_item(item)):
             self._handle(item, collector)
@@ -331,18 +337,61 @@ class Coordinator:
             log.warning(UNSIGNED_WARNING)
         self._retained[self.topics.model] = model_payload
         self.publisher.publish(self.topics.model, model_payload, retain=True)
-        for round_ in range(state.round + 1, self.cfg.rounds + 1):
-            self.wait_while_paused()
-            if self.control_state == "stopped":
-                raise JobError(f"stopped by the operator before round {round_}")
-            weights, metrics = self.rounds.run_round(round_, weights)
-            state = self.run_dir.save_round(state, round_, weights, self.strategy.state(), metrics)
-            self.transport.publish(self.topics.metrics, metrics.to_json(), retain=True)
-            self.on_round(metrics)
-        state = self.run_dir.mark_finished(state)
+        self._state = state
+        scores = self.scores = ScoredMetrics(self._scorer(), self._score_due, self._release)
+        try:
+            self._score_again_after_resume(state, weights)
+            for round_ in range(state.round + 1, self.cfg.rounds + 1):
+                self.wait_while_paused()
+                if self.control_state == "stopped":
+                    raise JobError(f"stopped by the operator before round {round_}")
+                weights, metrics = self.rounds.run_round(round_, weights)
+                self._state = self.run_dir.save_round(
+                    self._state, round_, weights, self.strategy.state(), metrics
+                )
+                scores.add(metrics, weights)  # scored on the side: the next round starts now
+        finally:
+            scores.finish()
+            if scores.scorer is not None:
+                scores.scorer.close()
+        state = self.run_dir.mark_finished(self._state)
         self._publish_final(weights, state.round)
         self.control.publish("stopped", "finished")
         return state
+
+    # -- scores of the global models (coordinator/scoring.py) --------------------------------
+    def _scorer(self) -> Scorer | None:
+        """A worker with its own interpreter over the same test set (None: no test set)."""
+        if self.evaluator is None:
+            return None
+        twin = self.evaluator.twin(TrainableModel(self.model.tflite, self.model.manifest))
+        return Scorer(twin)
+
+    def _score_due(self, round_: int) -> bool:
+        return round_ % self.cfg.eval_every == 0 or round_ == self.cfg.rounds
+
+    def _release(self, metrics: RoundMetrics) -> None:
+        """A round's metrics are complete: record its score, publish them, tell ``on_round``."""
+        if metrics.accuracy is not None:
+            self._state = self.run_dir.record_metrics(self._state, metrics)
+        self.transport.publish(self.topics.metrics, metrics.to_json(), retain=True)
+        self.on_round(metrics)
+
+    def _score_again_after_resume(self, state: RunState, weights: Mapping[str, np.ndarray]) -> None:
+        """The checkpointed round whose score a kill -9 lost: score it now (once, inline)."""
+        last = state.history[-1] if state.history else None
+        if (
+            self.evaluator is None
+            or last is None
+            or last.round != state.round
+            or last.accuracy is not None
+            or not self._score_due(last.round)
+        ):
+            return
+        result = self.evaluator.evaluate(weights)
+        scored = dataclasses.replace(last, accuracy=result.accuracy, loss=result.loss)
+        self._state = self.run_dir.record_metrics(state, scored)
+        log.info("round %d scored again after the resume: %.4f", last.round, result.accuracy)
 
     def _publish_final(self, weights: Mapping[str, np.ndarray], last_round: int) -> None:
         """The trained model stays on the broker: retained global weights of the round that

@@ -65,7 +65,7 @@ class SyncRounds:
             )
         new_weights = self.coord.strategy.finish()
         self.coord.late.closed(collector)
-        metrics = self._metrics(round_, collector, bytes_down, time.time() - t0, new_weights)
+        metrics = self._metrics(round_, collector, bytes_down, time.time() - t0)
         return new_weights, metrics
 
     def _collect(
@@ -191,20 +191,10 @@ class SyncRounds:
         c: RoundCollector,
         bytes_down: int,
         duration: float,
-        weights: Mapping[str, np.ndarray],
     ) -> RoundMetrics:
-        accuracy = loss = None
-        evaluator = self.coord.evaluator
-        if evaluator is not None and (
-            round_ % self.cfg.eval_every == 0 or round_ == self.cfg.rounds
-        ):
-            result = evaluator.evaluate(weights)
-            accuracy, loss = result.accuracy, result.loss
         return RoundMetrics(
             job=self.cfg.job,
             round=round_,
-            accuracy=accuracy,
-            loss=loss,
             participants=tuple(sorted(r.device for r in c.accepted)),
             bytes_up=c.bytes_up,
             bytes_down=bytes_down,
