@@ -55,9 +55,7 @@ def test_scores_are_the_inline_ones_and_metrics_leave_in_round_order(bundle, eva
     assert scores.pending == 0
 
 
-def test_a_score_that_fails_leaves_its_round_unscored_and_the_rest_going(
-    bundle, evaluator, caplog
-):
+def test_a_score_that_fails_leaves_its_round_unscored_and_the_rest_going(bundle, evaluator, caplog):
     # Prepare: round 2's weights do not fit the model
     released: list[RoundMetrics] = []
     twin = evaluator.twin(TrainableModel(bundle.tflite, bundle.manifest))
