@@ -290,6 +290,10 @@ CHECKED_ELSEWHERE = {
         "tests/coordinator/test_fleet_bench.py",
         ("fleet_stale_changes",),
     ),
+    "Scoring on the side, and four repeats": (
+        "tests/coordinator/test_fleet_bench.py",
+        ("fleet_scoring", "fleet_scoring_more"),
+    ),
 }
 
 

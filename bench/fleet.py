@@ -16,8 +16,9 @@ model in every mode: synchronous FedAvg selects 10 boards and waits for all of t
 deadline); semi-synchronous selects 15 (--over-select 1.5) and closes at 10, late updates
 folded with a staleness weight (--late-updates fold: on a mixed fleet the boards still
 uploading over a slow link when a round closes are one round late, and discarding them
-wastes their training); FedBuff folds every 10 updates (buffer size) into a new version. Each run's raw records go to bench/results/fleet/NAME/ (figures recompute from them:
-bench/fleet_figures.py). The simulator refuses an oversubscribed fleet (its CPU estimate
+wastes their training); FedBuff folds every --buffer-size updates (the toolkit's default,
+5; fedbuffN: N) into a new version. Each run's raw records go to bench/results/fleet/NAME/
+(figures recompute from them: bench/fleet_figures.py). The simulator refuses an oversubscribed fleet (its CPU estimate
 above 80 % of the cores); the bench records that and goes on with the other configurations.
 """
 
@@ -133,7 +134,7 @@ def run_one(
     args: argparse.Namespace, fleet: str, partition: str, mode: str, repeat: int, model_dir: Path
 ) -> Path | None:
     """One configuration: simulate, copy the raw records; their directory (None: refused)."""
-    name = f"{fleet}-{part_tag(partition)}-{mode}" + (f"-r{repeat}" if args.repeats > 1 else "")
+    name = f"{fleet}-{part_tag(partition)}-{mode}" + (f"-r{repeat}" if args.repeats > 1 or args.first_repeat else "")
     run = args.work / name
     budget = args.budget[fleet]
     job = JobConfig(
@@ -253,6 +254,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--round-timeout", type=float, default=120.0)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument(
+        "--first-repeat",
+        type=int,
+        default=0,
+        help="seed of the first repeat (more repeats of an earlier run, into another --out)",
+    )
     p.add_argument("--model", default="cnn")
     p.add_argument("--model-dir", default=None, help="an exported model (skips the export)")
     p.add_argument("--allow-oversubscribed", action="store_true")
@@ -294,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.raw)  # the record is this run's, whole
     model_dir = export_model(args)
     started = time.time()
-    for repeat in range(args.repeats):
+    for repeat in range(args.first_repeat, args.first_repeat + args.repeats):
         for fleet in args.fleets:  # sequentially: never two fleets at once
             for i, partition in enumerate(args.partitions):
                 turn = (i + repeat) % len(args.modes)  # rotate which mode goes first
@@ -321,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             "partitions": args.partitions,
             "modes": args.modes,
             "repeats": args.repeats,
+            "first_repeat": args.first_repeat,
         },
         "raw_records": str(
             args.raw.relative_to(ROOT) if args.raw.is_relative_to(ROOT) else args.raw

@@ -245,6 +245,25 @@ def acceptance(runs: list[dict[str, Any]], fleet: str = "mixed-pi") -> list[dict
     return out
 
 
+def repeats_summary(acceptances: list[dict[str, Any]], mode: str, partition: str = "iid") -> str:
+    """One sentence over every paired run (FedBuff ``mode`` and synchronous FedAvg with the
+    same seed) of the acceptance records given: the speed-up to 85 % and the gap after the
+    same updates, median and range."""
+    rows = [a for a in acceptances if a["mode"] == mode and a["partition"] == partition]
+    speed = [a["speedup_to_85"] for a in rows if a["speedup_to_85"] is not None]
+    gaps = [a["same_updates_gap_points"] for a in rows if a["same_updates_gap_points"] is not None]
+    if not speed or not gaps:
+        return f"no paired run of {label(mode)} reached 85 %"
+    met = sum(a["speedup_met"] for a in rows)
+    return (
+        f"over {len(rows)} paired runs, {label(mode)} reached 85 % "
+        f"{statistics.median(speed):.2f}x sooner than synchronous FedAvg in the median "
+        f"({min(speed):.2f}x to {max(speed):.2f}x; 3x or more in {met} of {len(rows)}), and "
+        f"after the same updates was {statistics.median(gaps):+.2f} points from it "
+        f"({min(gaps):+.2f} to {max(gaps):+.2f})"
+    )
+
+
 def figures(raw_dir: Path, targets: list[float]) -> dict[str, Any]:
     runs = [run_figures(read_run(p), targets) for p in sorted(raw_dir.iterdir()) if p.is_dir()]
     fleets, modes = ["mixed-pi", "homogeneous"], list(LABELS)

@@ -114,7 +114,9 @@ def test_fedbuff_n_runs_fedbuff_with_a_buffer_of_n_and_is_labelled_so():
             fleet.mode_settings(bad, 10, 1.5, "fold", 5)
 
 
-@pytest.mark.parametrize("name", ["fleet", "fleet_stale_changes"])
+@pytest.mark.parametrize(
+    "name", ["fleet", "fleet_stale_changes", "fleet_scoring", "fleet_scoring_more"]
+)
 def test_the_fleet_tables_in_benchmarks_md_recompute_from_the_raw_records(name):
     # Prepare: the committed record of a full run (the modes; the follow-up on stale
     # changes) and its raw records
@@ -128,3 +130,20 @@ def test_the_fleet_tables_in_benchmarks_md_recompute_from_the_raw_records(name):
     tables = fleet_figures.table(again, targets).split("\n\n")
     for table in [*tables, fleet_figures.acceptance_table(again)]:
         assert table in doc
+
+
+def test_the_sentences_over_the_repeats_recompute_from_the_records():
+    # Prepare: the acceptance rows of the four paired repeats (two records)
+    rows = []
+    for name in ("fleet_scoring", "fleet_scoring_more"):
+        record = json.loads((ROOT / f"bench/results/{name}.json").read_text())
+        rows += fleet_figures.acceptance(
+            fleet_figures.figures(ROOT / f"bench/results/{name}", [0.85, 0.88])["runs"]
+        )
+    doc = " ".join((ROOT / "docs/benchmarks.md").read_text().split())
+    # Execute / Assert: the doc quotes each summary as it recomputes (median and range)
+    for mode in ("fedbuff2-model", "fedbuff2-a1-model"):
+        sentence = fleet_figures.repeats_summary(rows, mode)
+        assert sentence in doc, sentence
+    assert "over 4 paired runs" in fleet_figures.repeats_summary(rows, "fedbuff2-model")
+    assert record["settings"]["first_repeat"] == 2
