@@ -134,7 +134,9 @@ def run_one(
     args: argparse.Namespace, fleet: str, partition: str, mode: str, repeat: int, model_dir: Path
 ) -> Path | None:
     """One configuration: simulate, copy the raw records; their directory (None: refused)."""
-    name = f"{fleet}-{part_tag(partition)}-{mode}" + (f"-r{repeat}" if args.repeats > 1 or args.first_repeat else "")
+    name = f"{fleet}-{part_tag(partition)}-{mode}" + (
+        f"-r{repeat}" if args.repeats > 1 or args.first_repeat else ""
+    )
     run = args.work / name
     budget = args.budget[fleet]
     job = JobConfig(
