@@ -131,3 +131,37 @@ def table(record: dict[str, Any]) -> str:
                 f"({statistics.median(r['wasted'] for r in rows):.0f}) |"
             )
     return "\n".join(lines)
+
+
+def claims(record: dict[str, Any], partition: str = "iid") -> list[str]:
+    """The sentences docs/benchmarks.md says about the table, from the record: when
+    synchronous FedAvg reached the first target, how much sooner each FedBuff setting did, and
+    how far it was from FedAvg after FedAvg's updates (medians over the seeds, and ranges)."""
+    modes = record["summary"][partition]
+    target = float(record["settings"]["targets"].split(",")[0])
+    key, pct = f"t{round(100 * target)}", f"{round(100 * target)} %"
+    horizon = float(record["settings"]["horizon"])
+    sync = modes["sync"]
+    sync_t = [r[key] for r in sync]
+    out = []
+    if all(t is not None for t in sync_t):
+        out.append(
+            f"Synchronous FedAvg reached {pct} at a median {statistics.median(sync_t):.1f} s "
+            f"({min(sync_t):.1f}-{max(sync_t):.1f} over the seeds)"
+        )
+    for mode, rows in modes.items():
+        if mode == "sync":
+            continue
+        times = [r[key] for r in rows]
+        gaps = [r["gap_points"] for r in rows if r.get("gap_points") is not None]
+        reached = [t for t in times if t is not None]
+        if not reached or not gaps:
+            continue
+        out.append(
+            f"{mode_name(mode, record)}: {pct} at a median {statistics.median(reached):.1f} s"
+            + _sooner(sync, rows, target, horizon)
+            + f", {statistics.median(gaps):+.2f} points from FedAvg after its "
+            f"{rows[0]['same_updates']} updates ({min(gaps):+.2f} to {max(gaps):+.2f}), "
+            f"{statistics.median(r['wasted'] for r in rows):.0f} updates wasted"
+        )
+    return out

@@ -138,7 +138,8 @@ def _site_tier() -> list[str]:
 
 
 def _async_numerics() -> list[str]:
-    return [async_figures.table(record("async_numerics"))]
+    r = record("async_numerics")
+    return [async_figures.table(r), *async_figures.claims(r)]
 
 
 def _board_install() -> list[str]:
