@@ -39,7 +39,6 @@ import heapq
 import json
 import multiprocessing
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -274,15 +273,6 @@ def summary(
     return out
 
 
-def spread(values: list[float | None]) -> str:
-    got = [v for v in values if v is not None]
-    if not got:
-        return "never"
-    miss = len(values) - len(got)
-    text = f"min {min(got):.1f} median {statistics.median(got):.1f}"
-    return text + (f" ({miss} of {len(values)} never)" if miss else "")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--fleet", default="mixed-pi")
@@ -321,15 +311,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs = [r for p, s in cells for r in run_cell(args, model_dir, p, s, cal, variants)]
     result = summary(runs, targets, args.horizon)
-    for part, modes in result.items():
-        for mode, rows in modes.items():
-            parts = [f"{part} {mode}:"]
-            for target in targets:
-                key = f"t{round(100 * target)}"
-                parts.append(f"time to {target:.0%} {spread([r[key] for r in rows])} s")
-            gaps = [r.get("gap_points") for r in rows]
-            parts.append(f"gap at sync's updates {spread(gaps)} points")
-            print("  ".join(parts))
     record = {
         "command": "python bench/async_numerics.py " + " ".join(argv or sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

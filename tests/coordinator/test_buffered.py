@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -20,8 +19,6 @@ import pytest
 from coordinator.config import JobConfig
 from coordinator.job import run_job
 from coordinator.run_dir import RunDir
-from coordinator.simulation import FleetConfig, device_command
-from edge_client.pacing import ENV as SLOWDOWN_ENV
 from edge_client.protocol import (
     DeviceStatus,
     RoundAnnouncement,
@@ -31,51 +28,13 @@ from edge_client.protocol import (
     encode_weights,
 )
 from edge_client.transport import BrokerConfig
+from tests.coordinator.board_processes import start_boards, stop
 from tests.fixtures.brokers import mqtt_client
 from tests.fixtures.proxy import CuttableProxy
 
 pytestmark = pytest.mark.slow  # over ~5 s: left out of the fast loop (pytest -m "not slow")
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def start_boards(
-    job: JobConfig,
-    broker: BrokerConfig,
-    tmp: Path,
-    n: int,
-    slowdown: dict[int, float],
-    *,
-    broker_urls: dict[int, str] | None = None,
-    parts: int = 12,
-    extra: tuple[str, ...] = (),
-) -> list[subprocess.Popen]:
-    """``n`` real `fedge run` boards (sim-00 ...) with 60,000 / ``parts`` Fashion-MNIST images
-    each; board ``i`` slowed ``slowdown[i]`` times (the fleet simulator's pacing), connecting
-    to ``broker_urls[i]`` when given (a proxy), with ``extra`` options."""
-    fleet = FleetConfig(devices=max(n, parts))
-    (tmp / "devices").mkdir(parents=True, exist_ok=True)
-    procs = []
-    for i in range(n):
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        if i in slowdown:
-            env[SLOWDOWN_ENV] = str(slowdown[i])
-        url = (broker_urls or {}).get(i)
-        board_broker = BrokerConfig.from_url(url) if url else broker
-        log = open(tmp / "devices" / f"sim-{i:02d}.log", "ab")  # noqa: SIM115
-        cmd = device_command(fleet, job, board_broker, i, tmp / "devices" / f"sim-{i:02d}")
-        cmd += extra  # e.g. ("--trust-key", path)
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
-    return procs
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        try:
-            p.wait(20)  # --exit-on-stop: they leave when the job stops
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def lines_of(run_dir: Path) -> list[dict]:

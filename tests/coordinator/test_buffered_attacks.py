@@ -36,7 +36,8 @@ from edge_client.protocol import (
 from edge_client.protocol.envelope import envelope_bytes
 from edge_client.signing import Signer, Verifier
 from edge_client.transport import BrokerConfig
-from tests.coordinator.test_buffered import ROOT, lines_of, sane, start_boards, stop
+from tests.coordinator.board_processes import start_boards, stop
+from tests.coordinator.test_buffered import ROOT, lines_of, sane
 from tests.fixtures.brokers import mqtt_client
 from tests.fixtures.forged_device import ForgedDevice
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -22,44 +21,16 @@ import pytest
 from coordinator.config import JobConfig
 from coordinator.job import run_job
 from coordinator.run_dir import RunDir
-from coordinator.simulation import FleetConfig, device_command
 from edge_client.data import load_dataset, partition
 from edge_client.manifest import Manifest
-from edge_client.pacing import ENV as SLOWDOWN_ENV
 from edge_client.trainable_model import TrainableModel
 from edge_client.transport import BrokerConfig
+from tests.coordinator.board_processes import start_boards, stop
 from tests.coordinator.fleet_support import mqtt_device
 
 pytestmark = pytest.mark.slow  # over ~5 s: left out of the fast loop (pytest -m "not slow")
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def start_boards(
-    job: JobConfig, broker: BrokerConfig, tmp: Path, n: int, slowdown: dict[int, float]
-) -> list[subprocess.Popen]:
-    """``n`` real `fedge run` boards (sim-00 ...) with 20,000 images each; board ``i`` slowed
-    ``slowdown[i]`` times (the fleet simulator's pacing)."""
-    fleet = FleetConfig(devices=n)
-    (tmp / "devices").mkdir(parents=True, exist_ok=True)
-    procs = []
-    for i in range(n):
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        if i in slowdown:
-            env[SLOWDOWN_ENV] = str(slowdown[i])
-        log = open(tmp / "devices" / f"sim-{i:02d}.log", "wb")  # noqa: SIM115
-        cmd = device_command(fleet, job, broker, i, tmp / "devices" / f"sim-{i:02d}")
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
-    return procs
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        try:
-            p.wait(20)  # --exit-on-stop: they leave when the job stops
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def test_over_selection_closes_at_the_target_and_the_slow_board_stops_training(
@@ -72,7 +43,7 @@ def test_over_selection_closes_at_the_target_and_the_slow_board_stops_training(
         model_dir=str(export_dir("mlp")), run_dir=str(tmp_path / "run"),
     )  # fmt: skip
     broker = BrokerConfig.from_url(mosquitto_broker.url)
-    procs = start_boards(job, broker, tmp_path, 3, {2: 40.0})
+    procs = start_boards(job, broker, tmp_path, 3, {2: 40.0}, parts=3)
     try:
         # Execute
         state = run_job(job, broker=broker, final_models=False)
@@ -129,7 +100,7 @@ def test_a_late_update_is_discarded_folded_or_refused_as_too_stale(
             time.sleep(0.5)
 
     with ExitStack() as stack:
-        procs = start_boards(job, broker, tmp_path, 2, {})
+        procs = start_boards(job, broker, tmp_path, 2, {}, parts=2)
         stack.callback(stop, procs)
         stack.callback(late.stop)
         # Execute
@@ -166,7 +137,7 @@ def test_a_killed_semi_synchronous_coordinator_resumes_without_counting_an_updat
     cmd += ["--job", "semiresume", "--rounds", "5", "--min-devices", "3", "--model-dir", model]
     cmd += ["--run-dir", str(run_dir), "--epochs", "1", "--lr", "0.05", "--min-results", "2"]
     cmd += ["--clients-per-round", "2", "--over-select", "1.5", "--late-updates", "fold"]
-    procs = start_boards(job, broker, tmp_path, 3, {})
+    procs = start_boards(job, broker, tmp_path, 3, {}, parts=3)
     try:
         first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 180
