@@ -4,7 +4,6 @@ reassembles what crossed the broker."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -14,13 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.config import JobConfig
-from coordinator.simulation import ROOT, FleetConfig, device_command
 from edge_client.client import EdgeClient, mqtt_transport
 from edge_client.config import ClientConfig
 from edge_client.data import Dataset, load_dataset, partition
-from edge_client.pacing import ENV as SLOWDOWN_ENV
 from edge_client.protocol import Envelope, Reassembler, RoundAnnouncement, Topics, decode
 from edge_client.transport import BrokerConfig
+from tests.coordinator.board_processes import start_boards, stop
 from tests.fixtures.brokers import ReceivedMessage
 
 # (round, stage of the message about to be published, its envelope) -> what to publish
@@ -40,25 +38,11 @@ def real_boards(
 ) -> Iterator[list[subprocess.Popen]]:
     """``n`` `fedge run` processes sim-00 ... with partitions 0..n-1 of ``of`` (default n);
     board ``i`` slowed ``slowdown[i]`` times (the fleet simulator's pacing)."""
-    fleet = FleetConfig(devices=of or n)
-    (tmp / "devices").mkdir(parents=True, exist_ok=True)
-    procs = []
-    for i in range(n):
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        if i in (slowdown or {}):
-            env[SLOWDOWN_ENV] = str((slowdown or {})[i])
-        log = open(tmp / "devices" / f"sim-{i:02d}.log", "wb")  # noqa: SIM115
-        cmd = device_command(fleet, job, broker, i, tmp / "devices" / f"sim-{i:02d}")
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
+    procs = start_boards(job, broker, tmp, n, slowdown or {}, parts=of or n)
     try:
         yield procs
     finally:
-        for p in procs:
-            try:
-                p.wait(20)  # --exit-on-stop: they leave when the job stops
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop(procs)
 
 
 def board_log(tmp: Path, i: int) -> str:
