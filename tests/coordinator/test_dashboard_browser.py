@@ -33,6 +33,7 @@ from edge_client.data.registry import DATASETS, load_dataset
 from edge_client.protocol import JobControl, Topics
 from edge_client.transport import BrokerConfig
 from tests.coordinator.job_messages import retained_state, unsigned_paused_with_rejections
+from tests.coordinator.secure_support import real_boards
 from tests.fixtures.brokers import free_port, mqtt_client, wait_for_port
 
 pytestmark = pytest.mark.slow  # over ~5 s: left out of the fast loop (pytest -m "not slow")
@@ -295,6 +296,55 @@ def test_unsigned_job_and_rejected_updates_in_chromium(browser, mosquitto_broker
             client.publish_wait(Topics("demo").control, signed.to_json(), qos=1, retain=True)
         wait_until(driver, lambda d: not badge.is_displayed(), 20, "no unsigned badge")
         errors = page_errors(driver)
+    assert errors == []
+
+
+def test_secure_round_outcome_in_chromium(
+    browser, mosquitto_broker, export_dir, tmp_path: Path
+) -> None:
+    # Prepare: a one-round secure-aggregation job, three real boards, the dashboard attached
+    driver = browser
+    cfg = JobConfig(
+        job="dash-secure",
+        rounds=1,
+        min_devices=3,
+        run_dir=str(tmp_path / "run"),
+        model_dir=str(export_dir("mlp")),
+        epochs=1,
+        lr=0.05,
+        round_timeout=120,
+        wait_timeout=90,
+        secure_aggregation=True,
+    )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = DashboardSettings("127.0.0.1", port, AuthConfig(ADMIN, VIEWER))
+    broker = BrokerConfig.from_url(mosquitto_broker.url)
+    job = HeldJob(cfg, broker, settings)  # held after its round: the page stays up
+    with real_boards(cfg, broker, tmp_path, 3):
+        job.thread.start()
+        try:
+            # Execute: a viewer follows the job until its round is in the rounds table
+            wait_for_port("127.0.0.1", port, timeout=60)
+            log_in(driver, base, VIEWER)
+            viewport(driver, *DESKTOP)
+            assert job.done[1].wait(240), "the secure round did not finish"
+            cells = '#rounds tbody tr.round td[data-label="Devices"]'
+            wait_until(driver, lambda d: css(d, cells), 30, "the finished round's row")
+            devices = css(driver, cells)[0].text
+            round_line = text_of(driver, "stat-round-sub")
+            state = json.loads(_get(f"{base}/api/state", VIEWER))
+            errors = page_errors(driver)
+        finally:
+            job.release_all()
+            job.thread.join(120)
+    # Assert: the round's row says it was secure, with /api/state's threshold (t=2 of 3)
+    assert not isinstance(job.result, BaseException), repr(job.result)
+    (h,) = state["history"]
+    assert h["secagg"]["stage"] == "done" and h["secagg"]["failed"] is None
+    assert devices == f"3 (secure, t={h['secagg']['threshold']})"
+    # and the round line, every board's message of every stage
+    assert round_line.endswith("; secure: closed (keys 3 · shares 3 · masked 3 · unmask 3)")
     assert errors == []
 
 
