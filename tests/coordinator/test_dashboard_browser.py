@@ -384,6 +384,9 @@ def _as_viewer(driver, base: str, shots: Path, image: Path, not_image: Path) -> 
 def _pause_and_resume(driver, base: str, job: HeldJob, run_dir: Path, shots: Path) -> None:
     """An admin pauses the job between rounds 1 and 2, checks it waits, then resumes."""
     driver.find_element("id", "logout").click()
+    # the logout form's POST must land before the next page load, or that load cancels it
+    # and the viewer stays logged in (seen on a loaded machine)
+    wait_until(driver, lambda d: css(d, "#token"), 30, "login form after logging out")
     log_in(driver, base, ADMIN)
     viewport(driver, *DESKTOP)
     wait_until(driver, lambda d: d.find_element("id", "btn-pause").is_enabled(), 20, "pause")
