@@ -398,10 +398,8 @@ def _pause_and_resume(driver, base: str, job: HeldJob, run_dir: Path, shots: Pat
     # (coordinator/scoring.py), so round 2 may be under way already: the pause holds the job
     # at the next round boundary, 1 or 2 rounds done, and no round starts after it
     job.release[1].set()
-    wait_until(driver, lambda d: _round_state(base) == "closed", 60, "the open round closed")
-    done = rounds_in(run_dir)
-    time.sleep(2.5)
-    assert rounds_in(run_dir) == done and done in (1, 2)
+    done = _settled(base, run_dir, quiet_s=3.0, timeout=90)
+    assert done in (1, 2)
     state = json.loads(_get(f"{base}/api/state", ADMIN))
     assert state["round"]["round"] == done and state["round"]["state"] == "closed"
     shoot(driver, shots / "admin-paused-desktop.png", *DESKTOP)
@@ -410,8 +408,19 @@ def _pause_and_resume(driver, base: str, job: HeldJob, run_dir: Path, shots: Pat
     wait_until(driver, lambda d: text_of(d, "job-state") == "running", 20, "running again")
 
 
-def _round_state(base: str) -> str:
-    return str(json.loads(_get(f"{base}/api/state", ADMIN))["round"]["state"])
+def _settled(base: str, run_dir: Path, quiet_s: float, timeout: float) -> int:
+    """Rounds done once the job holds still: the last round closed, as many rounds in
+    metrics.jsonl, and nothing new for ``quiet_s`` (a round about to open would show)."""
+    end, since, last = time.monotonic() + timeout, time.monotonic(), None
+    while time.monotonic() < end:
+        r = json.loads(_get(f"{base}/api/state", ADMIN))["round"]
+        now = (r["round"], r["state"], rounds_in(run_dir))
+        if now != last or now[1] != "closed" or now[0] != now[2]:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return now[2]
+        time.sleep(0.2)
+    raise AssertionError(f"the paused job did not hold still: {last}")
 
 
 def _finished_job(driver, base: str, image: Path, labels, shots: Path) -> None:
