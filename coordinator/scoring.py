@@ -101,12 +101,10 @@ class ScoredMetrics:
 
     def add(self, metrics: RoundMetrics, weights: Weights) -> None:
         """A closed round: score ``weights`` when it is due, release what is ready."""
+        self._held.append(metrics)
         if self.scorer is not None and self.due(metrics.round):
             self._waiting.add(metrics.round)
-            self._held.append(metrics)
             self.scorer.submit(metrics.round, weights)
-        else:
-            self._held.append(metrics)
         self.collect()
 
     def collect(self, timeout: float | None = 0.0) -> None:
