@@ -27,6 +27,7 @@ import board_install_size
 import compression
 import doc_figures
 import edge_client_rss
+import fleet_figures
 import readme_job
 import scale
 import secagg
@@ -147,6 +148,44 @@ def _board_install() -> list[str]:
     return [board_install_size.table(r), *board_install_size.claims(r)]
 
 
+@cache
+def _fleet_records(name: str) -> fleet_figures.Records:
+    """bench/results/NAME.json with its raw records bench/results/NAME/ (read once)."""
+    return fleet_figures.Records(record(name), ROOT / "bench/results" / name)
+
+
+@cache
+def _repeats() -> tuple[dict[str, Any], ...]:
+    """The acceptance rows of the four paired repeats (two records)."""
+    return tuple(
+        a
+        for n in ("fleet_scoring", "fleet_scoring_more")
+        for a in _fleet_records(n).result["acceptance"]
+    )
+
+
+@cache
+def _fleet_modes() -> tuple[str, ...]:
+    main = _fleet_records("fleet")
+    return (*main.tables(), *fleet_figures.modes_claims(main, list(_repeats())))
+
+
+@cache
+def _fleet_stale_changes() -> tuple[str, ...]:
+    follow = _fleet_records("fleet_stale_changes")
+    return (*follow.tables(), *fleet_figures.stale_changes_claims(follow, _fleet_records("fleet")))
+
+
+@cache
+def _fleet_scoring() -> tuple[str, ...]:
+    scoring = [_fleet_records(n) for n in ("fleet_scoring", "fleet_scoring_more")]
+    return tuple(
+        fleet_figures.scoring_claims(
+            scoring, _fleet_records("fleet"), _fleet_records("fleet_stale_changes")
+        )
+    )
+
+
 def _readme_demo() -> list[str]:
     return readme_job.demo_claims(record("readme_job"))
 
@@ -249,6 +288,29 @@ SECTIONS = [
         },
     ),
     Section(BENCHMARKS, "Board install size", ("board_install_size",), _board_install),
+    # The fleet sections also quote each other's records: the first, the repeats' median;
+    # the follow-up and the repeats, the main run (and the follow-up) they compare with.
+    Section(
+        BENCHMARKS,
+        "Round modes on simulated fleets: synchronous, semi-synchronous, FedBuff",
+        ("fleet",),
+        lambda: list(_fleet_modes()),
+        {
+            "`mlp`, 15 s per run": "the smoke setting's budget (bench/fleet.py --quick), not a figure"
+        },
+    ),
+    Section(
+        BENCHMARKS,
+        "Follow-up: damping the waves of stale updates",
+        ("fleet_stale_changes",),
+        lambda: list(_fleet_stale_changes()),
+    ),
+    Section(
+        BENCHMARKS,
+        "Scoring on the side, and four repeats",
+        ("fleet_scoring", "fleet_scoring_more"),
+        lambda: list(_fleet_scoring()),
+    ),
     Section(
         BENCHMARKS, "FedBuff's numerics on the fleet's clock", ("async_numerics",), _async_numerics
     ),
@@ -282,20 +344,7 @@ SECTIONS = [
 ]
 
 # Sections whose figures another test checks against their records: title -> (test, records).
-CHECKED_ELSEWHERE = {
-    "Round modes on simulated fleets: synchronous, semi-synchronous, FedBuff": (
-        "tests/coordinator/test_fleet_bench.py",
-        ("fleet",),
-    ),
-    "Follow-up: damping the waves of stale updates": (
-        "tests/coordinator/test_fleet_bench.py",
-        ("fleet_stale_changes",),
-    ),
-    "Scoring on the side, and four repeats": (
-        "tests/coordinator/test_fleet_bench.py",
-        ("fleet_scoring", "fleet_scoring_more"),
-    ),
-}
+CHECKED_ELSEWHERE: dict[str, tuple[str, tuple[str, ...]]] = {}
 
 
 def main() -> int:

@@ -141,6 +141,21 @@ def test_superseded_throughput_figures_are_their_records_in_git_history():
     ) in doc
 
 
+def test_the_superseded_fleet_run_s_load_is_its_record_in_git_history():
+    # Prepare
+    doc = doc_figures.normal((ROOT / "docs/benchmarks.md").read_text())
+    old = _git_record("2a8b6fe", "bench/results/fleet.json")
+    # Execute: the 1-minute load average, median per run (as the current run is quoted)
+    medians = [r["load_average"]["median"] for r in old["runs"]]
+    day = int(old["date"][8:10])
+    # Assert
+    assert (
+        f"The previous run of this bench ({day} December, `bench/results/fleet.json` at commit "
+        f"`2a8b6fe`, in git history) was made under a load average of "
+        f"{doc_figures.span_of(medians)} and is superseded by this one."
+    ) in doc
+
+
 def test_the_superseded_accuracy_gap_is_its_record_in_git_history():
     # Prepare
     doc = doc_figures.normal((ROOT / "docs/benchmarks.md").read_text())
