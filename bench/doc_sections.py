@@ -27,7 +27,7 @@ import board_install_size
 import compression
 import doc_figures
 import edge_client_rss
-import fleet_figures
+import fleet_claims
 import readme_job
 import scale
 import secagg
@@ -149,9 +149,9 @@ def _board_install() -> list[str]:
 
 
 @cache
-def _fleet_records(name: str) -> fleet_figures.Records:
+def _fleet_records(name: str) -> fleet_claims.Records:
     """bench/results/NAME.json with its raw records bench/results/NAME/ (read once)."""
-    return fleet_figures.Records(record(name), ROOT / "bench/results" / name)
+    return fleet_claims.Records(record(name), ROOT / "bench/results" / name)
 
 
 @cache
@@ -167,20 +167,20 @@ def _repeats() -> tuple[dict[str, Any], ...]:
 @cache
 def _fleet_modes() -> tuple[str, ...]:
     main = _fleet_records("fleet")
-    return (*main.tables(), *fleet_figures.modes_claims(main, list(_repeats())))
+    return (*main.tables(), *fleet_claims.modes_claims(main, list(_repeats())))
 
 
 @cache
 def _fleet_stale_changes() -> tuple[str, ...]:
     follow = _fleet_records("fleet_stale_changes")
-    return (*follow.tables(), *fleet_figures.stale_changes_claims(follow, _fleet_records("fleet")))
+    return (*follow.tables(), *fleet_claims.stale_changes_claims(follow, _fleet_records("fleet")))
 
 
 @cache
 def _fleet_scoring() -> tuple[str, ...]:
     scoring = [_fleet_records(n) for n in ("fleet_scoring", "fleet_scoring_more")]
     return tuple(
-        fleet_figures.scoring_claims(
+        fleet_claims.scoring_claims(
             scoring, _fleet_records("fleet"), _fleet_records("fleet_stale_changes")
         )
     )

@@ -14,6 +14,7 @@ import pytest
 from coordinator.simulation import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
+import fleet_claims  # noqa: E402
 import fleet_figures  # noqa: E402
 
 RUN_FILES = {"bench.json", "config.json", "events.jsonl", "metrics.jsonl", "summary.json"}
@@ -133,7 +134,7 @@ def test_a_statement_the_records_no_longer_support_is_rendered_so():
     # Prepare: the main run's records and the repeats' acceptance rows
     def records(name):
         record = json.loads((ROOT / f"bench/results/{name}.json").read_text())
-        return fleet_figures.Records(record, ROOT / f"bench/results/{name}")
+        return fleet_claims.Records(record, ROOT / f"bench/results/{name}")
 
     main = records("fleet")
     repeats = [
@@ -141,9 +142,9 @@ def test_a_statement_the_records_no_longer_support_is_rendered_so():
     ]
     claim = "FedBuff is faster, not 3x faster"
     # Execute: as recorded, then with the buffer of 2 reaching 85 % 3.5x sooner
-    before = fleet_figures.modes_claims(main, repeats)
+    before = fleet_claims.modes_claims(main, repeats)
     main.acceptance("fedbuff2")["speedup_to_85"] = 3.5
-    after = fleet_figures.modes_claims(main, repeats)
+    after = fleet_claims.modes_claims(main, repeats)
     # Assert: the doc check then fails on the phrase until the sentence is rewritten
-    assert claim in before and fleet_figures.NOT_SO + claim not in before
-    assert fleet_figures.NOT_SO + claim in after
+    assert claim in before and fleet_claims.NOT_SO + claim not in before
+    assert fleet_claims.NOT_SO + claim in after
