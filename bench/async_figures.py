@@ -22,21 +22,16 @@ class Variant:
     toward_model: bool = False  # the change is (trained - current), not (trained - base)
     k: int | None = None  # buffer size (default --k)
     per_device: int | None = None  # most updates of one board in a buffer (default: the share's)
-    idle: bool = False  # with its share of the buffer a board idles (before it trained ahead)
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """``lr0.5``, ``a1``, ``k5``, ``per1``, ``model``, ``idle``, ``lr0.5-a1``: server lr,
-        staleness exponent, buffer size, most updates per board in a buffer, changes toward
-        the trained model rather than from the update's base, boards with their share of the
-        open buffer idle until the next version (the coordinator's rule before they trained
-        ahead)."""
-        lr, a, toward, k, per, idle = 1.0, 0.5, False, None, None, False
+        """``lr0.5``, ``a1``, ``k5``, ``per1``, ``model``, ``lr0.5-a1``: server lr, staleness
+        exponent, buffer size, most updates per board in a buffer, changes toward the trained
+        model rather than from the update's base."""
+        lr, a, toward, k, per = 1.0, 0.5, False, None, None
         for part in text.split("-"):
             if part == "model":
                 toward = True
-            elif part == "idle":
-                idle = True
             elif part.startswith("per"):
                 per = int(part[3:])
             elif part.startswith("k"):
@@ -47,7 +42,7 @@ class Variant:
                 a = float(part[1:])
             else:
                 raise SystemExit(f"unknown variant part {part!r} in {text!r}: use lrX and aY")
-        return cls(text, lr, a, toward, k, per, idle)
+        return cls(text, lr, a, toward, k, per)
 
 
 def _seconds(values: list[float | None]) -> str:
@@ -97,8 +92,6 @@ def mode_name(mode: str, record: dict[str, Any]) -> str:
     if v.per_device is not None:
         parts.append(f"at most {v.per_device} per board")
     parts.append("toward the trained model" if v.toward_model else "from its base")
-    if v.idle:
-        parts.append("idle with its share of a buffer")
     return "FedBuff, " + ", ".join(parts)
 
 

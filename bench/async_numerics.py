@@ -16,8 +16,7 @@ dropouts are left out: every board is always online and always delivers.
     FedBuff:     every board trains continuously from the newest version when it starts;
                  each B updates (--variants kB) make a version, a change re-based on it and
                  weighted by 1/(1+s)^a (s: versions behind; a = 0.5 unless aX), at most
-                 --max-weight-share of a buffer from one board (one with its share trains
-                 ahead for the next version; -idle: it waits), beyond --max-staleness wasted
+                 --max-weight-share of a buffer from one board, beyond --max-staleness wasted
 
     .venv/bin/fedcoord export --model cnn --optimizer adam --lr 0.001 --out models/cnn-adam
     .venv/bin/python bench/async_numerics.py --model-dir models/cnn-adam --variants k5,k2 \
@@ -221,11 +220,8 @@ def run_fedbuff(
                     grant += 1
                     heapq.heappush(events, (t + fleet.cycle[waiting], grant, waiting, current))
                 idle = []
-        # the board trains again at once, ahead for the next version when it has its share
-        # of the open buffer, unless as many of its updates wait for that version already
-        # (with -idle: unless it has its share, counting those waiting)
-        mine, waiting = buf.count(d), sum(b[0] == d for b in backlog)
-        if (mine + waiting >= limit) if variant.idle else (mine >= limit and waiting >= limit):
+        # the board trains again at once, unless it has its share of the open buffer
+        if buf.count(d) + sum(b[0] == d for b in backlog) >= limit:
             idle.append(d)
         else:
             grant += 1

@@ -31,11 +31,6 @@ def test_variants_parse_and_name_their_settings():
         "FedBuff, buffer 2, toward the trained model"
     )
     assert async_figures.mode_name("sync", record) == "synchronous FedAvg, 10 boards per round"
-    idle = async_figures.Variant.parse("k2-model-idle")
-    assert (idle.idle, v.idle, idle.toward_model) == (True, False, True)
-    assert async_figures.mode_name("fedbuff-k2-model-idle", record) == (
-        "FedBuff, buffer 2, toward the trained model, idle with its share of a buffer"
-    )
     with pytest.raises(SystemExit, match="unknown variant part 'x2'"):
         async_figures.Variant.parse("k2-x2")
 
