@@ -6,8 +6,7 @@ retained announcement lists them and is republished whenever a slot changes hand
 every valid update that arrives, whatever version it was trained from (coordinator/buffer.py),
 and once ``--buffer-size`` are in, folds them into the next version. Devices never wait for
 each other: a device whose update is in gets a new grant at once (when the bound allows),
-and trains it from the newest version it holds; one that has its share of the buffer
-(``--max-weight-share``) trains ahead for the next version, and its update waits for it. The job loop checkpoints each version and
+and trains it from the newest version it holds. The job loop checkpoints each version and
 publishes its metrics like a round's (``round`` = the version, ``mode`` = "buffered").
 
 Implements ``round_mode.RoundMode``; docs/round-modes.md says when to use it, docs/protocol.md
@@ -251,9 +250,6 @@ class BufferedRounds:
                 f"{self.cfg.buffer_size}, --max-weight-share)"
             )
         self._backlog.append(item)
-        # its grant is answered (the update is kept for the next version): the board may
-        # train ahead for the version after this one instead of idling (_tend)
-        self.grants.release(device, grant)
         if (device, grant) in self._told_waits:
             return True
         self._told_waits.add((device, grant))
@@ -379,29 +375,13 @@ class BufferedRounds:
             counts: dict[str, int] = {}
             for f in [*rec.buffer.folded, *(u.folded for u in rec.buffer.held.values())]:
                 counts[f.device] = counts.get(f.device, 0) + 1
-            # a device with its share of this buffer trains ahead for the next version,
-            # while fewer than its share of that version wait already
-            waiting = self._waiting()
+            # a device with its share of this buffer trains again for the next version
             limit = self._limit()
-            candidates = [
-                d
-                for d in self._candidates()
-                if counts.get(d, 0) < limit or waiting.get(d, 0) < limit
-            ]
-            ahead = {d: counts.get(d, 0) + waiting.get(d, 0) for d in candidates}
-            granted = self.grants.fill(candidates, rec.version.round, in_buffer=ahead)
+            candidates = [d for d in self._candidates() if counts.get(d, 0) < limit]
+            granted = self.grants.fill(candidates, rec.version.round, in_buffer=counts)
             changed = changed or bool(granted)
         self._check_alone()
         self._announce(force=changed)
-
-    def _waiting(self) -> dict[str, int]:
-        """device -> its updates waiting for the next version (arrived after its share of
-        the buffer, or after the buffer filled)."""
-        out: dict[str, int] = {}
-        for item in self._backlog:
-            if item.device is not None and item.value.kind == "update":
-                out[item.device] = out.get(item.device, 0) + 1
-        return out
 
     def _candidates(self) -> list[str]:
         out = []

@@ -103,40 +103,6 @@ def test_a_buffered_job_folds_versions_with_staleness_and_learns(
     assert "grant 3 for this device" in fast_log and "Traceback" not in fast_log
 
 
-def test_a_board_with_its_share_of_the_buffer_trains_ahead_instead_of_idling(
-    mosquitto_broker, export_dir, tmp_path, caplog
-):
-    # Prepare: sim-00 fast, sim-01 and sim-02 six times slower; a buffer of 2, so at most one
-    # update per board and version (--max-weight-share 0.5): sim-00's update sits in a
-    # buffer while the slow boards train
-    job = JobConfig(
-        job="ahead", mode="buffered", rounds=6, buffer_size=2, min_devices=3,
-        round_timeout=120, wait_timeout=90, epochs=1, lr=0.05,
-        model_dir=str(export_dir("mlp")), run_dir=str(tmp_path / "run"),
-    )  # fmt: skip
-    broker = BrokerConfig.from_url(mosquitto_broker.url)
-    caplog.set_level(logging.INFO, "coordinator.buffered_rounds")
-    procs = start_boards(job, broker, tmp_path, 3, {1: 6.0, 2: 6.0})
-    try:
-        # Execute
-        state = run_job(job, broker=broker, final_models=False)
-    finally:
-        stop(procs)
-    # Assert: while one of sim-00's updates was in version V's buffer, sim-00 held a grant
-    # and trained the next one from version V (it did not idle until V closed); that update
-    # waited and was folded into V + 1; still one update per board and version
-    assert state.round == 6
-    lines = lines_of(tmp_path / "run")
-    fast = {m["round"]: [f for f in m["buffer"] if f["device"] == "sim-00"] for m in lines}
-    assert all(len(f) <= 1 for f in fast.values())
-    ahead = [v for v in fast if fast[v] and fast.get(v + 1) and fast[v + 1][0]["base"] == v]
-    assert ahead, fast
-    assert any("sim-00" in r.message and "waits for the next" in r.message for r in caplog.records)
-    folded = [(f["device"], f["grant"]) for m in lines for f in m["buffer"]]
-    assert len(folded) == len(set(folded)) == 12
-    sane(tmp_path / "run")
-
-
 def test_a_killed_buffered_coordinator_resumes_without_folding_an_update_twice(
     mosquitto_broker, export_dir, tmp_path
 ):
