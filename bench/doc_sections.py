@@ -186,6 +186,17 @@ def _fleet_scoring() -> tuple[str, ...]:
     )
 
 
+@cache
+def _fleet_ahead() -> tuple[str, ...]:
+    return tuple(
+        fleet_claims.trained_ahead_claims(
+            _fleet_records("fleet_ahead"),
+            _fleet_records("fleet_idle"),
+            [_fleet_records(n) for n in ("fleet_scoring", "fleet_scoring_more")],
+        )
+    )
+
+
 def _readme_demo() -> list[str]:
     return readme_job.demo_claims(record("readme_job"))
 
@@ -310,6 +321,12 @@ SECTIONS = [
         "Scoring on the side, and four repeats",
         ("fleet_scoring", "fleet_scoring_more"),
         lambda: list(_fleet_scoring()),
+    ),
+    Section(
+        BENCHMARKS,
+        "Tried and reverted: boards that train ahead",
+        ("fleet_ahead", "fleet_idle"),
+        lambda: list(_fleet_ahead()),
     ),
     Section(
         BENCHMARKS, "FedBuff's numerics on the fleet's clock", ("async_numerics",), _async_numerics

@@ -739,3 +739,52 @@ def scoring_claims(scoring: list[Records], main: Records, follow: Records) -> li
         ]
     out.append(f"the Pi 4s' {span_of(pi4)} versions stale updates")
     return out
+
+
+def trained_ahead_claims(ahead: Records, idle: Records, shipped: list[Records]) -> list[str]:
+    """The prose of "Tried and reverted: boards that train ahead" (bench/results/
+    fleet_ahead.json: the coordinator of commit a212e15, where a board with its share of the
+    open buffer trained ahead for the next version; bench/results/fleet_idle.json: the same
+    seeds with the rule as shipped, run right after), and both records' tables; the sentence
+    over every paired run of the shipped rule (``shipped``: the scoring records, and these)."""
+    out: list[str] = []
+    for r in (ahead, idle):
+        a = r.settings.get("first_repeat", 0)
+        ks = list(range(a, a + r.settings["repeats"]))
+        out.append(
+            f"(repeats {', '.join(map(str, ks))}; main at `{r.record['commit']}`, "
+            f"{r.record['bench_wall_s'] / 60:.1f} minutes)"
+        )
+        out += r.tables()
+        fedbuff = [x for x in r.runs if x["mode"] == "fedbuff2-model"]
+        sync = [x for x in r.runs if x["mode"] == "sync"]
+        out.append(
+            f"FedBuff reached {r.target} in {', '.join(r.to(x) for x in fedbuff)} and "
+            f"synchronous FedAvg in {', '.join(r.to(x) for x in sync)}"
+        )
+        out.append(
+            f"{span_of(x['global_models'] for x in fedbuff)} versions and "
+            f"{span_of(x['accepted_updates'] for x in fedbuff)} accepted updates"
+        )
+        pi5 = [
+            u
+            for x in fedbuff
+            for v in r.versions(x)
+            for u in v["updates"]
+            if u["board"] == "Pi 5" and v["version"] > 1
+        ]
+        stale = sum(u["staleness"] >= 1 for u in pi5)
+        out.append(f"{stale} of the Pi 5s' {len(pi5)} updates after the first version")
+        cycles = [
+            b["cycle_s_estimated"] for x in r.runs for p, b in x["by_profile"].items()
+            if p.startswith("rpi5")
+        ]  # fmt: skip
+        out.append(f"a Pi 5's estimated cycle: {span_of(cycles, '{:.1f}')} s")
+    before = [
+        b["cycle_s_estimated"] for r in shipped for x in r.runs
+        for p, b in x["by_profile"].items() if p.startswith("rpi5")
+    ]  # fmt: skip
+    out.append(f'a Pi 5\'s estimated cycle: {span_of(before, "{:.1f}")} s in "Scoring on the side"')
+    rows = [a for r in [*shipped, idle] for a in r.result["acceptance"]]
+    out.append(repeats_summary(rows, "fedbuff2-model"))
+    return out
