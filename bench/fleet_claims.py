@@ -102,6 +102,20 @@ class Records:
         self.key = f"{100 * self.targets[0]:g}"  # "85": time_to's key of the first target
         self.target = f"{self.key} %"
 
+    def repeat_numbers(self) -> list[int]:
+        """The repeats (seeds) this record ran: ``--first-repeat`` onwards."""
+        first = self.settings.get("first_repeat", 0)
+        return list(range(first, first + self.settings["repeats"]))
+
+    def cycles(self, name: str) -> list[float]:
+        """The estimated cycle of board ``name`` (``Pi 5``) in every run of this record."""
+        return [
+            b["cycle_s_estimated"]
+            for x in self.runs
+            for p, b in x["by_profile"].items()
+            if board(p) == name
+        ]
+
     def tables(self) -> list[str]:
         return [*table(self.result, self.targets).split("\n\n"), acceptance_table(self.result)]
 
@@ -591,8 +605,7 @@ def scoring_claims(scoring: list[Records], main: Records, follow: Records) -> li
     (budget,) = {r.settings["budget_s"]["mixed-pi"] for r in scoring}
     out.append(f"a {budget:g} s budget")
     for r in scoring:
-        a = r.settings.get("first_repeat", 0)
-        ks = list(range(a, a + r.settings["repeats"]))
+        ks = r.repeat_numbers()
         out.append(
             f"(repeats {' and '.join(map(str, ks))}, {r.record['bench_wall_s'] / 60:.1f} minutes)"
         )
@@ -749,10 +762,8 @@ def trained_ahead_claims(ahead: Records, idle: Records, shipped: list[Records]) 
     over every paired run of the shipped rule (``shipped``: the scoring records, and these)."""
     out: list[str] = []
     for r in (ahead, idle):
-        a = r.settings.get("first_repeat", 0)
-        ks = list(range(a, a + r.settings["repeats"]))
         out.append(
-            f"(repeats {', '.join(map(str, ks))}; main at `{r.record['commit']}`, "
+            f"(repeats {', '.join(map(str, r.repeat_numbers()))}; main at `{r.record['commit']}`, "
             f"{r.record['bench_wall_s'] / 60:.1f} minutes)"
         )
         out += r.tables()
@@ -775,15 +786,8 @@ def trained_ahead_claims(ahead: Records, idle: Records, shipped: list[Records]) 
         ]
         stale = sum(u["staleness"] >= 1 for u in pi5)
         out.append(f"{stale} of the Pi 5s' {len(pi5)} updates after the first version")
-        cycles = [
-            b["cycle_s_estimated"] for x in r.runs for p, b in x["by_profile"].items()
-            if p.startswith("rpi5")
-        ]  # fmt: skip
-        out.append(f"a Pi 5's estimated cycle: {span_of(cycles, '{:.1f}')} s")
-    before = [
-        b["cycle_s_estimated"] for r in shipped for x in r.runs
-        for p, b in x["by_profile"].items() if p.startswith("rpi5")
-    ]  # fmt: skip
+        out.append(f"a Pi 5's estimated cycle: {span_of(r.cycles('Pi 5'), '{:.1f}')} s")
+    before = [c for r in shipped for c in r.cycles("Pi 5")]
     out.append(f'a Pi 5\'s estimated cycle: {span_of(before, "{:.1f}")} s in "Scoring on the side"')
     rows = [a for r in [*shipped, idle] for a in r.result["acceptance"]]
     out.append(repeats_summary(rows, "fedbuff2-model"))
