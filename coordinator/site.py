@@ -17,7 +17,9 @@ updates with the coordinator's own :class:`RoundCollector`, under the coordinato
 influence (:class:`InfluenceBounds`: sample counts checked against statuses, change vs the
 round's median, weight-share cap), and streaming FedAvg (O(model)), and sends the partial sum
 up (or a failure when too few devices answered). With the job's public key
-(:class:`UpstreamTrust`) it relays and obeys only what the job signed. At start it clears
+(:class:`UpstreamTrust`) it relays and obeys only what the job signed, and with its own key
+endorsed by the job's (:class:`SiteKey`) it signs the rounds it announces, so boards that trust
+the job's key accept them. At start it clears
 the model and global chunks that earlier runs left retained on the site broker.
 """
 
@@ -37,6 +39,7 @@ from coordinator.retained import clear_leftovers
 from coordinator.rounds import RoundCollector
 from coordinator.selection import select_devices
 from coordinator.site_bridge import bridge_config
+from coordinator.site_keys import load_site_key
 from coordinator.site_trust import UpstreamTrust
 from edge_client import __version__
 from edge_client.errors import ConfigError, EdgeFLError, ProtocolError
@@ -101,6 +104,10 @@ class SiteConfig:
     # The job's public key (as fedge run --trust-key): upstream control, model and rounds must
     # be signed with it; None: nothing is checked (logged at start)
     trust_key: str | None = None
+    # The site's own key directory (coordinator/site_keys.py: its key and the job key's
+    # endorsement of it): the site signs the rounds it announces to its boards with it, so
+    # boards with --trust-key accept them; None: it announces them unsigned (logged at start)
+    site_key: str | None = None
     seed: int = 0  # device selection
     max_chunk: int = DEFAULT_MAX_CHUNK
 
@@ -160,6 +167,11 @@ class SiteAggregator:
         self.cfg, self.upstream, self.downstream, self.clock = cfg, upstream, downstream, clock
         self.scanner = scanner
         self.trust = UpstreamTrust.from_spec(cfg.site_id, cfg.job, cfg.trust_key)
+        self.site_key = (
+            load_site_key(cfg.site_key, cfg.job, cfg.site_id, self.trust.verifier)
+            if cfg.site_key
+            else None
+        )
         self.up = Topics(cfg.job, cfg.upstream_prefix)
         self.down = Topics(cfg.job, cfg.prefix)
         self.up_inbox, self.down_inbox = Inbox(upstream, self.up), Inbox(downstream, self.down)
@@ -187,6 +199,16 @@ class SiteAggregator:
             "site %s: %s", cfg.site_id, cfg.bounds.describe()
         )
         (log.info if self.trust.verifier else log.warning)("%s", self.trust.describe())
+        if self.site_key is not None:
+            log.info("%s", self.site_key.describe(cfg.site_id))
+        else:
+            log.warning(
+                "site %s announces rounds to its boards UNSIGNED (no site key): boards with "
+                "--trust-key refuse them; make one with fedcoord keys site --job %s --site %s",
+                cfg.site_id,
+                cfg.job,
+                cfg.site_id,
+            )
         if self.scanner is not None:  # what earlier runs left retained on the site broker
             bases = [self.down.model, self.down.global_weights]
             clear_leftovers(self.scanner, self.down_pub, bases, f"site broker of {cfg.site_id}")
@@ -407,7 +429,8 @@ class SiteAggregator:
 
     # -- publishing -----------------------------------------------------------------------
     def _publish_local(self, ann: RoundAnnouncement, state: str) -> None:
-        data = dataclasses.replace(ann, state=state).to_json()
+        ann = dataclasses.replace(ann, state=state)
+        data = self.site_key.announcement(ann) if self.site_key else ann.to_json()
         self.downstream.publish(self.down.round, data, retain=True)
 
     def _send_failure(self, ann: RoundAnnouncement, reason: str, selected: int) -> None:

@@ -6,7 +6,9 @@ central job and its boards, so it checks the same way with the same key (``fedco
 --trust-key``, or ``EDGEFL_TRUST_KEY``): in a signed job it relays and obeys only what
 verifies, and refuses the rest with a one-line warning. This matters most for control (a
 forged ``stopped`` would take the whole site out of the job) and for announcements (the site
-re-announces rounds to its boards unsigned, so its boards cannot check them themselves).
+announces rounds of its own to its boards, signed with its own key (coordinator/site_keys.py),
+so its boards check the site, and the site must check the job). Central announcements must
+carry the job's own signature: a site key, endorsed or not, never passes for the job's.
 
 Without a key nothing is checked but the job name, and the site says so in its log when it
 starts, and again if the job turns out to be signed.
@@ -76,7 +78,8 @@ class UpstreamTrust:
         """The announcement to act on (parsed from the verified bytes), or None."""
         if self.verifier is not None:
             try:
-                ann = self.verifier.announcement(raw)
+                # the central job's rounds: its own key only, never a site's
+                ann = self.verifier.announcement(raw, site_keys=False)
             except ProtocolError as exc:
                 self._refuse("round announcement", exc)
                 return None

@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_client.errors import ConfigError, ProtocolError
-from edge_client.protocol import Envelope, JobControl, RoundAnnouncement, decode, encode_model
+from edge_client.protocol import (
+    Envelope,
+    JobControl,
+    RoundAnnouncement,
+    SiteEndorsement,
+    decode,
+    encode_model,
+)
 
 ALG = "ed25519"
 CONTEXT = b"edgefl-signature-v1\n"  # domain separation: these signatures mean nothing else
@@ -101,6 +108,15 @@ class Signer:
     def public_b64(self) -> str:
         return base64.b64encode(self.public_raw).decode("ascii")
 
+    @property
+    def public_pem(self) -> bytes:
+        """The public key as a PEM file (what fedcoord keys generate writes to signing.pub)."""
+        from cryptography.hazmat.primitives import serialization
+
+        return self._key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
     def sign_template(self, template: bytes) -> bytes:
         """Sign bytes holding PLACEHOLDER exactly once; return them with the signature in."""
         if template.count(_PLACEHOLDER_B) != 1:
@@ -123,6 +139,13 @@ class Signer:
     def control(self, ctl: JobControl) -> bytes:
         """The JSON of ``ctl`` with its ``signature`` field."""
         template = dataclasses.replace(ctl, signature=signature_template(self.key_id))
+        return self.sign_template(template.to_json())
+
+    def site_endorsement(self, job: str, site: str, site_public_raw: bytes, issued: float) -> bytes:
+        """The JSON of a :class:`SiteEndorsement`: this (the job's) key vouches that the site
+        ``site`` may announce the rounds of ``job`` to its boards, signed with its own key."""
+        key = base64.b64encode(site_public_raw).decode("ascii")
+        template = SiteEndorsement(job, site, key, issued, signature_template(self.key_id))
         return self.sign_template(template.to_json())
 
     def secagg(self, env: Envelope) -> bytes:
@@ -226,14 +249,51 @@ class Verifier:
         signed = self.signed_bytes(raw, env.meta.get("signature"), what)
         return decode(signed, expect_kind="secagg")
 
-    def announcement(self, raw: bytes) -> RoundAnnouncement:
-        """Parse and verify a round announcement (from the verified bytes)."""
+    def announcement(self, raw: bytes, *, site_keys: bool = True) -> RoundAnnouncement:
+        """Parse and verify a round announcement (from the verified bytes).
+
+        Signed with this (the job's) key, or (unless ``site_keys`` is False: the central
+        job's own rounds) by a site aggregator with a key this key endorsed: then the
+        announcement carries the endorsement, which must verify with this key and name the
+        announcement's job."""
         ann = RoundAnnouncement.from_json(raw)
-        signed = self.signed_bytes(raw, ann.signature, f"the round {ann.round} announcement")
+        what, verifier = f"the round {ann.round} announcement", self
+        signature = ann.signature
+        signer = signature.get("key") if isinstance(signature, dict) else None
+        if site_keys and ann.endorsement is not None and signer != self.key_id:
+            verifier = self.endorsed_site(ann.endorsement, ann.job)
+            what = f"{what} of site {verifier.site!r}"
+        signed = verifier.signed_bytes(raw, signature, what)
         return RoundAnnouncement.from_json(signed)
+
+    def endorsed_site(self, endorsement: str, job: str) -> SiteVerifier:
+        """The verifier of a site's key, if ``endorsement`` (a SiteEndorsement's exact JSON)
+        verifies with this key and is for ``job``; SignatureError otherwise."""
+        raw = endorsement.encode("utf-8")
+        try:
+            parsed = SiteEndorsement.from_json(raw)
+        except ProtocolError as exc:
+            raise SignatureError(f"the site endorsement is malformed: {exc}") from None
+        what = f"the endorsement of site {parsed.site!r}"
+        endorsed = SiteEndorsement.from_json(self.signed_bytes(raw, parsed.signature, what))
+        if endorsed.job != job:
+            raise SignatureError(
+                f"{what} is for job {endorsed.job!r}, not {job!r}: a site key vouched for "
+                "in one job announces nothing in another"
+            )
+        return SiteVerifier(endorsed.public_raw, endorsed.site)
 
     def control(self, raw: bytes) -> JobControl:
         """Parse and verify a control message (from the verified bytes)."""
         ctl = JobControl.from_json(raw)
         signed = self.signed_bytes(raw, ctl.signature, f"the control message {ctl.state!r}")
         return JobControl.from_json(signed)
+
+
+class SiteVerifier(Verifier):
+    """Checks a site aggregator's signatures: its key, endorsed by the job's (see
+    :meth:`Verifier.endorsed_site`); only its round announcements are ever checked with it."""
+
+    def __init__(self, public_raw: bytes, site: str) -> None:
+        super().__init__(public_raw)
+        self.site = site

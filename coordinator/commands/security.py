@@ -52,6 +52,50 @@ def keys_generate(out: str | None, job: str | None, force: bool) -> None:
     click.echo(f"boards:      fedge run --trust-key {made.public_b64} ...")
 
 
+@keys.command("site")
+@option("job", required=True, help="The job whose rounds the site announces.")
+@click.option("--site", "site", required=True, help="The site aggregator's id (--site-id).")
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Directory for the site's key, its endorsement and job.pub. "
+    "[default: $EDGEFL_KEYS_DIR/JOB/sites/SITE]",
+)
+@click.option(
+    "--signing-key",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The job's private key (as fedcoord start --signing-key). Default: the job's own key.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing site key.")
+def keys_site(job: str, site: str, out: str | None, signing_key: str | None, force: bool) -> None:
+    """Make a site aggregator's key, endorsed by the job's key.
+
+    A site aggregator announces rounds of its own to its boards; it signs them with this
+    key and sends the job key's endorsement with them, so boards that trust the job's key
+    (fedge run --trust-key) accept them. Run it where the job's private key is, then copy
+    the directory to the site's machine: fedcoord site --site-key DIR.
+    """
+    from coordinator.job_keys import job_signing_key
+    from coordinator.site_keys import make_site_key, site_key_dir
+    from edge_client.signing import Signer
+
+    if signing_key:
+        job_signer = Signer.from_file(signing_key)
+    else:
+        made, _ = job_signing_key(job)
+        job_signer = Signer.from_file(made.private)
+    directory = out or site_key_dir(job, site)
+    key = make_site_key(job_signer, job, site, directory, force=force)
+    click.echo(f"site key     {key.directory / 'signing.key'}  (keep it on the site only)")
+    click.echo(f"key id       {key.signer.key_id}, endorsed by job key {key.endorsed_by}")
+    click.echo(
+        f"site:        fedcoord site --site-id {site} --job {job} --site-key {key.directory}"
+    )
+    click.echo(f"boards:      fedge run --trust-key {job_signer.public_b64} ... (the job's key)")
+
+
 @click.group()
 def certs() -> None:
     """A TLS certificate authority and certificates for the broker and clients."""

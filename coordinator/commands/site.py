@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 from typing import Any
@@ -73,7 +74,22 @@ from coordinator.commands.job_options import (
     metavar="PUBKEY",
     help="The job's Ed25519 public key, as fedge run --trust-key takes it (its signing.pub "
     "file, or the base64 fedcoord keys generate prints): obey and relay only the model, "
-    "rounds and control messages signed with it. Without it nothing is checked (logged).",
+    "rounds and control messages signed with it. Default: job.pub of the site key.",
+)
+@click.option(
+    "--site-key",
+    envvar="EDGEFL_SITE_KEY",
+    default=None,
+    metavar="DIR",
+    help="The site's key directory, made by fedcoord keys site where the job's key is: sign "
+    "the rounds this site announces, so boards with --trust-key accept them. Default: "
+    "$EDGEFL_KEYS_DIR/JOB/sites/SITE, made there if the job's key is on this machine.",
+)
+@click.option(
+    "--unsigned",
+    is_flag=True,
+    help="An unsigned job (fedcoord start --unsigned): announce rounds unsigned and check "
+    "nothing upstream. Boards behind the site must run without --trust-key. Logged.",
 )
 @option(
     "max_chunk",
@@ -100,6 +116,8 @@ def site(
     margin: float,
     max_update_norm: float,
     trust_key: str | None,
+    site_key: str | None,
+    unsigned: bool,
     max_chunk: int,
     bridge_to: str | None,
     **opts: Any,
@@ -109,8 +127,9 @@ def site(
     updates into a streaming FedAvg and send one update upstream whose weights are the
     site's average and whose sample count is the site's total. FedAvg over sites then
     equals FedAvg over all devices. The site bounds its devices' influence as fedcoord
-    start does (same options), and with --trust-key obeys only what the job signed. See
-    docs/scaling.md.
+    start does (same options). It obeys only what the job's key signed, and signs the rounds
+    it announces with its own key, which the job's key endorsed (--site-key; made by
+    fedcoord keys site), so the site's boards need only the job's key. See docs/scaling.md.
 
     \b
     Example (site broker on this machine, bridged to central.example:1883):
@@ -140,6 +159,10 @@ def site(
         trust_key=trust_key,
         max_chunk=max_chunk,
     )
+    trust_key, key = _keys(job, site_id, site_key, trust_key, unsigned)
+    cfg = dataclasses.replace(
+        cfg, trust_key=trust_key, site_key=str(key.directory) if key else None
+    )
     local = broker_config(opts)
     central = broker_config(opts, upstream) if upstream else local
     status_topic = Topics(job, cfg.upstream_prefix).status(site_id)
@@ -155,12 +178,42 @@ def site(
         if aggregator.trust.verifier
         else "UNCHECKED (no --trust-key)"
     )
+    signs = (
+        f"signed with site key {key.signer.key_id} (endorsed by {key.endorsed_by})"
+        if key
+        else "UNSIGNED (--unsigned)"
+    )
     click.echo(
         f"site {site_id}: devices on {local.url}, central job {job} via {central.url}, "
-        f"upstream messages {checked}"
+        f"upstream messages {checked}, its rounds {signs}"
     )
     signal.signal(signal.SIGTERM, lambda *_: aggregator.stop())  # systemd stop: leave cleanly
     aggregator.run()
     if aggregator.refused:
         raise ConfigError(aggregator.refused)
     click.echo(f"done: {len(aggregator.sent)} rounds sent upstream")
+
+
+def _keys(
+    job: str, site_id: str, site_key: str | None, trust_key: str | None, unsigned: bool
+) -> tuple[str | None, Any]:
+    """The job's key to check upstream against and the site's own key (SiteKey): given,
+    the job's default, or none with --unsigned; a one-line error when there is none."""
+    from coordinator.site_keys import resolve_site_key
+    from edge_client.errors import ConfigError
+    from edge_client.signing import Verifier
+
+    if unsigned:
+        if site_key or trust_key:
+            raise click.UsageError("--unsigned contradicts --site-key and --trust-key")
+        return None, None
+    key = resolve_site_key(
+        job, site_id, site_key, Verifier.from_spec(trust_key) if trust_key else None
+    )
+    if key is None:
+        raise ConfigError(
+            f"site {site_id} has no key to sign its rounds with: where job {job}'s key is, "
+            f"run fedcoord keys site --job {job} --site {site_id} --out DIR and give DIR "
+            "here (--site-key DIR), or run an unsigned job (--unsigned here too)"
+        )
+    return trust_key or (str(key.job_public) if key.job_public else None), key

@@ -47,6 +47,7 @@ from edge_client.protocol.messages import (
     DeviceStatus,
     JobControl,
     RoundAnnouncement,
+    SiteEndorsement,
 )
 from edge_client.protocol.metrics import DeviceMetrics, FoldedUpdate, Rejection, RoundMetrics
 from edge_client.protocol.secagg import (
@@ -98,6 +99,7 @@ __all__ = [
     "Reassembler",
     "Rejection",
     "RoundAnnouncement",
+    "SiteEndorsement",
     "RoundMetrics",
     "Routed",
     "SecAggParams",

@@ -8,6 +8,8 @@ without breaking older boards; a missing required field or a different ``v`` is 
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -38,6 +40,7 @@ _MAX_MODES = 16
 DEVICE_STATES = ("online", "offline", "training", "idle", "failed")
 JOB_STATES = ("running", "paused", "stopped")
 _MAX_SELECTED = 100_000
+MAX_ENDORSEMENT = 1024  # characters of a SiteEndorsement's JSON (about 260 in practice)
 
 _M = TypeVar("_M", bound="_JsonMessage")
 
@@ -139,6 +142,7 @@ class RoundAnnouncement(_JsonMessage):
         "max_staleness",
         "signature",
         "secagg",
+        "endorsement",
     )
     _versions: ClassVar[tuple[int, ...]] = (PROTOCOL_VERSION, BUFFERED_VERSION)
 
@@ -171,10 +175,16 @@ class RoundAnnouncement(_JsonMessage):
     # A secure round's parameters (SecAggParams.to_dict(); protocol/secagg.py), with
     # encoding "secagg"; None otherwise, and then left out of the JSON
     secagg: dict[str, Any] | None = None
+    # Set by a site aggregator that signs the rounds it announces to its boards with its own
+    # key: the exact JSON of the job key's SiteEndorsement of that key (docs/protocol.md
+    # section 12); None: signed with the job's own key, or unsigned, and left out of the JSON
+    endorsement: str | None = None
 
     def __post_init__(self) -> None:
         check_id(self.job, "job id")
         check_int(self.round, "round")
+        if self.endorsement is not None:
+            check_str(self.endorsement, "endorsement", max_len=MAX_ENDORSEMENT)
         if (self.secagg is not None) != (self.encoding == SECAGG):
             raise ProtocolError(
                 "a secure round has encoding 'secagg' and a secagg object, or neither"
@@ -234,6 +244,42 @@ class RoundAnnouncement(_JsonMessage):
     def grant(self, device: str) -> int | None:
         """The grant number ``device`` holds in a buffered announcement (None: none)."""
         return (self.grants or {}).get(device)
+
+
+@dataclass(frozen=True)
+class SiteEndorsement(_JsonMessage):
+    """The job's key vouching for a site aggregator's key: signed with the job's key, carried
+    (as its exact JSON text) in ``endorsement`` of every round the site announces, which the
+    site signs with ``key`` (docs/protocol.md section 12)."""
+
+    _what: ClassVar[str] = "site endorsement"
+    _omit_none: ClassVar[tuple[str, ...]] = ("signature",)
+
+    job: str  # the job whose rounds the site may announce
+    site: str  # the site aggregator's id (its device id for the central coordinator)
+    key: str  # the site's Ed25519 public key: standard base64 of the raw 32 bytes
+    issued: float  # unix time it was made (informational)
+    signature: dict[str, Any] | None = None  # by the job's key
+
+    def __post_init__(self) -> None:
+        check_id(self.job, "job id")
+        check_id(self.site, "site id")
+        if not isinstance(self.key, str) or len(_b64_bytes(self.key)) != 32:
+            raise ProtocolError("site endorsement key must be the base64 of 32 bytes")
+        _set(self, "issued", check_float(self.issued, "issued", minimum=0.0))
+        if self.signature is not None:
+            _set(self, "signature", check_json_dict(self.signature, "signature"))
+
+    @property
+    def public_raw(self) -> bytes:
+        return _b64_bytes(self.key)
+
+
+def _b64_bytes(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return b""
 
 
 @dataclass(frozen=True)

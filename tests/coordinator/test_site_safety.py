@@ -9,6 +9,7 @@ plays the central side; the site's devices really train the mlp.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -30,7 +31,10 @@ from coordinator.pki import generate_signing_key
 from coordinator.run_dir import RunDir
 from coordinator.server import Coordinator, ModelBundle
 from coordinator.site import SiteAggregator, SiteConfig
+from coordinator.site_keys import load_site_key, make_site_key
 from coordinator.site_trust import UpstreamTrust
+from edge_client.client import EdgeClient
+from edge_client.config import ClientConfig
 from edge_client.data import Dataset, load_dataset
 from edge_client.manifest import Manifest
 from edge_client.messaging import BinaryPublisher, Inbox, ModelReceived, UpdateReceived
@@ -45,7 +49,7 @@ from edge_client.protocol import (
     encode_model,
     encode_weights,
 )
-from edge_client.signing import Signer
+from edge_client.signing import Signer, Verifier
 from edge_client.trainable_model import TrainableModel
 from edge_client.transport import BrokerConfig, MqttTransport, Transport, Will
 from tests.coordinator.fleet_support import TrainingDevice, mqtt_device, scaled
@@ -295,7 +299,8 @@ def test_a_site_clears_the_chunks_an_earlier_run_left_retained_on_its_broker(
         before = retained_chunks(mosquitto_broker, job)
         assert len(before["model"]) > 10 and len(before["global"]) > 10
         # Execute: `fedcoord site` runs again with the default chunk size (one chunk each)
-        cmd = [sys.executable, "-m", "coordinator.cli", "site", "--site-id", SITE, "--job", job]
+        cmd = [sys.executable, "-m", "coordinator.cli", "site", "--site-id", SITE, "--job", job,
+               "--unsigned"]  # fmt: skip
         log = (tmp_path / "site.log").open("wb")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen(cmd + ["--broker", url], stdout=log, stderr=log, env=env)
@@ -441,10 +446,120 @@ def test_upstream_trust_refuses_what_the_jobs_key_did_not_sign(tmp_path, job_key
     ann = RoundAnnouncement("j", 1, 2.0, ("s",), {}, "0" * 64, "0" * 64)
     assert trust.announcement(ann, ann.to_json()) is None
     assert trust.announcement(ann, signer.announcement(ann)) is not None
-    assert trust.refused == 6
+    # a site's key, though the job's key endorsed it, never passes for the job's upstream
+    site_key = make_site_key(signer, "j", "site-b", tmp_path / "site-b")
+    assert trust.announcement(ann, site_key.announcement(ann)) is None
+    assert trust.refused == 7
     unchecked = UpstreamTrust(SITE, "j", None)
     assert unchecked.control(stop, stop.to_json()) == stop
     assert unchecked.control(other_job, other_job.to_json()) is None
+
+
+# -- 4. the rounds a site announces, signed with its endorsed key ------------------------------
+
+
+def test_boards_that_trust_only_the_jobs_key_train_behind_a_site_with_an_endorsed_key(
+    mosquitto_broker, kit, tmp_path, job_key, caplog
+):
+    # Prepare: a signing central coordinator; a site with the job's key and its own key,
+    # endorsed by the job's; two real edge clients on the site's topics that trust only the
+    # job's key; and, retained on the site's round topic before anyone starts, a stranger's
+    # round selecting them: signed with its own key, carrying the site's genuine endorsement
+    caplog.set_level(logging.INFO)
+    signer, public = job_key
+    url, job = mosquitto_broker.url, "sitekeys"
+    key = make_site_key(signer, job, SITE, tmp_path / "site-key")
+    stranger = Signer.from_file(generate_signing_key(tmp_path / "stranger").private)
+    forged = RoundAnnouncement(
+        job, 1, time.time() + 60, ("d0", "d1"), {"epochs": 1, "lr": 0.05},
+        kit.manifest.sha256, "0" * 64, endorsement=key.endorsement,
+    )  # fmt: skip
+    with mqtt_client(mosquitto_broker, f"{job}-stranger") as client:
+        client.publish(Topics(job).round, stranger.announcement(forged), qos=1, retain=True)
+    aggregator = site(url, job, trust_key=str(public), site_key=str(key.directory))
+    boards = []
+    for i in range(2):
+        config = ClientConfig(
+            broker=BrokerConfig.from_url(url), job=job, device_id=f"d{i}",
+            dataset="fashion-mnist", state_dir=tmp_path / f"state-d{i}", evaluate=False,
+            heartbeat_s=0, trust_key=str(public),
+        )  # fmt: skip
+        transport = MqttTransport(config.broker, f"{job}-d{i}")
+        boards.append(EdgeClient(config, transport, data=kit.part(i, 256)))
+    cfg = JobConfig(
+        job=job, prefix=UP, rounds=2, min_devices=1, epochs=1, lr=0.05, round_timeout=60,
+        wait_timeout=30, max_retries=0, signing_key=str(signer_path(public)),
+    )  # fmt: skip
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.create({}, resume=False)
+    transport = MqttTransport(BrokerConfig.from_url(url), f"{job}-coordinator")
+    transport.connect()
+    coordinator = Coordinator(
+        cfg, transport, ModelBundle(kit.tflite, kit.manifest, kit.initial), run_dir
+    )
+    threads = [threading.Thread(target=b.run, daemon=True) for b in boards]
+    with ExitStack() as stack:
+        spy = stack.enter_context(mqtt_client(mosquitto_broker, f"{job}-spy"))
+        spy.subscribe_wait(f"fl/v1/{job}/round", 1)
+        for t in threads:
+            t.start()
+        for b in boards:
+            stack.callback(b.stop)
+        stack.enter_context(running(aggregator))
+        wait_until(lambda: len(aggregator.devices) == 2, 20, "the site's devices")
+        # Execute
+        try:
+            state = coordinator.run()
+        finally:
+            transport.wait_published(10)
+            transport.close()
+    for t in threads:
+        t.join(15)
+    # Assert: both boards trained both rounds from the site's signed rounds; the stranger's
+    # round was refused; every round the site announced verifies with the job's key alone
+    assert state.finished and [h["participants"] for h in state.history] == [[SITE]] * 2
+    assert [(r.round, r.devices) for r in aggregator.sent] == [(1, ["d0", "d1"]), (2, ["d0", "d1"])]
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"is signed by key {stranger.key_id!r}" in text, text[-3000:]
+    rounds = [m.payload for m in spy.collector.matching(f"fl/v1/{job}/round")]
+    own = [p for p in rounds if json.loads(p)["signature"]["key"] == key.signer.key_id]
+    assert len(own) >= 4  # open and closed, two rounds
+    verifier = Verifier.from_spec(str(public))
+    assert {verifier.announcement(p).round for p in own} == {1, 2}
+    assert key.describe(SITE) in text
+
+
+def test_fedcoord_site_signs_by_default_or_says_what_to_do(tmp_path, job_keys_dir):
+    from click.testing import CliRunner
+
+    from coordinator.cli import main
+
+    runner = CliRunner()
+    # Execute: no site key and no job key on this machine
+    bare = runner.invoke(main, ["site", "--site-id", SITE, "--job", "nokeys", "--broker",
+                                "mqtt://127.0.0.1:1"])  # fmt: skip
+    # Assert: one line naming the problem and the two ways out
+    assert bare.exit_code == 1, bare.output
+    assert bare.output.startswith(f"error: site {SITE} has no key to sign its rounds with")
+    assert f"fedcoord keys site --job nokeys --site {SITE}" in bare.output
+    assert "--unsigned" in bare.output and bare.output.count("\n") == 1
+    both = runner.invoke(main, ["site", "--site-id", SITE, "--job", "x", "--unsigned",
+                                "--trust-key", "AAAA"])  # fmt: skip
+    assert both.exit_code == 2 and "--unsigned contradicts" in both.output
+    # Execute: fedcoord keys site makes the directory a site needs
+    made = runner.invoke(main, ["keys", "site", "--job", "keyed", "--site", SITE,
+                                "--out", str(tmp_path / "k")])  # fmt: skip
+    assert made.exit_code == 0, made.output
+    assert f"--site-key {tmp_path / 'k'}" in made.output
+    key = load_site_key(tmp_path / "k", "keyed", SITE)
+    assert (
+        key.job_public is not None and (tmp_path / "k" / "signing.key").stat().st_mode & 0o77 == 0
+    )
+    # Assert: a site given another site's or another job's directory refuses it in one line
+    for job, site_id, what in (("keyed", "site-z", "endorses site"), ("other", SITE, "of job")):
+        wrong = runner.invoke(main, ["site", "--site-id", site_id, "--job", job,
+                                     "--site-key", str(tmp_path / "k")])  # fmt: skip
+        assert wrong.exit_code == 1 and what in wrong.output and "error:" in wrong.output
 
 
 def test_influence_bounds_of_the_site_are_checked():
