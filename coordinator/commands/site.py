@@ -133,9 +133,11 @@ def site(
 
     \b
     Example (site broker on this machine, bridged to central.example:1883):
+      fedcoord keys site --job demo --site site-a --out site-a-key   # where the job's key is
       fedcoord site --site-id site-a --job demo --bridge-config central.example:1883 \\
           > /etc/mosquitto/conf.d/edgefl-bridge.conf
-      fedcoord site --site-id site-a --job demo --broker mqtt://127.0.0.1:1883
+      fedcoord site --site-id site-a --job demo --broker mqtt://127.0.0.1:1883 \\
+          --site-key site-a-key
     """
     from coordinator.site import SiteAggregator, SiteConfig, bridge_config
     from edge_client.errors import ConfigError
