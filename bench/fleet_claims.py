@@ -28,14 +28,14 @@ from typing import Any
 from doc_figures import span_of, times
 from fleet_figures import (
     SPEEDUP_TARGET,
-    _mb,
-    _pct,
-    _time,
     acceptance_table,
     figures,
+    megabytes,
+    pct,
     read_run,
     repeats_summary,
     table,
+    time_to,
     zero,
 )
 
@@ -140,7 +140,7 @@ class Records:
 
     def to(self, run: dict[str, Any], target: str | None = None) -> str:
         """The run's time to the target (the first by default): '88 s', or '> 180 s'."""
-        return _time(run["time_to"][target or self.key], run["budget_s"])
+        return time_to(run["time_to"][target or self.key], run["budget_s"])
 
     def versions(self, run: dict[str, Any]) -> list[dict[str, Any]]:
         """Every global model of ``run`` in order: version, t (s since the first training),
@@ -264,7 +264,7 @@ def modes_claims(main: Records, repeats: list[dict[str, Any]]) -> list[str]:
     out.append(_unless(sync_n, "(synchronous FedAvg's, every time)"))
 
     # Costs, before their table
-    (update,) = {_mb(r["update_bytes_per_accepted_update"]) for r in main.runs}
+    (update,) = {megabytes(r["update_bytes_per_accepted_update"]) for r in main.runs}
     out.append(f"an update itself is {update}")
     summaries = [f["summary"] for f in main.files.values()]
     (cap,) = {x["estimate"]["max_utilisation"] for x in summaries}
@@ -338,8 +338,8 @@ def modes_claims(main: Records, repeats: list[dict[str, Any]]) -> list[str]:
     out.append(
         _unless(
             min(five["accuracy_at_budget"], two["accuracy_at_budget"]) > sync["accuracy_at_budget"],
-            f"both ended above FedAvg ({_pct(five['accuracy_at_budget'])} and "
-            f"{_pct(two['accuracy_at_budget'])} against {_pct(sync['accuracy_at_budget'])} at "
+            f"both ended above FedAvg ({pct(five['accuracy_at_budget'])} and "
+            f"{pct(two['accuracy_at_budget'])} against {pct(sync['accuracy_at_budget'])} at "
             f"{sync['budget_s']:g} s)",
         )
     )
@@ -403,7 +403,7 @@ def modes_claims(main: Records, repeats: list[dict[str, Any]]) -> list[str]:
         _unless(
             dsync["time_to"][main.key] is None,
             f"FedAvg did not reach {T} in {dsync['budget_s']:g} s "
-            f"({_pct(dsync['accuracy_at_budget'])}); semi-synchronous did in {main.to(dsemi)}, "
+            f"({pct(dsync['accuracy_at_budget'])}); semi-synchronous did in {main.to(dsemi)}, "
             f"FedBuff in {main.to(d5)} and {main.to(d2)}",
         )
     )
@@ -423,14 +423,14 @@ def modes_claims(main: Records, repeats: list[dict[str, Any]]) -> list[str]:
     out.append(
         f"On IID data the buffer of 2 fell from {_p1(hv[0])} (version {hv[0]['version']}) to "
         f"{_p1(hv[j])} (version {hv[j]['version']}) and ended at "
-        f"{_pct(h2['accuracy_at_budget'])}; the buffer of 5 ended at "
-        f"{_pct(h5['accuracy_at_budget'])}"
+        f"{pct(h2['accuracy_at_budget'])}; the buffer of 5 ended at "
+        f"{pct(h5['accuracy_at_budget'])}"
     )
     hsync = main.run("sync", fleet="homogeneous")
     out.append(
         _unless(
             max(hom, key=lambda r: r["accuracy_at_budget"]) is hsync,
-            f"(FedAvg was best there: {_pct(hsync['accuracy_at_budget'])} at "
+            f"(FedAvg was best there: {pct(hsync['accuracy_at_budget'])} at "
             f"{hsync['budget_s']:g} s on IID)",
         )
     )
@@ -527,9 +527,9 @@ def stale_changes_claims(follow: Records, main: Records) -> list[str]:
     paper = main.run("fedbuff2", fleet="homogeneous")
     out.append(
         f"Where the buffer of 2 with the FedBuff paper's rule ended at "
-        f"{_pct(paper['accuracy_at_budget'])} (main run), weighting stale changes `1/(1+s)` "
-        f"ended at {_pct(ha['accuracy_at_budget'])} and stepping toward the trained model at "
-        f"{_pct(hm['accuracy_at_budget'])}, against {_pct(hs['accuracy_at_budget'])} for "
+        f"{pct(paper['accuracy_at_budget'])} (main run), weighting stale changes `1/(1+s)` "
+        f"ended at {pct(ha['accuracy_at_budget'])} and stepping toward the trained model at "
+        f"{pct(hm['accuracy_at_budget'])}, against {pct(hs['accuracy_at_budget'])} for "
         f"synchronous FedAvg in the same run; toward-model reached {T} in {follow.to(hm)} "
         f"(FedAvg {follow.to(hs)})"
     )
@@ -544,23 +544,23 @@ def stale_changes_claims(follow: Records, main: Records) -> list[str]:
     )
     out.append(
         f"Toward the trained model: {T} in {follow.to(mm)} against {follow.to(ms)} for FedAvg "
-        f"in this run, {am['speedup_to_85']:.2f}x; {_pct(mm['accuracy_at_budget'])} at "
-        f"{mm['budget_s']:g} s against {_pct(ms['accuracy_at_budget'])}; after the same "
+        f"in this run, {am['speedup_to_85']:.2f}x; {pct(mm['accuracy_at_budget'])} at "
+        f"{mm['budget_s']:g} s against {pct(ms['accuracy_at_budget'])}; after the same "
         f"{mm['same_updates']['n']} updates {_points(am['same_updates_gap_points'])} FedAvg "
         f"({_met(am['same_updates_met'])}). With `1/(1+s)`: {aa['speedup_to_85']:.2f}x, "
         f"{aa['same_updates_gap_points']:+.2f} points"
     )
     out.append(
-        f"toward the trained model down to {_pct(_pi3_dip(follow.versions(mm)))} "
-        f"({_pct(_pi3_dip(main.versions(main.run('fedbuff2'))))} in the main run), with "
-        f"`1/(1+s)` only to {_pct(_pi3_dip(follow.versions(ma)))}"
+        f"toward the trained model down to {pct(_pi3_dip(follow.versions(mm)))} "
+        f"({pct(_pi3_dip(main.versions(main.run('fedbuff2'))))} in the main run), with "
+        f"`1/(1+s)` only to {pct(_pi3_dip(follow.versions(ma)))}"
     )
     v1 = follow.versions(mm)[0]
     out.append(
         _unless(
             all(u["base"] == 1 for u in v1["updates"]),
             f"a model about as good as version 1 ({WORDS[len(v1['updates'])]} such updates "
-            f"averaged: {_pct(v1['accuracy'])})",
+            f"averaged: {pct(v1['accuracy'])})",
         )
     )
     old = main.run("sync")
@@ -686,7 +686,7 @@ def scoring_claims(scoring: list[Records], main: Records, follow: Records) -> li
     out.append(
         f"{_repeats([w['repeat'] for w in early]).capitalize()} crossed {T} "
         + ", ".join(
-            f"({_pct(w['reached']['accuracy'])}) at {w['reached']['t']:.1f} s" for w in early
+            f"({pct(w['reached']['accuracy'])}) at {w['reached']['t']:.1f} s" for w in early
         )
         + f", just before that wave ({', '.join(times(w['speedup']) for w in early)}); "
         f"{_repeats([w['repeat'] for w in late])} crossed after it "

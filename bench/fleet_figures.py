@@ -289,20 +289,20 @@ def figures(raw_dir: Path, targets: list[float]) -> dict[str, Any]:
     return result
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f} %"
 
 
-def _time(t: float | None, budget: float) -> str:
+def time_to(t: float | None, budget: float) -> str:
     return f"> {budget:g} s" if t is None else f"{t:.0f} s"
 
 
 def _around(su: dict[str, Any]) -> str:
     seen = {(x["accepted"], x["accuracy"]) for x in su["between"] if x is not None}
-    return ", ".join(f"{_pct(acc)} at {n}" for n, acc in sorted(seen))
+    return ", ".join(f"{pct(acc)} at {n}" for n, acc in sorted(seen))
 
 
-def _mb(x: float | None) -> str:
+def megabytes(x: float | None) -> str:
     return "—" if x is None else f"{x / 1e6:.2f} MB"
 
 
@@ -326,14 +326,14 @@ def table(result: dict[str, Any], targets: list[float]) -> str:
         name = f"| {r['fleet']} | {r['partition']} | {label(r['mode'])} | "
         one.append(
             name
-            + " | ".join(_time(r["time_to"][f"{100 * x:g}"], r["budget_s"]) for x in targets)
-            + f" | {_pct(r['accuracy_at_budget'])} ({r['budget_s']:g} s) | "
-            f"{r['accepted_updates']} | {_pct(su['accuracy'])} at {su['n']} ({_around(su)}) |"
+            + " | ".join(time_to(r["time_to"][f"{100 * x:g}"], r["budget_s"]) for x in targets)
+            + f" | {pct(r['accuracy_at_budget'])} ({r['budget_s']:g} s) | "
+            f"{r['accepted_updates']} | {pct(su['accuracy'])} at {su['n']} ({_around(su)}) |"
         )
         two.append(
             name + f"{r['wasted_updates']} | {r['stopped_trainings']} | "
-            f"{_mb(r['link_bytes_per_accepted_update'])} | "
-            f"{_mb(r['update_bytes_per_accepted_update'])} | {r['wall_s']:.0f} s | "
+            f"{megabytes(r['link_bytes_per_accepted_update'])} | "
+            f"{megabytes(r['update_bytes_per_accepted_update'])} | {r['wall_s']:.0f} s | "
             f"{r['device_cpu_s']:.0f} s | {r['coordinator_process_cpu_s']:.0f} s | "
             f"{100 * r['utilisation_estimated']:.0f} % / {100 * r['utilisation_measured']:.0f} % | "
             f"{r['startup_s']:.0f} s | {la['median']:.1f}, {la['max']:.1f} |"
