@@ -255,6 +255,8 @@ class SiteAggregator:
             self._maybe_close()
         except EdgeFLError as exc:
             log.warning("site %s dropped a message: %s", self.cfg.site_id, exc)
+        except Exception:  # a bug, or input no check foresaw, must not take the site down
+            log.exception("site %s: unexpected error in a step; carrying on", self.cfg.site_id)
 
     # -- upstream: the central job ------------------------------------------------------
     def _from_upstream(self, item: AnyIncoming) -> None:

@@ -269,10 +269,11 @@ class Verifier:
     def endorsed_site(self, endorsement: str, job: str) -> SiteVerifier:
         """The verifier of a site's key, if ``endorsement`` (a SiteEndorsement's exact JSON)
         verifies with this key and is for ``job``; SignatureError otherwise."""
-        raw = endorsement.encode("utf-8")
         try:
+            # (a lone surrogate such as \ud800 is a valid JSON escape but encodes to no bytes)
+            raw = endorsement.encode("utf-8")
             parsed = SiteEndorsement.from_json(raw)
-        except ProtocolError as exc:
+        except (ProtocolError, UnicodeEncodeError) as exc:
             raise SignatureError(f"the site endorsement is malformed: {exc}") from None
         what = f"the endorsement of site {parsed.site!r}"
         endorsed = SiteEndorsement.from_json(self.signed_bytes(raw, parsed.signature, what))

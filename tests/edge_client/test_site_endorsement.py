@@ -148,3 +148,19 @@ def test_the_board_environment_accepts_a_sites_round_and_refuses_a_lifted_endors
     # Assert
     assert r.returncode == 0, r.stderr
     assert "ok 4" in r.stdout and "refused: SignatureError" in r.stdout
+
+
+def test_a_lone_surrogate_anywhere_in_a_round_is_refused_as_malformed(job, site):
+    # \ud800 is a valid JSON escape with no UTF-8 form: it used to escape the checks as a
+    # UnicodeEncodeError, which a board training a round took for a bug and failed the round
+    body = json.loads(site.announcement(announcement()))
+    inner = json.loads(body["endorsement"])
+    inner["signature"]["alg"] = "\ud800"
+    forged = [
+        {**body, "endorsement": "\ud800"},  # the endorsement string itself
+        {**body, "endorsement": json.dumps(inner)},  # inside the endorsement's JSON
+        {**body, "hyperparams": {"\ud800": 1}},  # anywhere in the round
+    ]
+    for raw in (json.dumps(f).encode() for f in forged):
+        with pytest.raises(ProtocolError, match="(?i)utf-8"):
+            job[1].announcement(raw)
