@@ -294,17 +294,11 @@ class EdgeClient:
                 current.connection = connection
                 self._resend_after_reconnect(ann)
             return  # a retained copy or a QoS 1 duplicate
-        if current is not None and _older(ann, current.announcement, self.config.device_id):
+        signed = self.verifier is not None
+        me = self.config.device_id
+        if current is not None and _older(ann, current.announcement, me, signed=signed):
             if self.rounds.first_time("older announcement", ann.round):  # replays repeat
-                log.warning(
-                    "ignoring an announcement of version %d (grant %s for this device): it "
-                    "is older than version %d (grant %s), seen already (a replayed or stale "
-                    "copy)",
-                    ann.round,
-                    ann.grant(self.config.device_id),
-                    current.announcement.round,
-                    current.announcement.grant(self.config.device_id),
-                )
+                self._log_older(ann, current.announcement)
             return
         self.secure.on_announcement(ann)
         reconnected = current is not None and connection != current.connection
@@ -321,6 +315,26 @@ class EdgeClient:
             len(ann.selected),
             " (this one too)" if ann.is_selected(self.config.device_id) else "",
             ann.deadline - self.clock(),
+        )
+
+    def _log_older(self, ann: RoundAnnouncement, current: RoundAnnouncement) -> None:
+        me = self.config.device_id
+        if not ann.buffered:
+            log.warning(
+                "ignoring an announcement of round %d (%s): round %d of this run was "
+                "announced already (a replayed or stale copy)",
+                ann.round,
+                ann.state,
+                current.round,
+            )
+            return
+        log.warning(
+            "ignoring an announcement of version %d (grant %s for this device): it is older "
+            "than version %d (grant %s), seen already (a replayed or stale copy)",
+            ann.round,
+            ann.grant(me),
+            current.round,
+            current.grant(me),
         )
 
     def _log_buffered(self, ann: RoundAnnouncement, previous: RoundAnnouncement | None) -> None:
@@ -521,16 +535,26 @@ class EdgeClient:
         return None
 
 
-def _older(newer: RoundAnnouncement, ann: RoundAnnouncement, device: str) -> bool:
-    """Whether ``newer``, of the same buffered run as ``ann``, was published before it: a
-    replayed or stale copy, which would stop or idle the device for nothing. A coordinator's
-    versions only grow (also across --resume), and so do a device's grants; within a version,
-    every open announcement published since ``device``'s grant has a deadline at least that
-    grant's time + --round-timeout (the slot's own), every one before it an earlier one. (A
-    genuine revocation with an earlier deadline than ``ann``'s is missed at worst: the
-    device's update for the grant is still taken.)"""
-    if not (newer.buffered and ann.buffered) or (newer.job, newer.run) != (ann.job, ann.run):
+def _older(
+    newer: RoundAnnouncement, ann: RoundAnnouncement, device: str, *, signed: bool = False
+) -> bool:
+    """Whether ``newer``, of the same run as ``ann``, was published before it: a replayed or
+    stale copy, which would stop or idle the device for nothing.
+
+    Synchronous rounds of one run only grow: a round's checkpoint is written before the next
+    round is announced, and --resume re-runs the open round under its own number. This is
+    relied on only when both were ``signed`` (verified with the trusted key, so ``ann`` is
+    genuine): in an unsigned job a forged round 10^9 would otherwise make the device ignore
+    every honest round after it. A run id is needed too (coordinators that predate it are
+    never second-guessed). In a buffered run, versions only grow (also across --resume), and so do a device's grants;
+    within a version, every open announcement published since ``device``'s grant has a
+    deadline at least that grant's time + --round-timeout (the slot's own), every one before it
+    an earlier one. (A genuine revocation with an earlier deadline than ``ann``'s is missed at
+    worst: the device's update for the grant is still taken.)"""
+    if (newer.job, newer.run) != (ann.job, ann.run) or newer.buffered != ann.buffered:
         return False
+    if not newer.buffered:
+        return signed and newer.run is not None and newer.round < ann.round
     if newer.round != ann.round:
         return newer.round < ann.round
     mine, theirs = ann.grant(device), newer.grant(device)

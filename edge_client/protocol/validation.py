@@ -87,9 +87,9 @@ def dumps(obj: object, what: str) -> bytes:
     """Compact, strict (no NaN/Infinity) UTF-8 JSON."""
     try:
         text = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError, RecursionError) as exc:
+        return text.encode("utf-8")  # a lone surrogate ("\\ud800") parses but has no UTF-8
+    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError: a ValueError
         raise ProtocolError(f"{what} cannot be written as strict JSON: {exc}") from None
-    return text.encode("utf-8")
 
 
 def _reject_constant(name: str) -> Any:

@@ -23,7 +23,14 @@ from coordinator.server import Coordinator, ModelBundle
 from edge_client.client import EdgeClient
 from edge_client.config import ClientConfig
 from edge_client.errors import ConfigError
-from edge_client.protocol import RoundAnnouncement, Topics, chunked, decode, encode_model
+from edge_client.protocol import (
+    RoundAnnouncement,
+    Topics,
+    chunked,
+    decode,
+    encode_model,
+    weights_sha256,
+)
 from edge_client.runtime import Runtime
 from edge_client.signing import PLACEHOLDER, SignatureError, Signer, Verifier
 from edge_client.transport import BrokerConfig, MemoryBus, MemoryTransport
@@ -247,6 +254,42 @@ def test_a_forged_announcement_is_ignored(rig, keys, fault, caplog):
     rig.drain(client)
     assert rig.updates() == [] and client.announcement is None
     assert "ignoring round announcement" in caplog.text
+
+
+def test_a_replayed_earlier_round_does_not_idle_a_board_in_a_signed_job(rig, keys, caplog):
+    # Prepare: round 1 of run r1 trained and closed; round 2 announced, its weights not here
+    # yet; everything signed, the board trusts the key
+    caplog.set_level(logging.INFO)
+    signer, made, _ = keys
+    files, coord = rig.files, rig.coord
+
+    def publish(ann: RoundAnnouncement, retain: bool = True) -> None:
+        coord.publish(coord.topics.round, signer.announcement(ann), retain)
+
+    publish_model(rig, signer.model_envelope(files.tflite, files.manifest.to_dict(), job="demo",
+                                             sender="coordinator"))  # fmt: skip
+    first = RoundAnnouncement("demo", 1, time.time() + 120, (DEVICE,), {"epochs": 1, "lr": 0.05},
+                              files.manifest.sha256, coord.global_weights(files.initial, 1),
+                              run="r1")  # fmt: skip
+    publish(first)
+    client = trusting_client(rig, made)
+    rig.drain(client)
+    closed = dataclasses.replace(first, state="closed")
+    publish(closed)
+    later = files.shifted(0.01)
+    publish(dataclasses.replace(first, round=2, global_sha256=weights_sha256(later)))
+    rig.drain(client)
+    # Execute: someone who can write the round topic replays round 1's closed copy (its
+    # genuine signed bytes), then round 2's weights arrive (the round is not announced again)
+    publish(closed, retain=False)
+    rig.drain(client)
+    coord.global_weights(later, 2)
+    rig.drain(client)
+    # Assert: round 2 is trained, the replay ignored with a reason. (Unsigned, a board cannot
+    # tell a replay from the coordinator, nor a forged round 10^9 that must not make it ignore
+    # honest rounds: test_client_progress.py; so it does not second-guess round numbers.)
+    assert [u.round for u in rig.updates()] == [1, 2]
+    assert "ignoring an announcement of round 1 (closed): round 2 of this run" in caplog.text
 
 
 # -- the scheme itself -----------------------------------------------------------------------
