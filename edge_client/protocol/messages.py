@@ -73,10 +73,7 @@ class _JsonMessage:
                 kwargs[f.name] = obj[f.name]
             elif f.default is MISSING and f.default_factory is MISSING:
                 raise ProtocolError(f"{cls._what} is missing field {f.name!r}")
-        try:
-            return cls(**kwargs)
-        except UnicodeEncodeError:  # a lone surrogate (\ud800): valid JSON, not strict UTF-8
-            raise ProtocolError(f"{cls._what} holds a string that is not valid UTF-8") from None
+        return cls(**kwargs)  # a lone surrogate (\ud800) is refused by validation.dumps
 
     @classmethod
     def _check_version(cls, obj: dict[str, Any]) -> None:

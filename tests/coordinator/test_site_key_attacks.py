@@ -27,8 +27,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 
 from coordinator.pki import generate_signing_key
 from coordinator.site_keys import SiteKey, make_site_key
-from edge_client.client import EdgeClient
-from edge_client.config import ClientConfig
 from edge_client.errors import ProtocolError
 from edge_client.messaging import BinaryPublisher
 from edge_client.protocol import (
@@ -39,7 +37,6 @@ from edge_client.protocol import (
     encode_weights,
 )
 from edge_client.signing import Signer, Verifier
-from edge_client.transport import BrokerConfig, MqttTransport
 from tests.coordinator.test_site_safety import (  # noqa: F401 (kit: fixture)
     SITE,
     Central,
@@ -47,6 +44,7 @@ from tests.coordinator.test_site_safety import (  # noqa: F401 (kit: fixture)
     kit,
     running,
     site,
+    trusting_boards,
     wait_until,
 )
 from tests.fixtures.brokers import mqtt_client
@@ -175,19 +173,6 @@ def site_keys(tmp_path: Path, job: str) -> Keys:
     return Keys(signer, made.public, make_site_key(signer, job, SITE, tmp_path / "site-key"))
 
 
-def boards(url: str, job: str, data: Kit, tmp_path: Path, public: Path) -> list[EdgeClient]:
-    made = []
-    for i in range(2):
-        config = ClientConfig(
-            broker=BrokerConfig.from_url(url), job=job, device_id=f"d{i}",
-            dataset="fashion-mnist", state_dir=tmp_path / f"state-d{i}", evaluate=False,
-            heartbeat_s=0, trust_key=str(public),
-        )  # fmt: skip
-        transport = MqttTransport(config.broker, f"{job}-d{i}")
-        made.append(EdgeClient(config, transport, data=data.part(i, 1000)))
-    return made
-
-
 def open_round(central: Central, epochs: int, timeout: float = 90) -> None:
     """Central.open_round with ``epochs`` (enough for the boards to train a few seconds)."""
     model = central.publish_model()
@@ -238,7 +223,7 @@ def test_lone_surrogates_neither_abort_the_boards_training_nor_stop_the_site(
     k = site_keys(tmp_path, job)
     aggregator = site(url, job, trust_key=str(k.public), site_key=str(k.site.directory))
     central = Central(url, job, kit, signer=k.job)
-    clients = boards(url, job, kit, tmp_path, k.public)
+    clients = trusting_boards(url, job, kit, tmp_path, k.public, samples=1000)
     threads = [threading.Thread(target=b.run, daemon=True) for b in clients]
     topics = Topics(job)
     statuses = f"{topics.root}/status/+"
@@ -273,7 +258,7 @@ def test_lone_surrogates_neither_abort_the_boards_training_nor_stop_the_site(
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "round 1 failed" not in text and "internal error" not in text, text[-3000:]
     assert "the site endorsement is malformed" in text
-    assert "round announcement holds a string that is not valid UTF-8" in text
+    assert "hyperparams cannot be written as strict JSON" in text  # \ud800: no UTF-8 form
     # the rounds the site published pass the docs' verifier; the outsider's do not
     job_key = load_pem_public_key(k.public.read_bytes())
     assert isinstance(job_key, Ed25519PublicKey)

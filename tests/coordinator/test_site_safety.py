@@ -356,17 +356,7 @@ def test_a_site_with_the_jobs_key_obeys_only_signed_control(
     aggregator = site(url, job, trust_key=str(public))
     devices = [mqtt_device(url, job, f"d{i}", kit.model(), kit.part(i, 256)) for i in range(2)]
     topics = Topics(job, UP)
-    cfg = JobConfig(
-        job=job, prefix=UP, rounds=1, min_devices=1, epochs=1, lr=0.05, round_timeout=60,
-        wait_timeout=30, max_retries=0, signing_key=str(signer_path(public)),
-    )  # fmt: skip
-    run_dir = RunDir(tmp_path / "run")
-    run_dir.create({}, resume=False)
-    transport = MqttTransport(BrokerConfig.from_url(url), f"{job}-coordinator")
-    transport.connect()
-    coordinator = Coordinator(
-        cfg, transport, ModelBundle(kit.tflite, kit.manifest, kit.initial), run_dir
-    )
+    coordinator, transport = signing_coordinator(url, job, kit, public, tmp_path, rounds=1)
     with ExitStack() as stack:
         spy = stack.enter_context(mqtt_client(mosquitto_broker, f"{job}-spy"))
         spy.subscribe_wait(f"fl/v1/{job}/control", 1)
@@ -403,6 +393,39 @@ def test_a_site_with_the_jobs_key_obeys_only_signed_control(
 
 def signer_path(public: Path) -> Path:
     return public.with_name("signing.key")
+
+
+def signing_coordinator(
+    url: str, job: str, kit: Kit, public: Path, tmp_path: Path, rounds: int
+) -> tuple[Coordinator, MqttTransport]:
+    """A real coordinator of ``job`` on the central topics, signing with the key of
+    ``public``, and its connected transport."""
+    cfg = JobConfig(
+        job=job, prefix=UP, rounds=rounds, min_devices=1, epochs=1, lr=0.05, round_timeout=60,
+        wait_timeout=30, max_retries=0, signing_key=str(signer_path(public)),
+    )  # fmt: skip
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.create({}, resume=False)
+    transport = MqttTransport(BrokerConfig.from_url(url), f"{job}-coordinator")
+    transport.connect()
+    bundle = ModelBundle(kit.tflite, kit.manifest, kit.initial)
+    return Coordinator(cfg, transport, bundle, run_dir), transport
+
+
+def trusting_boards(
+    url: str, job: str, kit: Kit, tmp_path: Path, public: Path, samples: int
+) -> list[EdgeClient]:
+    """Two real edge clients d0, d1 on the site's topics that trust only ``public``."""
+    made = []
+    for i in range(2):
+        config = ClientConfig(
+            broker=BrokerConfig.from_url(url), job=job, device_id=f"d{i}",
+            dataset="fashion-mnist", state_dir=tmp_path / f"state-d{i}", evaluate=False,
+            heartbeat_s=0, trust_key=str(public),
+        )  # fmt: skip
+        transport = MqttTransport(config.broker, f"{job}-d{i}")
+        made.append(EdgeClient(config, transport, data=kit.part(i, samples)))
+    return made
 
 
 @pytest.mark.slow
@@ -477,26 +500,8 @@ def test_boards_that_trust_only_the_jobs_key_train_behind_a_site_with_an_endorse
     with mqtt_client(mosquitto_broker, f"{job}-stranger") as client:
         client.publish(Topics(job).round, stranger.announcement(forged), qos=1, retain=True)
     aggregator = site(url, job, trust_key=str(public), site_key=str(key.directory))
-    boards = []
-    for i in range(2):
-        config = ClientConfig(
-            broker=BrokerConfig.from_url(url), job=job, device_id=f"d{i}",
-            dataset="fashion-mnist", state_dir=tmp_path / f"state-d{i}", evaluate=False,
-            heartbeat_s=0, trust_key=str(public),
-        )  # fmt: skip
-        transport = MqttTransport(config.broker, f"{job}-d{i}")
-        boards.append(EdgeClient(config, transport, data=kit.part(i, 256)))
-    cfg = JobConfig(
-        job=job, prefix=UP, rounds=2, min_devices=1, epochs=1, lr=0.05, round_timeout=60,
-        wait_timeout=30, max_retries=0, signing_key=str(signer_path(public)),
-    )  # fmt: skip
-    run_dir = RunDir(tmp_path / "run")
-    run_dir.create({}, resume=False)
-    transport = MqttTransport(BrokerConfig.from_url(url), f"{job}-coordinator")
-    transport.connect()
-    coordinator = Coordinator(
-        cfg, transport, ModelBundle(kit.tflite, kit.manifest, kit.initial), run_dir
-    )
+    boards = trusting_boards(url, job, kit, tmp_path, public, samples=256)
+    coordinator, transport = signing_coordinator(url, job, kit, public, tmp_path, rounds=2)
     threads = [threading.Thread(target=b.run, daemon=True) for b in boards]
     with ExitStack() as stack:
         spy = stack.enter_context(mqtt_client(mosquitto_broker, f"{job}-spy"))
