@@ -27,11 +27,12 @@ import pytest
 
 from coordinator.config import JobConfig
 from coordinator.influence import InfluenceBounds
+from coordinator.job_keys import job_signing_key
 from coordinator.pki import generate_signing_key
 from coordinator.run_dir import RunDir
 from coordinator.server import Coordinator, ModelBundle
 from coordinator.site import SiteAggregator, SiteConfig
-from coordinator.site_keys import load_site_key, make_site_key
+from coordinator.site_keys import load_site_key, make_site_key, resolve_site_key
 from coordinator.site_trust import UpstreamTrust
 from edge_client.client import EdgeClient
 from edge_client.config import ClientConfig
@@ -565,6 +566,20 @@ def test_fedcoord_site_signs_by_default_or_says_what_to_do(tmp_path, job_keys_di
         wrong = runner.invoke(main, ["site", "--site-id", site_id, "--job", job,
                                      "--site-key", str(tmp_path / "k")])  # fmt: skip
         assert wrong.exit_code == 1 and what in wrong.output and "error:" in wrong.output
+
+
+def test_a_site_where_the_jobs_key_is_makes_its_own_key_once_and_reuses_it(job_keys_dir):
+    # Prepare: the job's key on this machine ($EDGEFL_KEYS_DIR/<job>/), no site key yet
+    keys, _ = job_signing_key("localjob")
+    # Execute
+    made = resolve_site_key("localjob", SITE, None)
+    again = resolve_site_key("localjob", SITE, None, Verifier.from_spec(str(keys.public)))
+    # Assert: made in the job's directory, endorsed by the job's key, then reused as it is
+    assert made is not None and again is not None
+    assert made.directory == job_keys_dir / "localjob" / "sites" / SITE
+    assert made.endorsed_by == keys.key_id and made.job_public is not None
+    assert again.signer.key_id == made.signer.key_id and again.endorsement == made.endorsement
+    assert resolve_site_key("no-such-job", SITE, None) is None  # no job key here: nothing made
 
 
 def test_influence_bounds_of_the_site_are_checked():
