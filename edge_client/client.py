@@ -546,10 +546,12 @@ def _older(
     relied on only when both were ``signed`` (verified with the trusted key, so ``ann`` is
     genuine): in an unsigned job a forged round 10^9 would otherwise make the device ignore
     every honest round after it. A run id is needed too (coordinators that predate it are
-    never second-guessed). In a buffered run, versions only grow (also across --resume), and so do a device's grants;
-    within a version, every open announcement published since ``device``'s grant has a
-    deadline at least that grant's time + --round-timeout (the slot's own), every one before it
-    an earlier one. (A genuine revocation with an earlier deadline than ``ann``'s is missed at
+    never second-guessed).
+
+    In a buffered run, versions only grow (also across --resume), and so do a device's
+    grants; within a version, every open announcement published since ``device``'s grant has
+    a deadline at least that grant's time + --round-timeout (the slot's own), every one
+    before it an earlier one. (A genuine revocation with an earlier deadline than ``ann``'s is missed at
     worst: the device's update for the grant is still taken.)"""
     if (newer.job, newer.run) != (ann.job, ann.run) or newer.buffered != ann.buffered:
         return False
