@@ -89,3 +89,31 @@ def test_fleet_file_mistakes_are_one_line_errors(toml, message):
 def test_an_unknown_fleet_names_the_presets():
     with pytest.raises(ConfigError, match="no such file and no such preset.*mixed-pi"):
         load_fleet("mixed-py")
+
+
+def test_the_runner_counts_each_local_training_once_from_the_boards_statuses(tmp_path):
+    # Prepare: the statuses one board of the fleet publishes (heartbeats repeat "training";
+    # a board publishes "idle" after each update, also between two grants of one version)
+    from coordinator.config import JobConfig
+    from coordinator.fleet.runner import FleetRunner
+    from coordinator.simulation import FleetConfig
+    from edge_client.protocol import DeviceStatus
+    from edge_client.transport import BrokerConfig
+
+    spec = load_fleet("homogeneous")
+    board = spec.boards[0].device_id
+    runner = FleetRunner(
+        spec, Schedule(spec), FleetConfig(devices=len(spec.boards)), JobConfig(job="count"),
+        BrokerConfig("127.0.0.1", 1), tmp_path, {b.device_id: 1.0 for b in spec.boards},
+    )  # fmt: skip
+    sequence = [("online", None), ("training", 1), ("training", 1), ("idle", 1),
+                ("training", 1), ("idle", 1), ("training", 2), ("training", 2)]  # fmt: skip
+    # Execute
+    for t, (state, version) in enumerate(sequence):
+        runner._on_status(DeviceStatus(board, state, float(t), round=version))
+    runner._on_status(DeviceStatus("not-in-the-fleet", "training", 9.0, round=1))
+    # Assert: three trainings (two from version 1, one from version 2), numbered 0, 1, 2
+    assert runner.trainings[board] == 3
+    events = [e for e in runner.events if e["event"] == "training"]
+    assert [(e["round"], e["training"]) for e in events] == [(1, 0), (1, 1), (2, 2)]
+    assert runner.first_training.is_set()
