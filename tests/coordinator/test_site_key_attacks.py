@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -224,7 +223,6 @@ def test_lone_surrogates_neither_abort_the_boards_training_nor_stop_the_site(
     aggregator = site(url, job, trust_key=str(k.public), site_key=str(k.site.directory))
     central = Central(url, job, kit, signer=k.job)
     clients = trusting_boards(url, job, kit, tmp_path, k.public, samples=1000)
-    threads = [threading.Thread(target=b.run, daemon=True) for b in clients]
     topics = Topics(job)
     statuses = f"{topics.root}/status/+"
     with ExitStack() as stack:
@@ -232,11 +230,7 @@ def test_lone_surrogates_neither_abort_the_boards_training_nor_stop_the_site(
         outsider = stack.enter_context(mqtt_client(mosquitto_broker, f"{job}-outsider"))
         outsider.subscribe_wait(topics.round, 1)
         outsider.subscribe_wait(statuses, 1)
-        for t in threads:
-            t.start()
-        for b in clients:
-            stack.callback(b.stop)
-        stack.enter_context(running(aggregator))
+        stack.enter_context(running(*clients, aggregator))
         wait_until(lambda: len(aggregator.devices) == 2, 20, "the site's devices")
         # Execute: while both boards train the site's round, the outsider publishes
         open_round(central, epochs=30)

@@ -102,8 +102,8 @@ def site(url: str, job: str, **cfg: object) -> SiteAggregator:
 
 
 @contextmanager
-def running(*things: SiteAggregator | TrainingDevice) -> Iterator[None]:
-    """Sites and devices in their own threads, stopped at the end."""
+def running(*things: SiteAggregator | TrainingDevice | EdgeClient) -> Iterator[None]:
+    """Sites, devices and edge clients in their own threads, stopped at the end."""
     threads = []
     for thing in things:
         if isinstance(thing, TrainingDevice):
@@ -503,15 +503,10 @@ def test_boards_that_trust_only_the_jobs_key_train_behind_a_site_with_an_endorse
     aggregator = site(url, job, trust_key=str(public), site_key=str(key.directory))
     boards = trusting_boards(url, job, kit, tmp_path, public, samples=256)
     coordinator, transport = signing_coordinator(url, job, kit, public, tmp_path, rounds=2)
-    threads = [threading.Thread(target=b.run, daemon=True) for b in boards]
     with ExitStack() as stack:
         spy = stack.enter_context(mqtt_client(mosquitto_broker, f"{job}-spy"))
         spy.subscribe_wait(f"fl/v1/{job}/round", 1)
-        for t in threads:
-            t.start()
-        for b in boards:
-            stack.callback(b.stop)
-        stack.enter_context(running(aggregator))
+        stack.enter_context(running(*boards, aggregator))
         wait_until(lambda: len(aggregator.devices) == 2, 20, "the site's devices")
         # Execute
         try:
@@ -519,8 +514,6 @@ def test_boards_that_trust_only_the_jobs_key_train_behind_a_site_with_an_endorse
         finally:
             transport.wait_published(10)
             transport.close()
-    for t in threads:
-        t.join(15)
     # Assert: both boards trained both rounds from the site's signed rounds; the stranger's
     # round was refused; every round the site announced verifies with the job's key alone
     assert state.finished and [h["participants"] for h in state.history] == [[SITE]] * 2
