@@ -152,6 +152,8 @@ def run_one(
     )
     fc = FleetConfig(dataset="fashion-mnist", partition=partition, partition_seed=repeat)
     spec = fleet_spec(fleet, args.work)
+    if args.vary_fleet_seed:  # each repeat its own availability sessions and dropouts
+        spec = dataclasses.replace(spec, seed=spec.seed + repeat)
     tag = f"[{fleet} {partition} {mode}]"
     print(f"{tag} start, budget {budget:g} s", flush=True)
 
@@ -198,6 +200,7 @@ def run_one(
         "partition": partition,
         "mode": mode,
         "repeat": repeat,
+        "fleet_seed": spec.seed,
         "budget_s": budget,
         "targets": args.targets,
         "load_samples": sampler.samples,  # (seconds since the run's start, 1-minute load)
@@ -261,6 +264,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=0,
         help="seed of the first repeat (more repeats of an earlier run, into another --out)",
+    )
+    p.add_argument(
+        "--vary-fleet-seed",
+        action="store_true",
+        help="each repeat also draws its own availability and dropouts (the fleet's seed + "
+        "the repeat number); by default every repeat keeps the fleet file's seed",
     )
     p.add_argument("--model", default="cnn")
     p.add_argument("--model-dir", default=None, help="an exported model (skips the export)")
@@ -331,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             "modes": args.modes,
             "repeats": args.repeats,
             "first_repeat": args.first_repeat,
+            "vary_fleet_seed": args.vary_fleet_seed,
         },
         "raw_records": str(
             args.raw.relative_to(ROOT) if args.raw.is_relative_to(ROOT) else args.raw
