@@ -22,16 +22,20 @@ class Variant:
     toward_model: bool = False  # the change is (trained - current), not (trained - base)
     k: int | None = None  # buffer size (default --k)
     per_device: int | None = None  # most updates of one board in a buffer (default: the share's)
+    hinge: int = 0  # updates at most this many versions behind keep their whole change
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """``lr0.5``, ``a1``, ``k5``, ``per1``, ``model``, ``lr0.5-a1``: server lr, staleness
-        exponent, buffer size, most updates per board in a buffer, changes toward the trained
-        model rather than from the update's base."""
-        lr, a, toward, k, per = 1.0, 0.5, False, None, None
+        """``lr0.5``, ``a1``, ``k5``, ``per1``, ``model``, ``h2``, ``lr0.5-a1``: server lr,
+        staleness exponent, buffer size, most updates per board in a buffer, changes toward the
+        trained model rather than from the update's base, a hinge (updates at most 2 versions
+        behind keep their whole change, FedAsync's hinge: the weight is 1/(1+s-2)^a beyond)."""
+        lr, a, toward, k, per, hinge = 1.0, 0.5, False, None, None, 0
         for part in text.split("-"):
             if part == "model":
                 toward = True
+            elif part.startswith("h"):
+                hinge = int(part[1:])
             elif part.startswith("per"):
                 per = int(part[3:])
             elif part.startswith("k"):
@@ -41,8 +45,10 @@ class Variant:
             elif part.startswith("a"):
                 a = float(part[1:])
             else:
-                raise SystemExit(f"unknown variant part {part!r} in {text!r}: use lrX and aY")
-        return cls(text, lr, a, toward, k, per)
+                raise SystemExit(
+                    f"unknown variant part {part!r} in {text!r}: use lrX, aY, kN, perN, hN or model"
+                )
+        return cls(text, lr, a, toward, k, per, hinge)
 
 
 def _seconds(values: list[float | None]) -> str:
@@ -85,7 +91,9 @@ def mode_name(mode: str, record: dict[str, Any]) -> str:
         return f"synchronous FedAvg, {record['settings']['k']} boards per round"
     v = Variant.parse(mode.removeprefix("fedbuff-"))
     parts = [f"buffer {v.k or record['settings']['k']}"]
-    if v.exponent != 0.5:
+    if v.hinge:
+        parts.append(f"weight 1/(1+s-{v.hinge})^{v.exponent:g} beyond {v.hinge} behind")
+    elif v.exponent != 0.5:
         parts.append(f"weight 1/(1+s)^{v.exponent:g}")
     if v.server_lr != 1.0:
         parts.append(f"server lr {v.server_lr:g}")
@@ -165,3 +173,45 @@ def claims(record: dict[str, Any], partition: str = "iid") -> list[str]:
             f"{statistics.median(r['wasted'] for r in rows):.0f} updates wasted"
         )
     return out
+
+
+def dips(record: dict[str, Any], partition: str = "iid", floor: float = 0.84) -> list[str]:
+    """Per FedBuff setting, how low its versions fell once they had first reached ``floor``
+    (within half the horizon: the first wave of stale updates), median and range over the
+    seeds: ``FedBuff, buffer 2, ...: down to 81.84 % (81.51-82.41)``; first, the phrase that
+    says what is measured."""
+    until = float(record["settings"]["horizon"]) / 2
+    out = [f"once they had first reached {100 * floor:g} % (within the first {until:g} s"]
+    for mode in record["summary"][partition]:
+        if mode == "sync":
+            continue
+        lows = []
+        for run in record["runs"]:
+            if (run["partition"], run["mode"]) != (partition, mode):
+                continue
+            points = run["points"]
+            first = next((i for i, p in enumerate(points) if p["accuracy"] >= floor), None)
+            if first is not None:
+                lows.append(min(p["accuracy"] for p in points[first:] if p["t"] <= until))
+        if lows:
+            out.append(
+                f"{mode_name(mode, record)}: down to {100 * statistics.median(lows):.2f} % "
+                f"({100 * min(lows):.2f}-{100 * max(lows):.2f})"
+            )
+    return out
+
+
+def none_sooner(record: dict[str, Any], default: str, partition: str = "iid") -> str:
+    """``neither crossed 85 % sooner``: whether no FedBuff setting but ``default`` reached the
+    first target sooner than ``default`` in the median over the seeds (``NOT SO: ...`` if one
+    did)."""
+    modes = record["summary"][partition]
+    key = f"t{round(100 * float(record['settings']['targets'].split(',')[0]))}"
+    horizon = float(record["settings"]["horizon"])
+
+    def median(mode: str) -> float:
+        return statistics.median(horizon if r[key] is None else r[key] for r in modes[mode])
+
+    others = [m for m in modes if m not in ("sync", default)]
+    phrase = f"{'neither' if len(others) <= 2 else 'none'} crossed {key[1:]} % sooner"
+    return phrase if all(median(m) >= median(default) for m in others) else "NOT SO: " + phrase

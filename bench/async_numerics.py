@@ -199,7 +199,7 @@ def run_fedbuff(
             if s > args.max_staleness:
                 run.wasted += 1
                 continue
-            weight = staleness_weight(s, variant.exponent)
+            weight = staleness_weight(max(0, s - variant.hinge), variant.exponent)
             n = len(fleet.data[dev])
             mode = "toward-model" if variant.toward_model else "from-base"
             buf.add(checked(dev, gr, b, s, weight, n, versions[current], versions[b], tr, mode))

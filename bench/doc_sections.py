@@ -139,8 +139,16 @@ def _site_tier() -> list[str]:
 
 
 def _async_numerics() -> list[str]:
-    r = record("async_numerics")
-    return [async_figures.table(r), *async_figures.claims(r)]
+    r, hinge = record("async_numerics"), record("async_numerics_hinge")
+    return [
+        async_figures.table(r),
+        *async_figures.claims(r),
+        async_figures.table(hinge),
+        *async_figures.claims(hinge),
+        *async_figures.dips(hinge),
+        async_figures.none_sooner(hinge, "fedbuff-k2-model"),
+        f"({hinge['wall_s'] / 60:.1f} minutes",
+    ]
 
 
 def _board_install() -> list[str]:
@@ -154,13 +162,15 @@ def _fleet_records(name: str) -> fleet_claims.Records:
     return fleet_claims.Records(record(name), ROOT / "bench/results" / name)
 
 
+SHIPPED = ("fleet_scoring", "fleet_scoring_more", "fleet_idle")  # paired runs, rule as shipped
+
+
 @cache
 def _repeats() -> tuple[dict[str, Any], ...]:
-    """The acceptance rows of the four paired repeats (two records)."""
+    """The acceptance rows of every paired repeat of the rule as shipped (fleet seed 1 in
+    the first three records; each repeat its own in fleet_seeds)."""
     return tuple(
-        a
-        for n in ("fleet_scoring", "fleet_scoring_more")
-        for a in _fleet_records(n).result["acceptance"]
+        a for n in (*SHIPPED, "fleet_seeds") for a in _fleet_records(n).result["acceptance"]
     )
 
 
@@ -193,6 +203,15 @@ def _fleet_ahead() -> tuple[str, ...]:
             _fleet_records("fleet_ahead"),
             _fleet_records("fleet_idle"),
             [_fleet_records(n) for n in ("fleet_scoring", "fleet_scoring_more")],
+        )
+    )
+
+
+@cache
+def _fleet_seeds() -> tuple[str, ...]:
+    return tuple(
+        fleet_claims.fleet_seeds_claims(
+            _fleet_records("fleet_seeds"), [_fleet_records(n) for n in SHIPPED]
         )
     )
 
@@ -329,7 +348,16 @@ SECTIONS = [
         lambda: list(_fleet_ahead()),
     ),
     Section(
-        BENCHMARKS, "FedBuff's numerics on the fleet's clock", ("async_numerics",), _async_numerics
+        BENCHMARKS,
+        "Every repeat its own draw of the fleet",
+        ("fleet_seeds",),
+        lambda: list(_fleet_seeds()),
+    ),
+    Section(
+        BENCHMARKS,
+        "FedBuff's numerics on the fleet's clock",
+        ("async_numerics", "async_numerics_hinge"),
+        _async_numerics,
     ),
     Section(
         README,

@@ -792,3 +792,62 @@ def trained_ahead_claims(ahead: Records, idle: Records, shipped: list[Records]) 
     rows = [a for r in [*shipped, idle] for a in r.result["acceptance"]]
     out.append(repeats_summary(rows, "fedbuff2-model"))
     return out
+
+
+def sync_times(records: Records, runs: list[dict[str, Any]]) -> list[float]:
+    """Each run's seconds to the first target (runs that never reached it left out)."""
+    return [t for x in runs if (t := x["time_to"][records.key]) is not None]
+
+
+def fleet_seeds_claims(seeds: Records, shipped: list[Records]) -> list[str]:
+    """The prose of "Every repeat its own draw of the fleet" (bench/results/fleet_seeds.json:
+    ``--vary-fleet-seed``, each repeat with its own availability sessions and dropouts), its
+    tables, and the sentence over every paired run of the shipped rule (``shipped``: the
+    earlier records with the fleet's seed 1 in every repeat, and this one)."""
+    fleet_seeds = sorted({f["summary"]["seed"] for f in seeds.files.values()})
+    out = [
+        f"(repeats {', '.join(map(str, seeds.repeat_numbers()))}, fleet seeds "
+        f"{', '.join(map(str, fleet_seeds))}; main at `{seeds.record['commit']}`, "
+        f"{seeds.record['bench_wall_s'] / 60:.1f} minutes)",
+        *seeds.tables(),
+    ]
+    for partition in seeds.settings["partitions"]:
+        fedbuff, sync = (
+            [x for x in seeds.runs if x["mode"] == m and x["partition"] == partition]
+            for m in ("fedbuff2-model", "sync")
+        )
+        out.append(
+            f"FedBuff reached {seeds.target} in {', '.join(seeds.to(x) for x in fedbuff)} and "
+            f"synchronous FedAvg in {', '.join(seeds.to(x) for x in sync)}"
+        )
+        gone = [
+            WORDS[sum(b in ("Pi 5", "Pi 4") and t < 45 for b, t, _ in seeds.offline(x))]
+            for x in fedbuff
+        ]
+        out.append(f"Pi 5 or Pi 4 boards offline within the first 45 s: {', '.join(gone)}")
+        out.append(repeats_summary(seeds.result["acceptance"], "fedbuff2-model", partition))
+        out.append(f"synchronous FedAvg took {span_of(sync_times(seeds, sync))} s")
+        waves, late = [], []
+        for x in fedbuff:
+            wave = _stretch(seeds.versions(x), _only_first("Pi 3B+"))[0]["t"]
+            waves.append(wave)
+            if seeds.reached(x)["t"] >= wave:
+                late.append(x)
+        out.append(
+            f"{WORDS[len(fedbuff) - len(late)]} of the {WORDS[len(fedbuff)]} crossed "
+            f"{seeds.target} before the Pi 3B+s' first wave ({span_of(waves)} s after the "
+            f"first training), {WORDS[len(late)]} after it"
+        )
+        if late:
+            speedups = [
+                f"{seeds.acceptance('fedbuff2-model', partition, x['repeat'])['speedup_to_85']:.2f}x"
+                for x in late
+            ]
+            out.append(
+                f"crossed at {span_of(seeds.reached(x)['t'] for x in late)} s, "
+                f"{' and '.join(speedups)} sooner than FedAvg"
+            )
+    out.append(f"a {seeds.settings['budget_s']['mixed-pi']:g} s budget")
+    rows = [a for r in [*shipped, seeds] for a in r.result["acceptance"]]
+    out.append(repeats_summary(rows, "fedbuff2-model"))
+    return out
