@@ -118,12 +118,17 @@ class LoadSampler(threading.Thread):
             self.samples.append((round(time.time() - self.t0, 1), round(os.getloadavg()[0], 2)))
 
 
-def fleet_spec(name: str, work: Path) -> FleetSpec:
+def fleet_spec(name: str, work: Path, offset: int = 0) -> FleetSpec:
+    """The fleet ``name`` (a preset, or ``quick``), its seed moved by ``offset``
+    (``--vary-fleet-seed``: the repeat number, so each repeat draws its own availability
+    sessions and dropouts)."""
     if name == "quick":
         path = work / "quick.toml"
         path.write_text(QUICK_FLEET)
-        return load_fleet(str(path))
-    return load_fleet(name)
+        spec = load_fleet(str(path))
+    else:
+        spec = load_fleet(name)
+    return dataclasses.replace(spec, seed=spec.seed + offset) if offset else spec
 
 
 def part_tag(partition: str) -> str:
@@ -151,9 +156,7 @@ def run_one(
         **mode_settings(mode, args.k, args.over_select, args.late_updates, args.buffer_size),
     )
     fc = FleetConfig(dataset="fashion-mnist", partition=partition, partition_seed=repeat)
-    spec = fleet_spec(fleet, args.work)
-    if args.vary_fleet_seed:  # each repeat its own availability sessions and dropouts
-        spec = dataclasses.replace(spec, seed=spec.seed + repeat)
+    spec = fleet_spec(fleet, args.work, repeat if args.vary_fleet_seed else 0)
     tag = f"[{fleet} {partition} {mode}]"
     print(f"{tag} start, budget {budget:g} s", flush=True)
 

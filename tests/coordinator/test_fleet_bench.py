@@ -64,6 +64,8 @@ def test_quick_bench_records_every_figure_and_recomputes_from_its_raw_records(ex
         assert run["load_average"]["median"] is not None and run["cores"] >= 1
         assert run["startup_s"] > 0  # the boards start, then the first local training
         assert set(os.listdir(tmp_path / "fleet" / run["name"])) == RUN_FILES
+        bench = json.loads((tmp_path / "fleet" / run["name"] / "bench.json").read_text())
+        assert bench["fleet_seed"] == 1  # the quick fleet's own: --vary-fleet-seed not given
     # ...and the figures recompute from the raw records alone
     again = fleet_figures.figures(tmp_path / "fleet", [0.5, 0.99])
     assert again["runs"] == record["runs"]
@@ -115,8 +117,33 @@ def test_fedbuff_n_runs_fedbuff_with_a_buffer_of_n_and_is_labelled_so():
             fleet.mode_settings(bad, 10, 1.5, "fold", 5)
 
 
+def test_vary_fleet_seed_gives_each_repeat_its_own_draw_of_the_fleet(tmp_path):
+    # Prepare
+    sys.path.insert(0, str(ROOT / "bench"))
+    import fleet
+
+    # Execute: repeat 0, and repeat 3 with and without --vary-fleet-seed
+    same = fleet.fleet_spec("mixed-pi", tmp_path)
+    moved = fleet.fleet_spec("mixed-pi", tmp_path, 3)
+    quick = fleet.fleet_spec("quick", tmp_path, 2)
+    # Assert: only the seed moves (by the repeat number); the boards stay the fleet file's
+    assert same.seed == 1 and moved.seed == 4 and quick.seed == 3
+    assert moved.boards == same.boards
+    assert fleet.parse_args(["--vary-fleet-seed"]).vary_fleet_seed
+    assert not fleet.parse_args([]).vary_fleet_seed
+
+
 @pytest.mark.parametrize(
-    "name", ["fleet", "fleet_stale_changes", "fleet_scoring", "fleet_scoring_more"]
+    "name",
+    [
+        "fleet",
+        "fleet_stale_changes",
+        "fleet_scoring",
+        "fleet_scoring_more",
+        "fleet_ahead",
+        "fleet_idle",
+        "fleet_seeds",
+    ],
 )
 def test_each_committed_fleet_record_is_its_raw_records(name):
     # Prepare: the committed record of a full run (the modes; the follow-up on stale
