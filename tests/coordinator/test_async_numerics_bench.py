@@ -31,8 +31,51 @@ def test_variants_parse_and_name_their_settings():
         "FedBuff, buffer 2, toward the trained model"
     )
     assert async_figures.mode_name("sync", record) == "synchronous FedAvg, 10 boards per round"
+    hinged = async_figures.Variant.parse("k2-model-h2-a1")
+    assert (hinged.hinge, hinged.exponent, hinged.toward_model) == (2, 1.0, True)
+    assert async_figures.mode_name("fedbuff-k2-model-h2-a1", record) == (
+        "FedBuff, buffer 2, weight 1/(1+s-2)^1 beyond 2 behind, toward the trained model"
+    )
     with pytest.raises(SystemExit, match="unknown variant part 'x2'"):
         async_figures.Variant.parse("k2-x2")
+
+
+def test_dips_are_the_lowest_version_after_the_floor_within_half_the_horizon():
+    # Prepare: two seeds of one setting; the second seed never reaches the floor
+    points = [(0, 0.1), (5, 0.845), (8, 0.80), (12, 0.86), (30, 0.70)]  # t=30: past half
+    record = {
+        "settings": {"k": 10, "horizon": 40, "targets": "0.85"},
+        "summary": {"iid": {"sync": [], "fedbuff-k2-model": []}},
+        "runs": [
+            {"partition": "iid", "mode": "fedbuff-k2-model", "seed": 0,
+             "points": [{"t": t, "accuracy": a} for t, a in points]},
+            {"partition": "iid", "mode": "fedbuff-k2-model", "seed": 1,
+             "points": [{"t": 0, "accuracy": 0.1}, {"t": 5, "accuracy": 0.83}]},
+        ],
+    }  # fmt: skip
+    # Execute
+    out = async_figures.dips(record, floor=0.84)
+    # Assert: 80 % (t=8), not 70 % (after half the horizon); the second seed has no dip
+    assert out == [
+        "once they had first reached 84 % (within the first 20 s",
+        "FedBuff, buffer 2, toward the trained model: down to 80.00 % (80.00-80.00)",
+    ]
+
+
+def test_none_sooner_says_so_only_when_no_setting_beat_the_default():
+    # Prepare: medians of the time to 85 %: default 18, a1 18, h1 25 (one seed never: 40)
+    def rows(*ts):
+        return [{"t85": t} for t in ts]
+
+    record = {
+        "settings": {"horizon": 40, "targets": "0.85,0.88"},
+        "summary": {"iid": {"sync": rows(80), "fedbuff-k2": rows(18), "fedbuff-k2-a1": rows(18),
+                            "fedbuff-k2-h1": rows(25, None)}},
+    }  # fmt: skip
+    # Execute, Assert
+    assert async_figures.none_sooner(record, "fedbuff-k2") == "neither crossed 85 % sooner"
+    record["summary"]["iid"]["fedbuff-k2-a1"] = rows(17)
+    assert async_figures.none_sooner(record, "fedbuff-k2").startswith("NOT SO")
 
 
 @pytest.mark.slow
