@@ -83,24 +83,28 @@ def mode_settings(
         return {"clients_per_round": k, "over_select": over_select, "late_updates": late}
     if mode.startswith("fedbuff"):
         # fedbuff: a buffer of --buffer-size; fedbuffN: of N; -aX: --staleness-exponent X;
-        # -model / -base: --stale-changes toward-model / from-base
+        # -lrX: --server-lr X; -model / -base: --stale-changes toward-model / from-base
         names = {f.name for f in dataclasses.fields(JobConfig)}
         if "buffer_size" not in names:
             raise SystemExit(
                 "error: FedBuff (--mode buffered) is not in this checkout: run with "
                 "--modes sync,semi, or update to a main that has it"
             )
-        m = re.fullmatch(r"fedbuff([1-9]\d*)?(?:-a(\d+(?:\.\d+)?))?(-model|-base)?", mode)
+        m = re.fullmatch(
+            r"fedbuff([1-9]\d*)?(?:-a(\d+(?:\.\d+)?))?(?:-lr(\d+(?:\.\d+)?))?(-model|-base)?", mode
+        )
         if m is None:
             raise SystemExit(
                 f"error: unknown mode {mode!r}: use fedbuff, fedbuffN (N >= 1), fedbuffN-aX, "
-                "with -model or -base (--stale-changes)"
+                "fedbuffN-lrX, with -model or -base (--stale-changes)"
             )
         out: dict[str, Any] = {"mode": "buffered", "buffer_size": int(m[1] or buffer_size)}
         if m[2] is not None:
             out["staleness_exponent"] = float(m[2])
-        if m[3]:
-            out["stale_changes"] = "toward-model" if m[3] == "-model" else "from-base"
+        if m[3] is not None:
+            out["server_lr"] = float(m[3])
+        if m[4]:
+            out["stale_changes"] = "toward-model" if m[4] == "-model" else "from-base"
         return out
     raise SystemExit(f"error: unknown mode {mode!r}: use {', '.join(MODES)} (or fedbuffN-aX)")
 

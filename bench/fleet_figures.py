@@ -43,12 +43,13 @@ LABELS = {"sync": "synchronous FedAvg", "semi": "semi-synchronous", "fedbuff": "
 
 def label(mode: str) -> str:
     """``fedbuff2`` (bench/fleet.py --modes: FedBuff with a buffer of 2) -> ``FedBuff, buffer 2``."""
-    m = re.fullmatch(r"fedbuff(\d+)?(?:-a([\d.]+))?(-model|-base)?", mode)
+    m = re.fullmatch(r"fedbuff(\d+)?(?:-a([\d.]+))?(?:-lr([\d.]+))?(-model|-base)?", mode)
     if m is None or mode == "fedbuff":
         return LABELS.get(mode, mode)
     parts = ([f"buffer {m[1]}"] if m[1] else []) + ([f"weight 1/(1+s)^{m[2]}"] if m[2] else [])
+    parts += [f"server lr {m[3]}"] if m[3] else []
     parts += {"-model": ["toward the trained model"], "-base": ["from its base"]}.get(
-        m[3] or "", []
+        m[4] or "", []
     )
     return "FedBuff, " + ", ".join(parts)
 

@@ -110,6 +110,15 @@ def test_fedbuff_n_runs_fedbuff_with_a_buffer_of_n_and_is_labelled_so():
         "toward-model"
     )
     assert fleet_figures.label("fedbuff2-model") == "FedBuff, buffer 2, toward the trained model"
+    assert fleet.mode_settings("fedbuff2-lr0.25-model", 10, 1.5, "fold", 5) == {
+        "mode": "buffered",
+        "buffer_size": 2,
+        "server_lr": 0.25,
+        "stale_changes": "toward-model",
+    }
+    assert fleet_figures.label("fedbuff2-lr0.25-model") == (
+        "FedBuff, buffer 2, server lr 0.25, toward the trained model"
+    )
     assert fleet.mode_settings("fedbuff-base", 10, 1.5, "fold", 5)["stale_changes"] == "from-base"
     assert fleet_figures.label("fedbuff-base") == "FedBuff, from its base"
     for bad in ("fedbuff0", "fedbuffx", "fedbuff2-b1"):
