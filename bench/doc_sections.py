@@ -209,10 +209,13 @@ def _fleet_ahead() -> tuple[str, ...]:
 
 @cache
 def _fleet_seeds() -> tuple[str, ...]:
-    return tuple(
-        fleet_claims.fleet_seeds_claims(
+    return (
+        *fleet_claims.fleet_seeds_claims(
             _fleet_records("fleet_seeds"), [_fleet_records(n) for n in SHIPPED]
-        )
+        ),
+        *fleet_claims.seeds_dirichlet_claims(
+            _fleet_records("fleet_seeds_dirichlet"), _fleet_records("fleet")
+        ),
     )
 
 
@@ -350,7 +353,7 @@ SECTIONS = [
     Section(
         BENCHMARKS,
         "Every repeat its own draw of the fleet",
-        ("fleet_seeds",),
+        ("fleet_seeds", "fleet_seeds_dirichlet"),
         lambda: list(_fleet_seeds()),
     ),
     Section(

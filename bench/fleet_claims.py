@@ -851,3 +851,37 @@ def fleet_seeds_claims(seeds: Records, shipped: list[Records]) -> list[str]:
     rows = [a for r in [*shipped, seeds] for a in r.result["acceptance"]]
     out.append(repeats_summary(rows, "fedbuff2-model"))
     return out
+
+
+def swings(records: Records, run: dict[str, Any], after_s: float = 60.0) -> str:
+    """``70.39-87.59 %``: the lowest and highest global model of ``run`` from ``after_s``
+    seconds on (how far consecutive versions swing once the job is under way)."""
+    accs = [v["accuracy"] for v in records.versions(run) if v["t"] >= after_s]
+    return f"{100 * min(accs):.2f}-{100 * max(accs):.2f} %"
+
+
+def seeds_dirichlet_claims(rec: Records, main: Records) -> list[str]:
+    """The Dirichlet half of "Every repeat its own draw of the fleet"
+    (bench/results/fleet_seeds_dirichlet.json): its tables, the times, the swings of the
+    versions, and the acceptance over its paired runs; why its budget is longer (``main``:
+    bench/results/fleet.json, where synchronous FedAvg did not reach the target)."""
+    fedbuff, sync = ([x for x in rec.runs if x["mode"] == m] for m in ("fedbuff2-model", "sync"))
+    before = main.run("sync", "dirichlet:0.5")
+    return [
+        f"a {rec.settings['budget_s']['mixed-pi']:g} s budget",
+        _unless(
+            before["time_to"][main.key] is None,
+            f"needed more than {before['budget_s']:g} s to reach {main.target}",
+        ),
+        f"(repeats {', '.join(map(str, rec.repeat_numbers()))}, fleet seeds "
+        f"{', '.join(str(f['summary']['seed']) for f in rec.files.values() if f['bench']['mode'] == 'sync')}; "
+        f"main at `{rec.record['commit']}`, {rec.record['bench_wall_s'] / 60:.1f} minutes)",
+        *rec.tables(),
+        f"FedBuff reached {rec.target} in {', '.join(rec.to(x) for x in fedbuff)} and "
+        f"synchronous FedAvg in {', '.join(rec.to(x) for x in sync)}",
+        "from the first minute on, FedBuff's versions ranged over "
+        + " and ".join(swings(rec, x) for x in fedbuff)
+        + ", synchronous FedAvg's rounds over "
+        + " and ".join(swings(rec, x) for x in sync),
+        repeats_summary(rec.result["acceptance"], "fedbuff2-model", "dirichlet:0.5"),
+    ]
