@@ -140,6 +140,7 @@ def _site_tier() -> list[str]:
 
 def _async_numerics() -> list[str]:
     r, hinge = record("async_numerics"), record("async_numerics_hinge")
+    lr = record("async_numerics_server_lr")
     return [
         async_figures.table(r),
         *async_figures.claims(r),
@@ -148,6 +149,10 @@ def _async_numerics() -> list[str]:
         *async_figures.dips(hinge),
         async_figures.none_sooner(hinge, "fedbuff-k2-model"),
         f"({hinge['wall_s'] / 60:.1f} minutes",
+        async_figures.table(lr),
+        *async_figures.claims(lr, "dirichlet:0.5"),
+        *async_figures.swings(lr, "dirichlet:0.5", 60),
+        f"({lr['wall_s'] / 60:.1f} minutes",
     ]
 
 
@@ -359,7 +364,7 @@ SECTIONS = [
     Section(
         BENCHMARKS,
         "FedBuff's numerics on the fleet's clock",
-        ("async_numerics", "async_numerics_hinge"),
+        ("async_numerics", "async_numerics_hinge", "async_numerics_server_lr"),
         _async_numerics,
     ),
     Section(
