@@ -23,17 +23,21 @@ class Variant:
     k: int | None = None  # buffer size (default --k)
     per_device: int | None = None  # most updates of one board in a buffer (default: the share's)
     hinge: int = 0  # updates at most this many versions behind keep their whole change
+    momentum: float = 0.0  # server momentum over versions (fedavgm; 0: FedAvg's step)
 
     @classmethod
     def parse(cls, text: str) -> Variant:
         """``lr0.5``, ``a1``, ``k5``, ``per1``, ``model``, ``h2``, ``lr0.5-a1``: server lr,
         staleness exponent, buffer size, most updates per board in a buffer, changes toward the
         trained model rather than from the update's base, a hinge (updates at most 2 versions
-        behind keep their whole change, FedAsync's hinge: the weight is 1/(1+s-2)^a beyond)."""
-        lr, a, toward, k, per, hinge = 1.0, 0.5, False, None, None, 0
+        behind keep their whole change, FedAsync's hinge: the weight is 1/(1+s-2)^a beyond),
+        ``mom0.9``: server momentum over the versions (``--strategy fedavgm``)."""
+        lr, a, toward, k, per, hinge, mom = 1.0, 0.5, False, None, None, 0, 0.0
         for part in text.split("-"):
             if part == "model":
                 toward = True
+            elif part.startswith("mom"):
+                mom = float(part[3:])
             elif part.startswith("h"):
                 hinge = int(part[1:])
             elif part.startswith("per"):
@@ -48,7 +52,7 @@ class Variant:
                 raise SystemExit(
                     f"unknown variant part {part!r} in {text!r}: use lrX, aY, kN, perN, hN or model"
                 )
-        return cls(text, lr, a, toward, k, per, hinge)
+        return cls(text, lr, a, toward, k, per, hinge, mom)
 
 
 def _seconds(values: list[float | None]) -> str:
@@ -103,6 +107,8 @@ def mode_name(mode: str, record: dict[str, Any]) -> str:
         parts.append(f"weight 1/(1+s)^{v.exponent:g}")
     if v.server_lr != 1.0:
         parts.append(f"server lr {v.server_lr:g}")
+    if v.momentum:
+        parts.append(f"server momentum {v.momentum:g}")
     if v.per_device is not None:
         parts.append(f"at most {v.per_device} per board")
     parts.append("toward the trained model" if v.toward_model else "from its base")

@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from async_figures import Variant, table  # noqa: E402
 
+from coordinator.aggregation import Strategy  # noqa: E402
 from coordinator.buffer import Buffer, Checked, device_limit  # noqa: E402
 from coordinator.evaluation import Evaluator  # noqa: E402
 from coordinator.fleet.budget import Calibration, calibrate, estimate_demand  # noqa: E402
@@ -163,6 +164,24 @@ def run_sync(fleet: Fleet, args: argparse.Namespace, seed: int, w0: Weights) -> 
     return run
 
 
+def server_strategy(variant: Variant) -> Strategy:
+    """FedAvg, or FedAvgM when the variant has server momentum (it steps by --server-lr)."""
+    if variant.momentum:
+        return make_strategy(
+            "fedavgm", server_lr=variant.server_lr, server_momentum=variant.momentum
+        )
+    return make_strategy("fedavg")
+
+
+def server_buffer(
+    master: Weights, strategy: Strategy, args: argparse.Namespace, variant: Variant
+) -> Buffer:
+    return Buffer(
+        master, strategy, bounds(args), server_lr=variant.server_lr,
+        apply_server_lr=not variant.momentum,
+    )  # fmt: skip
+
+
 def run_fedbuff(
     fleet: Fleet, args: argparse.Namespace, seed: int, w0: Weights, variant: Variant
 ) -> Run:
@@ -173,7 +192,8 @@ def run_fedbuff(
     run.points.append(dict(t=0.0, updates=0, accuracy=fleet.accuracy(w0)))
     k = variant.k or args.k
     limit = variant.per_device or device_limit(k, args.max_weight_share, len(fleet.ids))
-    buf = Buffer(w0, make_strategy("fedavg"), bounds(args), server_lr=variant.server_lr)
+    strategy = server_strategy(variant)  # one for the run: fedavgm's velocity lasts
+    buf = server_buffer(w0, strategy, args, variant)
     events: list[tuple[float, int, str, int]] = []  # (finish time, grant, device, base)
     grant = 0
     idle: list[str] = []  # boards with their share of the open buffer: wait for the next
@@ -212,10 +232,7 @@ def run_fedbuff(
                 acc = fleet.accuracy(versions[current])
                 run.points.append(dict(t=round(t, 2), updates=updates, accuracy=acc))
                 print(f"  {run.mode} v{current} t={t:.1f} updates={updates} acc={acc:.4f}")
-                buf = Buffer(
-                    versions[current], make_strategy("fedavg"), bounds(args),
-                    server_lr=variant.server_lr,
-                )  # fmt: skip
+                buf = server_buffer(versions[current], strategy, args, variant)
                 for waiting in idle:
                     grant += 1
                     heapq.heappush(events, (t + fleet.cycle[waiting], grant, waiting, current))

@@ -36,6 +36,11 @@ def test_variants_parse_and_name_their_settings():
     assert async_figures.mode_name("fedbuff-k2-model-h2-a1", record) == (
         "FedBuff, buffer 2, weight 1/(1+s-2)^1 beyond 2 behind, toward the trained model"
     )
+    momentum = async_figures.Variant.parse("k2-model-mom0.9-lr0.1")
+    assert (momentum.momentum, momentum.server_lr, momentum.toward_model) == (0.9, 0.1, True)
+    assert async_figures.mode_name("fedbuff-k2-model-mom0.9-lr0.1", record) == (
+        "FedBuff, buffer 2, server lr 0.1, server momentum 0.9, toward the trained model"
+    )
     with pytest.raises(SystemExit, match="unknown variant part 'x2'"):
         async_figures.Variant.parse("k2-x2")
 
@@ -83,7 +88,8 @@ def test_quick_run_records_versions_that_learn_on_the_fleets_clock(export_dir, t
     # Prepare
     out = tmp_path / "numerics.json"
     cmd = [sys.executable, str(ROOT / "bench/async_numerics.py"), "--quick"]
-    cmd += ["--model-dir", str(export_dir("mlp", "adam")), "--variants", "k2", "--out", str(out)]
+    cmd += ["--model-dir", str(export_dir("mlp", "adam")), "--out", str(out)]
+    cmd += ["--variants", "k2,k2-mom0.5-lr0.5"]  # FedAvg's step, and server momentum's
     cmd += ["--horizon", "12", "--targets", "0.5,0.99"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # Execute
@@ -94,7 +100,7 @@ def test_quick_run_records_versions_that_learn_on_the_fleets_clock(export_dir, t
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     record = json.loads(out.read_text())
     runs = {x["mode"]: x for x in record["runs"]}
-    assert set(runs) == {"sync", "fedbuff-k2"}
+    assert set(runs) == {"sync", "fedbuff-k2", "fedbuff-k2-mom0.5-lr0.5"}
     for run in runs.values():
         times = [p["t"] for p in run["points"]]
         updates = [p["updates"] for p in run["points"]]
@@ -105,3 +111,6 @@ def test_quick_run_records_versions_that_learn_on_the_fleets_clock(export_dir, t
     rows = record["summary"]["iid"]
     assert rows["sync"][0]["t50"] is not None and rows["sync"][0]["t99"] is None
     assert "| mixed-pi | iid | FedBuff, buffer 2, from its base |" in async_figures.table(record)
+    # server momentum keeps its velocity across versions: its versions differ from FedAvg's
+    plain, moved = (runs[m]["points"] for m in ("fedbuff-k2", "fedbuff-k2-mom0.5-lr0.5"))
+    assert [p["accuracy"] for p in plain[2:]] != [p["accuracy"] for p in moved[2:]]
