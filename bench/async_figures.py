@@ -176,8 +176,10 @@ def claims(record: dict[str, Any], partition: str = "iid") -> list[str]:
         reached = [t for t in times if t is not None]
         if not reached or not gaps:
             continue
+        some = "" if len(reached) == len(times) else f" ({len(reached)} of {len(times)} seeds)"
         out.append(
             f"{mode_name(mode, record)}: {pct} at a median {statistics.median(reached):.1f} s"
+            + some
             + _sooner(sync, rows, target, horizon)
             + f", {statistics.median(gaps):+.2f} points from FedAvg after its "
             f"{_counts(rows)} updates ({min(gaps):+.2f} to {max(gaps):+.2f}), "

@@ -140,7 +140,7 @@ def _site_tier() -> list[str]:
 
 def _async_numerics() -> list[str]:
     r, hinge = record("async_numerics"), record("async_numerics_hinge")
-    lr = record("async_numerics_server_lr")
+    lr, mom = record("async_numerics_server_lr"), record("async_numerics_momentum")
     return [
         async_figures.table(r),
         *async_figures.claims(r),
@@ -153,6 +153,10 @@ def _async_numerics() -> list[str]:
         *async_figures.claims(lr, "dirichlet:0.5"),
         *async_figures.swings(lr, "dirichlet:0.5", 60),
         f"({lr['wall_s'] / 60:.1f} minutes",
+        async_figures.table(mom),
+        *async_figures.claims(mom, "dirichlet:0.5"),
+        *async_figures.swings(mom, "dirichlet:0.5", 60),
+        f"({mom['wall_s'] / 60:.1f} minutes",
     ]
 
 
@@ -364,7 +368,12 @@ SECTIONS = [
     Section(
         BENCHMARKS,
         "FedBuff's numerics on the fleet's clock",
-        ("async_numerics", "async_numerics_hinge", "async_numerics_server_lr"),
+        (
+            "async_numerics",
+            "async_numerics_hinge",
+            "async_numerics_server_lr",
+            "async_numerics_momentum",
+        ),
         _async_numerics,
     ),
     Section(
