@@ -50,7 +50,8 @@ class Variant:
                 a = float(part[1:])
             else:
                 raise SystemExit(
-                    f"unknown variant part {part!r} in {text!r}: use lrX, aY, kN, perN, hN or model"
+                    f"unknown variant part {part!r} in {text!r}: use lrX, aY, kN, perN, hN, "
+                    "momX or model"
                 )
         return cls(text, lr, a, toward, k, per, hinge, mom)
 
@@ -188,6 +189,11 @@ def claims(record: dict[str, Any], partition: str = "iid") -> list[str]:
     return out
 
 
+def _runs(record: dict[str, Any], partition: str, mode: str) -> list[dict[str, Any]]:
+    """The record's runs (one per seed) of ``mode`` on ``partition``."""
+    return [r for r in record["runs"] if (r["partition"], r["mode"]) == (partition, mode)]
+
+
 def dips(record: dict[str, Any], partition: str = "iid", floor: float = 0.84) -> list[str]:
     """Per FedBuff setting, how low its versions fell once they had first reached ``floor``
     (within half the horizon: the first wave of stale updates), median and range over the
@@ -199,9 +205,7 @@ def dips(record: dict[str, Any], partition: str = "iid", floor: float = 0.84) ->
         if mode == "sync":
             continue
         lows = []
-        for run in record["runs"]:
-            if (run["partition"], run["mode"]) != (partition, mode):
-                continue
+        for run in _runs(record, partition, mode):
             points = run["points"]
             first = next((i for i, p in enumerate(points) if p["accuracy"] >= floor), None)
             if first is not None:
@@ -238,12 +242,11 @@ def swings(record: dict[str, Any], partition: str, after: float) -> list[str]:
     out = [f"from {after:g} s to {horizon:g} s"]
     for mode in record["summary"][partition]:
         lows, highs = [], []
-        for run in record["runs"]:
-            if (run["partition"], run["mode"]) == (partition, mode):
-                accs = [p["accuracy"] for p in run["points"] if after <= p["t"] <= horizon]
-                if accs:
-                    lows.append(min(accs))
-                    highs.append(max(accs))
+        for run in _runs(record, partition, mode):
+            accs = [p["accuracy"] for p in run["points"] if after <= p["t"] <= horizon]
+            if accs:
+                lows.append(min(accs))
+                highs.append(max(accs))
         if lows:
             out.append(
                 f"{mode_name(mode, record)}: {100 * statistics.median(lows):.2f}-"

@@ -794,6 +794,17 @@ def trained_ahead_claims(ahead: Records, idle: Records, shipped: list[Records]) 
     return out
 
 
+def _drawn(rec: Records) -> str:
+    """``(repeats 0, 1, fleet seeds 1, 2; main at `abc1234`, 18.0 minutes)``: a
+    ``--vary-fleet-seed`` record's repeats, the fleet seeds its runs drew, commit and wall time."""
+    fleet_seeds = sorted({f["summary"]["seed"] for f in rec.files.values()})
+    return (
+        f"(repeats {', '.join(map(str, rec.repeat_numbers()))}, fleet seeds "
+        f"{', '.join(map(str, fleet_seeds))}; main at `{rec.record['commit']}`, "
+        f"{rec.record['bench_wall_s'] / 60:.1f} minutes)"
+    )
+
+
 def sync_times(records: Records, runs: list[dict[str, Any]]) -> list[float]:
     """Each run's seconds to the first target (runs that never reached it left out)."""
     return [t for x in runs if (t := x["time_to"][records.key]) is not None]
@@ -804,13 +815,7 @@ def fleet_seeds_claims(seeds: Records, shipped: list[Records]) -> list[str]:
     ``--vary-fleet-seed``, each repeat with its own availability sessions and dropouts), its
     tables, and the sentence over every paired run of the shipped rule (``shipped``: the
     earlier records with the fleet's seed 1 in every repeat, and this one)."""
-    fleet_seeds = sorted({f["summary"]["seed"] for f in seeds.files.values()})
-    out = [
-        f"(repeats {', '.join(map(str, seeds.repeat_numbers()))}, fleet seeds "
-        f"{', '.join(map(str, fleet_seeds))}; main at `{seeds.record['commit']}`, "
-        f"{seeds.record['bench_wall_s'] / 60:.1f} minutes)",
-        *seeds.tables(),
-    ]
+    out = [_drawn(seeds), *seeds.tables()]
     for partition in seeds.settings["partitions"]:
         fedbuff, sync = (
             [x for x in seeds.runs if x["mode"] == m and x["partition"] == partition]
@@ -873,9 +878,7 @@ def seeds_dirichlet_claims(rec: Records, main: Records) -> list[str]:
             before["time_to"][main.key] is None,
             f"needed more than {before['budget_s']:g} s to reach {main.target}",
         ),
-        f"(repeats {', '.join(map(str, rec.repeat_numbers()))}, fleet seeds "
-        f"{', '.join(str(f['summary']['seed']) for f in rec.files.values() if f['bench']['mode'] == 'sync')}; "
-        f"main at `{rec.record['commit']}`, {rec.record['bench_wall_s'] / 60:.1f} minutes)",
+        _drawn(rec),
         *rec.tables(),
         f"FedBuff reached {rec.target} in {', '.join(rec.to(x) for x in fedbuff)} and "
         f"synchronous FedAvg in {', '.join(rec.to(x) for x in sync)}",
