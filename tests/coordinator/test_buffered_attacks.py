@@ -213,7 +213,7 @@ def test_boards_with_the_jobs_key_ignore_forged_and_replayed_announcements(
     mosquitto_broker, export_dir, tmp_path
 ):
     # Prepare: a signed buffered job; its 3 boards trust its key (fedge run --trust-key).
-    # From version 2 on, someone who can write the round topic sends, every 0.2 s: an
+    # From version 2 on, someone who can write the round topic sends, every 0.1 s: an
     # unsigned announcement granting every board grant 99 (so that it trains it), one
     # signed with a stranger's key that lists no slot (revoking everyone's), and the job's
     # own signed announcements seen so far, replayed (revoking by replay)
@@ -221,7 +221,7 @@ def test_boards_with_the_jobs_key_ignore_forged_and_replayed_announcements(
     stranger = Signer(ed25519.Ed25519PrivateKey.generate())
     verifier = Verifier.from_spec(str(keys.public))
     job = JobConfig(
-        job="signedbuf", mode="buffered", rounds=6, buffer_size=2, min_devices=3,
+        job="signedbuf", mode="buffered", rounds=8, buffer_size=2, min_devices=3,
         round_timeout=30, wait_timeout=90, epochs=1, lr=0.05, test_data="fashion-mnist",
         model_dir=str(export_dir("mlp")), run_dir=str(tmp_path / "run"),
     )  # fmt: skip
@@ -240,7 +240,7 @@ def test_boards_with_the_jobs_key_ignore_forged_and_replayed_announcements(
         return out
 
     def forge() -> None:
-        while not done.wait(0.2):
+        while not done.wait(0.1):
             seen = genuine()
             if not seen or RoundAnnouncement.from_json(seen[-1]).round < 2:
                 continue
@@ -271,16 +271,18 @@ def test_boards_with_the_jobs_key_ignore_forged_and_replayed_announcements(
     # Assert: the job went on at the boards' pace (no slot waited for its 30 s timeout),
     # no board trained grant 99 or stopped on a forged or replayed announcement, and each
     # said why it ignored them
-    assert sum(forged) > 50, "the attack was hardly tried"
+    # (counted in bursts, about 11 here; the log checks below show the boards met them. A
+    # total of messages over 50 once failed on a machine that ran 6 versions in 4 bursts)
+    assert len(forged) >= 4, f"the attack was hardly tried: {forged}"
     lines = lines_of(tmp_path / "run")
-    assert [m["round"] for m in lines] == list(range(1, 7))
+    assert [m["round"] for m in lines] == list(range(1, 9))
     assert not [m for m in lines if m.get("cancelled")] and took < 60
     reasons = [r["reason"] for m in lines for r in m["rejections"]]
     assert not [r for r in reasons if "grant 99" in r], reasons
     for board in boards:
         log = (tmp_path / "devices" / f"{board}.log").read_text()
         stopped = [x for x in log.splitlines() if "training stopped" in x]
-        assert all("the job closed version 6" in x for x in stopped), stopped
+        assert all("the job closed version 8" in x for x in stopped), stopped
         assert "grant 99" not in log and "Traceback" not in log, log[-3000:]
         assert "ignoring round announcement: the round" in log  # unsigned, a stranger's key
         assert "seen already (a replayed or stale copy)" in log
