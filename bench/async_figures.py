@@ -24,6 +24,8 @@ class Variant:
     per_device: int | None = None  # most updates of one board in a buffer (default: the share's)
     hinge: int = 0  # updates at most this many versions behind keep their whole change
     momentum: float = 0.0  # server momentum over versions (fedavgm; 0: FedAvg's step)
+    restart: float = 0.0  # a training hearing of a newer version this early starts over, once
+    restart_first: bool = False  # ... only a training from the first version (the initial weights)
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -31,11 +33,19 @@ class Variant:
         staleness exponent, buffer size, most updates per board in a buffer, changes toward the
         trained model rather than from the update's base, a hinge (updates at most 2 versions
         behind keep their whole change, FedAsync's hinge: the weight is 1/(1+s-2)^a beyond),
-        ``mom0.9``: server momentum over the versions (``--strategy fedavgm``)."""
-        lr, a, toward, k, per, hinge, mom = 1.0, 0.5, False, None, None, 0, 0.0
+        ``mom0.9``: server momentum over the versions (``--strategy fedavgm``), ``r25``: a
+        board that hears of a newer version within the first 25 % of its training starts over
+        from it (once per training), ``rf25``: the same for trainings from the initial weights
+        only."""
+        lr, a, toward, k, per, hinge, mom, restart = 1.0, 0.5, False, None, None, 0, 0.0, 0.0
+        first = False
         for part in text.split("-"):
             if part == "model":
                 toward = True
+            elif part.startswith("rf"):
+                restart, first = float(part[2:]) / 100, True
+            elif part.startswith("r"):
+                restart = float(part[1:]) / 100
             elif part.startswith("mom"):
                 mom = float(part[3:])
             elif part.startswith("h"):
@@ -51,9 +61,9 @@ class Variant:
             else:
                 raise SystemExit(
                     f"unknown variant part {part!r} in {text!r}: use lrX, aY, kN, perN, hN, "
-                    "momX or model"
+                    "momX, rP, rfP or model"
                 )
-        return cls(text, lr, a, toward, k, per, hinge, mom)
+        return cls(text, lr, a, toward, k, per, hinge, mom, restart, first)
 
 
 def _seconds(values: list[float | None]) -> str:
@@ -112,6 +122,11 @@ def mode_name(mode: str, record: dict[str, Any]) -> str:
         parts.append(f"server momentum {v.momentum:g}")
     if v.per_device is not None:
         parts.append(f"at most {v.per_device} per board")
+    if v.restart:
+        which = "from the initial weights " if v.restart_first else ""
+        parts.append(
+            f"trainings {which}started over on a newer version within {100 * v.restart:g} %"
+        )
     parts.append("toward the trained model" if v.toward_model else "from its base")
     return "FedBuff, " + ", ".join(parts)
 

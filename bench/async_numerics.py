@@ -81,6 +81,7 @@ class Run:
     seed: int
     points: list[dict[str, float]] = field(default_factory=list)  # one per global model
     wasted: int = 0  # trained, then too stale to fold
+    restarted: int = 0  # trainings started over on a newer version (variant rP)
 
     def time_to(self, target: float) -> float | None:
         return next((p["t"] for p in self.points if p["accuracy"] >= target), None)
@@ -196,12 +197,14 @@ def run_fedbuff(
     strategy = server_strategy(variant)  # one for the run: fedavgm's velocity lasts
     buf = server_buffer(w0, strategy, args, variant)
     events: list[tuple[float, int, str, int]] = []  # (finish time, grant, device, base)
+    started: dict[int, float | None] = {}  # grant -> when its training began (None: restarted)
     grant = 0
     idle: list[str] = []  # boards with their share of the open buffer: wait for the next
     backlog: list[tuple[str, int, int, Weights]] = []
     for d in fleet.ids:
         grant += 1
         heapq.heappush(events, (fleet.cycle[d], grant, d, 0))
+        started[grant] = 0.0
     updates = 0
     t = 0.0
     while events and t < args.horizon:
@@ -234,9 +237,12 @@ def run_fedbuff(
                 run.points.append(dict(t=round(t, 2), updates=updates, accuracy=acc))
                 print(f"  {run.mode} v{current} t={t:.1f} updates={updates} acc={acc:.4f}")
                 buf = server_buffer(versions[current], strategy, args, variant)
+                if variant.restart:
+                    events = _restarted(events, started, fleet.cycle, t, current, variant, run)
                 for waiting in idle:
                     grant += 1
                     heapq.heappush(events, (t + fleet.cycle[waiting], grant, waiting, current))
+                    started[grant] = t
                 idle = []
         # the board trains again at once, unless it has its share of the open buffer
         if buf.count(d) + sum(b[0] == d for b in backlog) >= limit:
@@ -244,7 +250,27 @@ def run_fedbuff(
         else:
             grant += 1
             heapq.heappush(events, (t + fleet.cycle[d], grant, d, current))
+            started[grant] = t
     return run
+
+
+def _restarted(
+    events: list[tuple[float, int, str, int]], started: dict[int, float | None],
+    cycle: dict[str, float], t: float, current: int, variant: Variant, run: Run,
+) -> list[tuple[float, int, str, int]]:  # fmt: skip
+    """Version ``current`` is out at ``t``: every training begun from an older version less
+    than ``variant.restart`` of its cycle ago (with ``restart_first``: from version 0 only), and
+    not started over before, starts over from it (its board drops what it has done)."""
+    out = []
+    for finish, g, d, base in events:
+        begun = started.get(g)
+        early = begun is not None and t - begun < variant.restart * cycle[d]
+        if base < current and early and (base == 0 or not variant.restart_first):
+            finish, base, started[g] = t + cycle[d], current, None
+            run.restarted += 1
+        out.append((finish, g, d, base))
+    heapq.heapify(out)
+    return out
 
 
 def run_cell(
@@ -287,6 +313,8 @@ def summary(
         row["final_accuracy"] = within[-1]["accuracy"]
         row["updates"] = int(within[-1]["updates"])
         row["wasted"] = r.wasted
+        if r.restarted:
+            row["restarted"] = r.restarted
         out.setdefault(r.partition, {}).setdefault(r.mode, []).append(row)
     return out
 

@@ -83,7 +83,8 @@ def mode_settings(
         return {"clients_per_round": k, "over_select": over_select, "late_updates": late}
     if mode.startswith("fedbuff"):
         # fedbuff: a buffer of --buffer-size; fedbuffN: of N; -aX: --staleness-exponent X;
-        # -lrX: --server-lr X; -model / -base: --stale-changes toward-model / from-base
+        # -lrX: --server-lr X; -model / -base: --stale-changes toward-model / from-base;
+        # -soX: --start-over-within X
         names = {f.name for f in dataclasses.fields(JobConfig)}
         if "buffer_size" not in names:
             raise SystemExit(
@@ -91,12 +92,15 @@ def mode_settings(
                 "--modes sync,semi, or update to a main that has it"
             )
         m = re.fullmatch(
-            r"fedbuff([1-9]\d*)?(?:-a(\d+(?:\.\d+)?))?(?:-lr(\d+(?:\.\d+)?))?(-model|-base)?", mode
+            r"fedbuff([1-9]\d*)?(?:-a(\d+(?:\.\d+)?))?(?:-lr(\d+(?:\.\d+)?))?(-model|-base)?"
+            r"(?:-so(\d+(?:\.\d+)?))?",
+            mode,
         )
         if m is None:
             raise SystemExit(
                 f"error: unknown mode {mode!r}: use fedbuff, fedbuffN (N >= 1), fedbuffN-aX, "
-                "fedbuffN-lrX, with -model or -base (--stale-changes)"
+                "fedbuffN-lrX, with -model or -base (--stale-changes), then -soX "
+                "(--start-over-within)"
             )
         out: dict[str, Any] = {"mode": "buffered", "buffer_size": int(m[1] or buffer_size)}
         if m[2] is not None:
@@ -105,6 +109,10 @@ def mode_settings(
             out["server_lr"] = float(m[3])
         if m[4]:
             out["stale_changes"] = "toward-model" if m[4] == "-model" else "from-base"
+        if m[5] is not None:
+            if "start_over_within" not in names:
+                raise SystemExit(f"error: {mode}: --start-over-within is not in this checkout")
+            out["start_over_within"] = float(m[5])
         return out
     raise SystemExit(f"error: unknown mode {mode!r}: use {', '.join(MODES)} (or fedbuffN-aX)")
 

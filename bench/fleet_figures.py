@@ -43,7 +43,9 @@ LABELS = {"sync": "synchronous FedAvg", "semi": "semi-synchronous", "fedbuff": "
 
 def label(mode: str) -> str:
     """``fedbuff2`` (bench/fleet.py --modes: FedBuff with a buffer of 2) -> ``FedBuff, buffer 2``."""
-    m = re.fullmatch(r"fedbuff(\d+)?(?:-a([\d.]+))?(?:-lr([\d.]+))?(-model|-base)?", mode)
+    m = re.fullmatch(
+        r"fedbuff(\d+)?(?:-a([\d.]+))?(?:-lr([\d.]+))?(-model|-base)?(?:-so([\d.]+))?", mode
+    )
     if m is None or mode == "fedbuff":
         return LABELS.get(mode, mode)
     parts = ([f"buffer {m[1]}"] if m[1] else []) + ([f"weight 1/(1+s)^{m[2]}"] if m[2] else [])
@@ -51,6 +53,9 @@ def label(mode: str) -> str:
     parts += {"-model": ["toward the trained model"], "-base": ["from its base"]}.get(
         m[4] or "", []
     )
+    if m[5] is not None:
+        within = float(m[5])
+        parts += [f"started over within {100 * within:g} %" if within else "no start over"]
     return "FedBuff, " + ", ".join(parts)
 
 

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,6 +49,7 @@ from edge_client.protocol import (
     Rejection,
     RoundAnnouncement,
     RoundMetrics,
+    StartOver,
     encode_weights,
 )
 
@@ -428,7 +429,7 @@ class BufferedRounds:
             round=rec.version.round,
             deadline=self.grants.deadline(),
             selected=tuple(grants),
-            hyperparams={"epochs": self.cfg.epochs, "lr": self.cfg.lr, "attempt": 0},
+            hyperparams=self._hyperparams(),
             model_sha256=self.coord.model.manifest.sha256,
             global_sha256=rec.version.sha256,
             encoding=self.cfg.encoding,
@@ -447,6 +448,14 @@ class BufferedRounds:
         self.grants.save()  # grant numbers must never repeat, even after a crash
         self.coord.publish_announcement(ann)
         self._announced = ann
+
+    def _hyperparams(self) -> dict[str, Any]:
+        """Epochs and lr, and the start-over hint (--start-over-within) for trainings from
+        version 1, the job's initial weights."""
+        out: dict[str, Any] = {"epochs": self.cfg.epochs, "lr": self.cfg.lr, "attempt": 0}
+        if self.cfg.start_over_within > 0:
+            out["start_over"] = StartOver(1, self.cfg.start_over_within).to_dict()
+        return out
 
     # -- metrics --------------------------------------------------------------------------------
     def _metrics(

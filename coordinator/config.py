@@ -83,6 +83,11 @@ class JobConfig:
     # version: a fleet of equal boards collapsed with the other rule, docs/benchmarks.md);
     # "from-base" adds the change its training made (the FedBuff paper's rule)
     stale_changes: str = "toward-model"
+    # buffered: a board training from the job's initial weights (version 1) that hears of a
+    # newer version before it has done this share of its training starts over from it, once
+    # (hyperparams.start_over): the slow boards' first updates are then not all trained from
+    # the untrained model. 0: boards finish what they started
+    start_over_within: float = 0.5
     seed: int = 0  # participant selection (and the initial weights of an export)
     # -- aggregation ----------------------------------------------------------------------
     strategy: str = "fedavg"  # one of coordinator.strategies.STRATEGIES
@@ -220,6 +225,10 @@ def _mode_checks(c: JobConfig) -> list[tuple[bool, str]]:
         (
             math.isfinite(c.staleness_exponent) and c.staleness_exponent >= 0,
             "staleness_exponent must be a number >= 0 (0.5: 1/sqrt(1+s); 0: no down-weighting)",
+        ),
+        (
+            math.isfinite(c.start_over_within) and 0 <= c.start_over_within <= 1,
+            "start_over_within must be a share from 0 (off) to 1 (the whole training)",
         ),
         (
             not buffered or c.over_select == 1,

@@ -36,6 +36,7 @@ from edge_client.holdings import Holdings
 from edge_client.local_training import (
     RoundClosed,
     SlotGivenBack,
+    StartedOver,
     TrainingAborted,
     load_local_data,
 )
@@ -426,12 +427,18 @@ class EdgeClient:
                 self._train_secure(ann)
                 self.rounds.enter(attempt, Phase.DONE)
             case Action.TRAIN:
-                self.work.train(ann, lambda: self._between_batches(ann))
+                try:
+                    self.work.train(ann, lambda done: self._between_batches(ann, done))
+                except StartedOver as exc:  # the same grant, from the newer version now
+                    log.info("%s: %s", self.work.what(ann), exc)
+                    self.status.set("idle", round_=ann.round, detail=str(exc))
+                    self.rounds.announce(exc.newer, attempt.connection)
+                    return
                 self.rounds.enter(attempt, Phase.DONE)
 
     def _train_secure(self, ann: RoundAnnouncement) -> None:
         """Train, then take part in the secure round's stages with the change (never sent)."""
-        trained = self.work.train_only(ann, lambda: self._between_batches(ann))
+        trained = self.work.train_only(ann, lambda done: self._between_batches(ann, done))
         if trained is None:
             return
         held = self.holdings
@@ -462,7 +469,7 @@ class EdgeClient:
                     self.work.what(ann),
                 )
 
-    def _between_batches(self, ann: RoundAnnouncement) -> None:
+    def _between_batches(self, ann: RoundAnnouncement, done: float) -> None:
         self.status.heartbeat()
         if self._stop.is_set():
             raise TrainingAborted("the client is shutting down")
@@ -479,6 +486,17 @@ class EdgeClient:
             closing = self._closing_announcement(ann, queued)
             if closing is not None and ann.buffered:
                 self._stop_buffered(ann, closing)
+            start_over = ann.start_over
+            if closing is None and start_over is not None and done < start_over.within:
+                newer = self._newer_version(ann, queued)
+                if newer is not None:
+                    raise StartedOver(
+                        f"starting over from version {newer.round}: it came out "
+                        f"{100 * done:.0f} % into this training from the job's initial "
+                        f"weights (version {ann.round}; start_over within "
+                        f"{100 * start_over.within:g} %)",
+                        newer,
+                    )
             elif closing is not None:
                 raise RoundClosed(
                     f"round {ann.round} closed before this device finished"
@@ -497,6 +515,35 @@ class EdgeClient:
             f"{ann.round} this device trains from (at most {newer.max_staleness} are taken)"
         )
 
+    def _newer_version(
+        self, ann: RoundAnnouncement, queued: list[Message]
+    ) -> RoundAnnouncement | None:
+        """A queued open announcement of a newer version of ``ann``'s buffered run that keeps
+        this device's grant (what it would train next), if one arrived during training."""
+        me = self.config.device_id
+        for newer in self._queued_announcements(queued):
+            if (newer.job, newer.run) != (ann.job, ann.run) or _older(newer, ann, me):
+                continue
+            opened = newer.buffered and newer.state == "open" and newer.round > ann.round
+            if opened and newer.grant(me) == ann.grant(me):
+                return newer
+        return None
+
+    def _queued_announcements(self, queued: list[Message]) -> list[RoundAnnouncement]:
+        """The announcements among ``queued`` that parse (and verify, with a trusted key)."""
+        out = []
+        for message in queued:
+            if message.topic != self.topics.round or not message.payload:
+                continue
+            try:
+                if self.verifier is not None:
+                    out.append(self.verifier.announcement(message.payload))
+                else:
+                    out.append(RoundAnnouncement.from_json(message.payload))
+            except ProtocolError:
+                continue  # the inbox logs it when it gets there
+        return out
+
     def _left_out_of_secure_round(self, ann: RoundAnnouncement, queued: list[Message]) -> bool:
         """Whether a queued key list of ``ann``'s secure round leaves this device out."""
         base = f"{self.topics.secagg_all}/"
@@ -513,16 +560,7 @@ class EdgeClient:
         newer round of the same run), if one arrived during training; it stays queued. In a
         buffered job only one that closes the job, revokes this device's grant or is more
         than max_staleness versions ahead."""
-        for message in queued:
-            if message.topic != self.topics.round or not message.payload:
-                continue
-            try:
-                if self.verifier is not None:
-                    newer = self.verifier.announcement(message.payload)
-                else:
-                    newer = RoundAnnouncement.from_json(message.payload)
-            except ProtocolError:
-                continue  # the inbox logs it when it gets there
+        for newer in self._queued_announcements(queued):
             if newer.job != ann.job or newer.run != ann.run:
                 continue
             if ann.buffered:

@@ -51,6 +51,16 @@ class RoundClosed(TrainingAborted):
     """The coordinator closed the round being trained (it had the updates it needed)."""
 
 
+class StartedOver(TrainingAborted):
+    """Buffered rounds: a training from the job's initial weights heard of a newer version
+    early on (``newer``, its announcement) and starts over from it, under the same grant
+    (nothing is sent)."""
+
+    def __init__(self, message: str, newer: object) -> None:
+        super().__init__(message)
+        self.newer = newer  # the RoundAnnouncement to train from instead
+
+
 class SlotGivenBack(RoundClosed):
     """Buffered rounds: the global version moved too far for this training's update to be
     taken (beyond the announced max_staleness); the device tells the coordinator so."""

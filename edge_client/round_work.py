@@ -19,6 +19,7 @@ from edge_client.local_training import (
     RoundClosed,
     RoundSettings,
     SlotGivenBack,
+    StartedOver,
     TrainingResult,
     batch_seed,
     round_settings,
@@ -33,7 +34,9 @@ from edge_client.status import MAX_DETAIL, StatusReporter
 
 log = logging.getLogger(__name__)
 
-BetweenBatches = Callable[[], None]  # called after every batch; raises TrainingAborted to stop
+# called after every batch with the share of the training done (0-1]; raises TrainingAborted
+# to stop
+BetweenBatches = Callable[[float], None]
 
 
 class RoundWork:
@@ -113,7 +116,8 @@ class RoundWork:
         self, ann: RoundAnnouncement, between_batches: BetweenBatches
     ) -> tuple[TrainingResult, RoundSettings] | None:
         """Train ``ann``'s round from the held global weights and send nothing (a secure round
-        masks the result first); None when training stopped or failed (failures reported)."""
+        masks the result first); None when training stopped or failed (failures reported).
+        Raises :class:`StartedOver` (nothing reported) for the caller to train again."""
         r, held = ann.round, self.holdings
         model, weights, norm = held.model, held.global_weights, held.normalization
         assert model is not None and weights is not None and norm is not None
@@ -140,8 +144,12 @@ class RoundWork:
                 norm,
                 rng=seed,
                 evaluate=self.config.evaluate,
-                between_batches=lambda epoch, batch, total: between_batches(),
+                between_batches=lambda epoch, batch, total: between_batches(
+                    (epoch - 1 + batch / total) / settings.epochs
+                ),
             )
+        except StartedOver:  # buffered: the caller trains the same grant from the newer version
+            raise
         except SlotGivenBack as exc:  # buffered: tell the coordinator, so it grants again
             log.info("%s: training stopped: %s", self.what(ann), exc)
             self._send_failure(ann, f"training stopped: {exc}")

@@ -166,6 +166,15 @@ JOB_OPTIONS: list[tuple[str, str, Any, str]] = [
         f"[default: {D.stale_changes}]",
     ),
     (
+        "--start-over-within",
+        "start_over_within",
+        float,
+        "--mode buffered: a board training from the job's initial weights that hears of the "
+        "first trained version before it has done this share of its training starts over "
+        "from it, so the slow boards' first updates are not all trained from the untrained "
+        f"model; 0: boards finish what they started. [default: {D.start_over_within:g}]",
+    ),
+    (
         "--max-staleness",
         "max_staleness",
         int,

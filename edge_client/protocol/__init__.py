@@ -48,6 +48,7 @@ from edge_client.protocol.messages import (
     JobControl,
     RoundAnnouncement,
     SiteEndorsement,
+    StartOver,
 )
 from edge_client.protocol.metrics import DeviceMetrics, FoldedUpdate, Rejection, RoundMetrics
 from edge_client.protocol.secagg import (
@@ -100,6 +101,7 @@ __all__ = [
     "Rejection",
     "RoundAnnouncement",
     "SiteEndorsement",
+    "StartOver",
     "RoundMetrics",
     "Routed",
     "SecAggParams",

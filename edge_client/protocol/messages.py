@@ -245,6 +245,48 @@ class RoundAnnouncement(_JsonMessage):
         """The grant number ``device`` holds in a buffered announcement (None: none)."""
         return (self.grants or {}).get(device)
 
+    @property
+    def start_over(self) -> StartOver | None:
+        """Whether a training from this buffered version starts over when a newer one comes
+        out early in it (``hyperparams.start_over``, docs/protocol.md section 2b); None when
+        it does not (a synchronous round, a later version, no or a malformed hint)."""
+        hint = StartOver.from_hyperparams(self.hyperparams)
+        if hint is None or not self.buffered or self.round > hint.version:
+            return None
+        return hint
+
+
+@dataclass(frozen=True)
+class StartOver:
+    """``hyperparams.start_over`` of a buffered announcement: a board training from version
+    ``version`` or older (the job's initial weights) that hears of a newer version before it
+    has done ``within`` of its training drops what it did and trains the same grant from the
+    newer version. At the start of a job every board trains from the same initial weights;
+    without it the slow boards' first updates, trained from them, all arrive together many
+    versions later and pull the model back (docs/benchmarks.md)."""
+
+    version: int
+    within: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "within": self.within}
+
+    @classmethod
+    def from_hyperparams(cls, hyperparams: dict[str, Any]) -> StartOver | None:
+        """The hint, or None when absent or malformed (a hint: a board that cannot read it
+        trains as if it were not there)."""
+        raw = hyperparams.get("start_over")
+        if not isinstance(raw, dict):
+            return None
+        version, within = raw.get("version"), raw.get("within")
+        if isinstance(version, bool) or not isinstance(version, int):
+            return None
+        if isinstance(within, bool) or not isinstance(within, (int, float)):
+            return None
+        if not 0 < within <= 1:
+            return None
+        return cls(version, float(within))
+
 
 @dataclass(frozen=True)
 class SiteEndorsement(_JsonMessage):

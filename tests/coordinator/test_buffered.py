@@ -103,6 +103,48 @@ def test_a_buffered_job_folds_versions_with_staleness_and_learns(
     assert "grant 3 for this device" in fast_log and "Traceback" not in fast_log
 
 
+@pytest.mark.parametrize("within", [0.5, 0.0])
+def test_a_slow_board_starts_over_from_the_first_trained_version_unless_told_not_to(
+    mosquitto_broker, export_dir, tmp_path, within
+):
+    # Prepare: 2 boards slowed 3 times and sim-02, 20 times: all three start from version 1
+    # (the initial weights); the fast two make version 2 while sim-02 is early in its training.
+    # --start-over-within 0.5 (the default) or 0 (off)
+    job = JobConfig(
+        job="startover", mode="buffered", rounds=12, buffer_size=2, min_devices=3,
+        start_over_within=within,
+        round_timeout=120, wait_timeout=90, epochs=1, lr=0.05, test_data="fashion-mnist",
+        model_dir=str(export_dir("mlp")), run_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    broker = BrokerConfig.from_url(mosquitto_broker.url)
+    procs = start_boards(job, broker, tmp_path, 3, {0: 3.0, 1: 3.0, 2: 20.0})
+    try:
+        # Execute
+        run_job(job, broker=broker, final_models=False)
+    finally:
+        stop(procs)
+    # Assert: with the hint, sim-02 drops its training from version 1 once version 2 is out
+    # and trains the same grant from it (no failure sent, nothing rejected); its first update
+    # folded is from version 2 or later. Without it, from version 1
+    lines = lines_of(tmp_path / "run")
+    assert [m["round"] for m in lines] == list(range(1, 13))
+    assert not [r for m in lines for r in m["rejections"]]
+    slow = [(f["grant"], f["base"]) for m in lines for f in m["buffer"] if f["device"] == "sim-02"]
+    assert slow, "the slow board never got an update in"
+    log = (tmp_path / "devices" / "sim-02.log").read_text()
+    assert "Traceback" not in log
+    first_grant = min(g for g, _ in slow)
+    started_over = [x for x in log.splitlines() if "starting over from version" in x]
+    if within:
+        assert len(started_over) == 1, log[-3000:]
+        assert f"version 1 (grant {first_grant}): starting over from version" in started_over[0]
+        assert "into this training from the job's initial weights" in started_over[0]
+        assert dict(slow)[first_grant] >= 2
+    else:
+        assert not started_over
+        assert dict(slow)[first_grant] == 1
+
+
 def test_a_killed_buffered_coordinator_resumes_without_folding_an_update_twice(
     mosquitto_broker, export_dir, tmp_path
 ):

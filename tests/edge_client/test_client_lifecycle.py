@@ -182,9 +182,9 @@ def test_stop_aborts_training_between_batches(rig):
     client = rig.client()
     original = client._between_batches
 
-    def stop_soon(ann):  # a SIGTERM arriving mid-training
+    def stop_soon(ann, done):  # a SIGTERM arriving mid-training
         client.stop()
-        original(ann)
+        original(ann, done)
 
     client._between_batches = stop_soon  # type: ignore[method-assign]
     rig.drain(client)
