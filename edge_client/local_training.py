@@ -30,7 +30,7 @@ from edge_client.data import (
 from edge_client.errors import DataError, EdgeFLError, ModelError
 from edge_client.manifest import Manifest
 from edge_client.pacing import Pacer
-from edge_client.protocol import UpdateMeta
+from edge_client.protocol import RoundAnnouncement, UpdateMeta
 from edge_client.runtime import Runtime
 from edge_client.trainable_model import TrainableModel
 
@@ -56,7 +56,7 @@ class StartedOver(TrainingAborted):
     early on (``newer``, its announcement) and starts over from it, under the same grant
     (nothing is sent)."""
 
-    def __init__(self, message: str, newer: object) -> None:
+    def __init__(self, message: str, newer: RoundAnnouncement) -> None:
         super().__init__(message)
         self.newer = newer  # the RoundAnnouncement to train from instead
 
