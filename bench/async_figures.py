@@ -268,3 +268,18 @@ def swings(record: dict[str, Any], partition: str, after: float) -> list[str]:
                 f"{100 * statistics.median(highs):.2f} %"
             )
     return out
+
+
+def restarts(record: dict[str, Any], partition: str = "iid") -> list[str]:
+    """Per FedBuff setting that starts trainings over (variants rP, rfP), how many did within
+    the horizon, median and range over the seeds: ``FedBuff, ...: 94 (94-94) trainings``."""
+    out = []
+    for mode, rows in record["summary"][partition].items():
+        counts = [r.get("restarted", 0) for r in rows]
+        if mode == "sync" or not any(counts):
+            continue
+        out.append(
+            f"{mode_name(mode, record)}: {statistics.median(counts):g} ({min(counts)}-"
+            f"{max(counts)}) trainings started over"
+        )
+    return out

@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.raw)  # the record is this run's, whole
     model_dir = export_model(args)
     started = time.time()
+    commit = _git("rev-parse", "--short", "HEAD")  # what ran (a commit made meanwhile did not)
     for repeat in range(args.first_repeat, args.first_repeat + args.repeats):
         for fleet in args.fleets:  # sequentially: never two fleets at once
             for i, partition in enumerate(args.partitions):
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "command": "python bench/fleet.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-        "commit": _git("rev-parse", "--short", "HEAD"),
+        "commit": commit,
         "bench_wall_s": round(time.time() - started, 1),
         "settings": {
             "dataset": "fashion-mnist",

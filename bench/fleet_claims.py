@@ -29,6 +29,7 @@ from doc_figures import span_of, times
 from fleet_figures import (
     SPEEDUP_TARGET,
     acceptance_table,
+    label,
     figures,
     megabytes,
     pct,
@@ -888,3 +889,47 @@ def seeds_dirichlet_claims(rec: Records, main: Records) -> list[str]:
         + " and ".join(swings(rec, x) for x in sync),
         repeats_summary(rec.result["acceptance"], "fedbuff2-model", "dirichlet:0.5"),
     ]
+
+
+START_OVER, FINISH = "fedbuff2-model-so0.5", "fedbuff2-model-so0"  # started over / not
+
+
+def _lowest_after(vs: list[dict[str, Any]], floor: float = 0.84, until: float = 45.0) -> float:
+    """The lowest version once one had first reached ``floor``, up to ``until`` s (where the
+    slow boards' first updates come in)."""
+    i = next(i for i, v in enumerate(vs) if v["accuracy"] >= floor)
+    return min(v["accuracy"] for v in vs[i:] if v["t"] <= until)
+
+
+def _slow_from_initial(vs: list[dict[str, Any]]) -> int:
+    """Updates of the Pi 3B+ and Zero 2 W boards trained from the initial weights (version 1)."""
+    return sum(u["base"] == 1 for v in vs for u in v["updates"] if u["board"] in SLOW_BOARDS)
+
+
+SLOW_BOARDS = ("Pi 3B+", "Zero 2 W")
+
+
+def start_over_claims(rec: Records, earlier: list[Records]) -> list[str]:
+    """The prose of "Starting over from the first trained version"
+    (bench/results/fleet_start_over.json: synchronous FedAvg, FedBuff with boards that finish
+    their first training and FedBuff with boards that start it over, ``--vary-fleet-seed``),
+    its tables, and the acceptance over every paired run of each rule (``earlier``: the
+    records of the rule without starting over, fleet_seeds and those before it)."""
+    runs = {m: [x for x in rec.runs if x["mode"] == m] for m in ("sync", FINISH, START_OVER)}
+    out = [_drawn(rec), *rec.tables()]
+    for m in (START_OVER, FINISH, "sync"):
+        out.append(f"{label(m)}: {', '.join(rec.to(x) for x in runs[m])}")
+    for m in (START_OVER, FINISH):
+        out.append(repeats_summary(rec.result["acceptance"], m))
+        lows = [f"{100 * _lowest_after(rec.versions(x)):.2f} %" for x in runs[m]]
+        out.append(f"{label(m)}: {', '.join(lows)}")
+        firsts = [str(_slow_from_initial(rec.versions(x))) for x in runs[m]]
+        out.append(f"{label(m)}: {', '.join(firsts)} updates")
+    before = [
+        {**a, "mode": FINISH}
+        for r in earlier
+        for a in r.result["acceptance"]
+        if a["mode"] == "fedbuff2-model" and a["partition"] == "iid"
+    ]
+    out.append(repeats_summary([*before, *rec.result["acceptance"]], FINISH))
+    return out

@@ -486,22 +486,29 @@ class EdgeClient:
             closing = self._closing_announcement(ann, queued)
             if closing is not None and ann.buffered:
                 self._stop_buffered(ann, closing)
-            start_over = ann.start_over
-            if closing is None and start_over is not None and done < start_over.within:
-                newer = self._newer_version(ann, queued)
-                if newer is not None:
-                    raise StartedOver(
-                        f"starting over from version {newer.round}: it came out "
-                        f"{100 * done:.0f} % into this training from the job's initial "
-                        f"weights (version {ann.round}; start_over within "
-                        f"{100 * start_over.within:g} %)",
-                        newer,
-                    )
             elif closing is not None:
                 raise RoundClosed(
                     f"round {ann.round} closed before this device finished"
                     f" ({'a newer round opened' if closing.round > ann.round else 'the coordinator had the updates it needed'})"
                 )
+            self._maybe_start_over(ann, queued, done)
+
+    def _maybe_start_over(self, ann: RoundAnnouncement, queued: list[Message], done: float) -> None:
+        """Raises StartedOver when ``ann`` asks a training from the job's initial weights to
+        start over (hyperparams.start_over) and a newer version that keeps this device's grant
+        came out before ``done`` reached its share."""
+        start_over = ann.start_over
+        if start_over is None or done >= start_over.within:
+            return
+        newer = self._newer_version(ann, queued)
+        if newer is not None:
+            raise StartedOver(
+                f"starting over from version {newer.round}: it came out "
+                f"{100 * done:.0f} % into this training from the job's initial "
+                f"weights (version {ann.round}; start_over within "
+                f"{100 * start_over.within:g} %)",
+                newer,
+            )
 
     def _stop_buffered(self, ann: RoundAnnouncement, newer: RoundAnnouncement) -> None:
         """Why a buffered training from ``ann`` stops on seeing ``newer`` (raised)."""

@@ -41,8 +41,43 @@ def test_variants_parse_and_name_their_settings():
     assert async_figures.mode_name("fedbuff-k2-model-mom0.9-lr0.1", record) == (
         "FedBuff, buffer 2, server lr 0.1, server momentum 0.9, toward the trained model"
     )
+    restart = async_figures.Variant.parse("k2-model-rf50")
+    assert (restart.restart, restart.restart_first) == (0.5, True)
+    assert async_figures.Variant.parse("k2-r25").restart_first is False
+    assert async_figures.mode_name("fedbuff-k2-model-rf50", record) == (
+        "FedBuff, buffer 2, trainings from the initial weights started over on a newer version "
+        "within 50 %, toward the trained model"
+    )
     with pytest.raises(SystemExit, match="unknown variant part 'x2'"):
         async_figures.Variant.parse("k2-x2")
+
+
+def test_trainings_early_enough_start_over_on_a_new_version_once():
+    # Prepare: at t=3 version 1 comes out. Board a began from version 0 at t=0 (cycle 10:
+    # 30 % done), b from version 0 at t=0 (cycle 4: 75 % done), c from version 0 at t=2.5
+    # but started over already, d from version 1 at t=2.9 (cycle 10, 1 % done)
+    import async_numerics
+
+    cycle = {"a": 10.0, "b": 4.0, "c": 10.0, "d": 10.0}
+    events = [(10.0, 1, "a", 0), (4.0, 2, "b", 0), (12.5, 3, "c", 0), (12.9, 4, "d", 1)]
+    started: dict[int, float | None] = {1: 0.0, 2: 0.0, 3: None, 4: 2.9}
+    for variant, first in (("k2-r50", False), ("k2-rf50", True)):
+        run = async_numerics.Run("iid", variant, 0)
+        # Execute
+        out = async_numerics._restarted(
+            list(events), dict(started), cycle, 3.0, 1, async_figures.Variant.parse(variant), run
+        )
+        # Assert: only a starts over (finishing a cycle after t=3, from version 1), once
+        assert sorted(out) == [(4.0, 2, "b", 0), (12.5, 3, "c", 0), (12.9, 4, "d", 1),
+                               (13.0, 1, "a", 1)], first  # fmt: skip
+        assert run.restarted == 1
+    # a version 2 at t=4: d (from version 1, 11 % done) starts over only without "first"
+    for variant, moved in (("k2-r50", True), ("k2-rf50", False)):
+        run = async_numerics.Run("iid", variant, 0)
+        out = async_numerics._restarted(
+            [(12.9, 4, "d", 1)], {4: 2.9}, cycle, 4.0, 2, async_figures.Variant.parse(variant), run
+        )
+        assert out == ([(14.0, 4, "d", 2)] if moved else [(12.9, 4, "d", 1)])
 
 
 def test_dips_are_the_lowest_version_after_the_floor_within_half_the_horizon():

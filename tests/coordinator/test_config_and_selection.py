@@ -51,6 +51,8 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path):
         ({"flags": {"staleness_exponent": -0.5}}, "staleness_exponent must be a number >= 0"),
         ({"file": "staleness_exponent = nan"}, "staleness_exponent must be a number >= 0"),
         ({"flags": {"stale_changes": "sideways"}}, "stale_changes must be one of from-base, "),
+        ({"flags": {"start_over_within": 1.5}}, "start_over_within must be a share from 0"),
+        ({"file": "start_over_within = -0.1"}, "start_over_within must be a share from 0"),
         (
             {"flags": {"mode": "buffered", "secure_aggregation": True}},
             "--secure-aggregation needs synchronous rounds",

@@ -120,6 +120,13 @@ def test_fedbuff_n_runs_fedbuff_with_a_buffer_of_n_and_is_labelled_so():
         "FedBuff, buffer 2, server lr 0.25, toward the trained model"
     )
     assert fleet.mode_settings("fedbuff-base", 10, 1.5, "fold", 5)["stale_changes"] == "from-base"
+    assert fleet.mode_settings("fedbuff2-model-so0", 10, 1.5, "fold", 5)["start_over_within"] == 0
+    assert fleet_figures.label("fedbuff2-model-so0.5") == (
+        "FedBuff, buffer 2, toward the trained model, started over within 50 %"
+    )
+    assert fleet_figures.label("fedbuff2-model-so0") == (
+        "FedBuff, buffer 2, toward the trained model, no start over"
+    )
     assert fleet_figures.label("fedbuff-base") == "FedBuff, from its base"
     for bad in ("fedbuff0", "fedbuffx", "fedbuff2-b1"):
         with pytest.raises(SystemExit, match=f"unknown mode '{bad}': use fedbuff, fedbuffN"):
@@ -153,6 +160,7 @@ def test_vary_fleet_seed_gives_each_repeat_its_own_draw_of_the_fleet(tmp_path):
         "fleet_idle",
         "fleet_seeds",
         "fleet_seeds_dirichlet",
+        "fleet_start_over",
     ],
 )
 def test_each_committed_fleet_record_is_its_raw_records(name):

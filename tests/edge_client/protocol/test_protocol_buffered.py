@@ -16,6 +16,7 @@ from edge_client.protocol import (
     FoldedUpdate,
     RoundAnnouncement,
     RoundMetrics,
+    StartOver,
     UpdateMeta,
 )
 from edge_client.protocol.messages import _versioned_object
@@ -52,6 +53,24 @@ def test_a_buffered_announcement_is_version_2_and_round_trips() -> None:
     assert obj["grants"] == {"pi-01": 3, "pi-03": 1} and obj["max_staleness"] == 4
     assert back == _buffered() and back.buffered
     assert (back.grant("pi-01"), back.grant("pi-03"), back.grant("pi-02")) == (3, 1, None)
+
+
+def test_the_start_over_hint_applies_to_trainings_from_its_version_only() -> None:
+    # Prepare: the hint a coordinator sends (--start-over-within 0.5), then malformed ones
+    hint = {"epochs": 1, "lr": 0.01, "start_over": StartOver(1, 0.5).to_dict()}
+    first = _buffered(round=1, hyperparams=hint)
+    # Execute / Assert: it survives the wire; it applies to version 1, not to version 7 or
+    # to a synchronous round; a malformed hint is no hint (a board trains on)
+    back = RoundAnnouncement.from_json(first.to_json())
+    assert back.hyperparams["start_over"] == {"version": 1, "within": 0.5}
+    assert back.start_over == StartOver(1, 0.5)
+    assert _buffered(hyperparams=hint).start_over is None  # version 7
+    assert _buffered(round=1, hyperparams=hint, mode=None, grants=None,
+                     max_staleness=None).start_over is None  # fmt: skip
+    for bad in ({"version": 1, "within": 0}, {"version": 1, "within": 1.5},
+                {"version": "1", "within": 0.5}, {"version": True, "within": 0.5},
+                {"version": 1, "within": "half"}, {"version": 1}, [1, 0.5], "yes"):  # fmt: skip
+        assert _buffered(round=1, hyperparams={"start_over": bad}).start_over is None, bad
 
 
 def test_a_synchronous_announcement_is_unchanged_version_1() -> None:
