@@ -228,6 +228,26 @@ def _fleet_seeds() -> tuple[str, ...]:
     )
 
 
+@cache
+def _fleet_start_over() -> tuple[str, ...]:
+    restart, first = record("async_numerics_restart"), record("async_numerics_restart_first")
+    return (
+        async_figures.table(restart),
+        async_figures.table(first),
+        *async_figures.dips(restart),
+        *async_figures.dips(first),
+        *async_figures.restarts(restart),
+        *async_figures.restarts(first),
+        async_figures.none_sooner(restart, "fedbuff-k2-model"),
+        async_figures.none_sooner(first, "fedbuff-k2-model"),
+        f"({restart['wall_s'] / 60:.1f} minutes",
+        f"({first['wall_s'] / 60:.1f} minutes",
+        *fleet_claims.start_over_claims(
+            _fleet_records("fleet_start_over"), [_fleet_records(n) for n in (*SHIPPED, "fleet_seeds")]
+        ),
+    )
+
+
 def _readme_demo() -> list[str]:
     return readme_job.demo_claims(record("readme_job"))
 
@@ -375,6 +395,12 @@ SECTIONS = [
             "async_numerics_momentum",
         ),
         _async_numerics,
+    ),
+    Section(
+        BENCHMARKS,
+        "Starting over from the first trained version",
+        ("async_numerics_restart", "async_numerics_restart_first", "fleet_start_over"),
+        lambda: list(_fleet_start_over()),
     ),
     Section(
         README,
