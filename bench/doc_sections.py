@@ -243,7 +243,8 @@ def _fleet_start_over() -> tuple[str, ...]:
         f"({restart['wall_s'] / 60:.1f} minutes",
         f"({first['wall_s'] / 60:.1f} minutes",
         *fleet_claims.start_over_claims(
-            _fleet_records("fleet_start_over"), [_fleet_records(n) for n in (*SHIPPED, "fleet_seeds")]
+            _fleet_records("fleet_start_over"),
+            [_fleet_records(n) for n in (*SHIPPED, "fleet_seeds")],
         ),
     )
 

@@ -29,8 +29,8 @@ from doc_figures import span_of, times
 from fleet_figures import (
     SPEEDUP_TARGET,
     acceptance_table,
-    label,
     figures,
+    label,
     megabytes,
     pct,
     read_run,
