@@ -343,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [Variant.parse(v) for v in args.variants.split(",")]
     targets = [float(x) for x in args.targets.split(",")]
     model_dir = Path(args.model_dir)
+    commit = _commit()  # what ran: a commit made while it runs is not what ran
     manifest = Manifest.load(model_dir / "manifest.json")
     cal = calibrate((model_dir / "model.tflite").read_bytes(), manifest)  # once: one clock
     t0, c0 = time.monotonic(), _cpu_s()
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "command": "python bench/async_numerics.py " + " ".join(argv or sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": _commit(),
+        "commit": commit,
         "machine": platform.machine(),
         "wall_s": round(time.monotonic() - t0, 1),
         "cpu_s": round(_cpu_s() - c0, 1),  # this process and its --jobs workers
