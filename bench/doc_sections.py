@@ -231,7 +231,12 @@ def _fleet_seeds() -> tuple[str, ...]:
 @cache
 def _fleet_start_over() -> tuple[str, ...]:
     restart, first = record("async_numerics_restart"), record("async_numerics_restart_first")
+    non_iid = record("async_numerics_restart_dirichlet")
     return (
+        async_figures.table(non_iid),
+        *async_figures.claims(non_iid, "dirichlet:0.5"),
+        *async_figures.swings(non_iid, "dirichlet:0.5", 60),
+        f"({non_iid['wall_s'] / 60:.1f} minutes",
         async_figures.table(restart),
         async_figures.table(first),
         *async_figures.dips(restart),
@@ -246,6 +251,7 @@ def _fleet_start_over() -> tuple[str, ...]:
             _fleet_records("fleet_start_over"),
             [_fleet_records(n) for n in (*SHIPPED, "fleet_seeds")],
         ),
+        *fleet_claims.start_over_dirichlet_claims(_fleet_records("fleet_start_over_dirichlet")),
     )
 
 
@@ -400,7 +406,13 @@ SECTIONS = [
     Section(
         BENCHMARKS,
         "Starting over from the first trained version",
-        ("async_numerics_restart", "async_numerics_restart_first", "fleet_start_over"),
+        (
+            "async_numerics_restart",
+            "async_numerics_restart_first",
+            "async_numerics_restart_dirichlet",
+            "fleet_start_over",
+            "fleet_start_over_dirichlet",
+        ),
         lambda: list(_fleet_start_over()),
     ),
     Section(

@@ -947,3 +947,20 @@ def start_over_claims(rec: Records, earlier: list[Records]) -> list[str]:
     ]
     out.append(repeats_summary([*before, *rec.result["acceptance"]], FINISH))
     return out
+
+
+def start_over_dirichlet_claims(rec: Records) -> list[str]:
+    """The non-IID half of "Starting over from the first trained version"
+    (bench/results/fleet_start_over_dirichlet.json): its tables, the times to the target, the
+    swing of the versions from the first minute on and the acceptance of each rule."""
+    d = "dirichlet:0.5"
+    runs = {m: [x for x in rec.runs if x["mode"] == m] for m in ("sync", FINISH, START_OVER)}
+    out = [f"a {rec.settings['budget_s']['mixed-pi']:g} s budget", _drawn(rec), *rec.tables()]
+    for m in (START_OVER, FINISH, "sync"):
+        out.append(f"{label(m)}: {', '.join(rec.to(x) for x in runs[m])}")
+        out.append(f"{label(m)}: {' and '.join(swings(rec, x) for x in runs[m])}")
+    for m in (START_OVER, FINISH):
+        out.append(repeats_summary(rec.result["acceptance"], m, d))
+        firsts = [str(_slow_from_initial(rec.versions(x))) for x in runs[m]]
+        out.append(f"{label(m)}: {', '.join(firsts)} updates")
+    return out
