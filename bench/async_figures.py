@@ -11,6 +11,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from doc_figures import lowest_after
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -219,12 +221,8 @@ def dips(record: dict[str, Any], partition: str = "iid", floor: float = 0.84) ->
     for mode in record["summary"][partition]:
         if mode == "sync":
             continue
-        lows = []
-        for run in _runs(record, partition, mode):
-            points = run["points"]
-            first = next((i for i, p in enumerate(points) if p["accuracy"] >= floor), None)
-            if first is not None:
-                lows.append(min(p["accuracy"] for p in points[first:] if p["t"] <= until))
+        found = (lowest_after(r["points"], floor, until) for r in _runs(record, partition, mode))
+        lows = [x for x in found if x is not None]
         if lows:
             out.append(
                 f"{mode_name(mode, record)}: down to {100 * statistics.median(lows):.2f} % "

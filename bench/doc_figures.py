@@ -109,3 +109,13 @@ def span_of(values: Iterable[float], fmt: str = "{:.0f}", dash: str = "-") -> st
     """The range of ``values`` as the docs write it: "17-52", or "3" when both ends agree."""
     vs = list(values)
     return span(min(vs), max(vs), fmt, dash)
+
+
+def lowest_after(points: list[dict], floor: float, until: float) -> float | None:
+    """The lowest ``accuracy`` of ``points`` (global models in time order, each with ``t``
+    and ``accuracy``) from the first one at or above ``floor`` up to ``until`` seconds: how
+    far a wave of stale updates pulled the versions back. None if none reached ``floor``."""
+    first = next((i for i, p in enumerate(points) if p["accuracy"] >= floor), None)
+    if first is None:
+        return None
+    return min(p["accuracy"] for p in points[first:] if p["t"] <= until)

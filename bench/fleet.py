@@ -29,7 +29,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -82,20 +81,14 @@ def mode_settings(
     if mode == "semi":
         return {"clients_per_round": k, "over_select": over_select, "late_updates": late}
     if mode.startswith("fedbuff"):
-        # fedbuff: a buffer of --buffer-size; fedbuffN: of N; -aX: --staleness-exponent X;
-        # -lrX: --server-lr X; -model / -base: --stale-changes toward-model / from-base;
-        # -soX: --start-over-within X
+        # fedbuff: a buffer of --buffer-size; the rest: fleet_figures.FEDBUFF_MODE
         names = {f.name for f in dataclasses.fields(JobConfig)}
         if "buffer_size" not in names:
             raise SystemExit(
                 "error: FedBuff (--mode buffered) is not in this checkout: run with "
                 "--modes sync,semi, or update to a main that has it"
             )
-        m = re.fullmatch(
-            r"fedbuff([1-9]\d*)?(?:-a(\d+(?:\.\d+)?))?(?:-lr(\d+(?:\.\d+)?))?(-model|-base)?"
-            r"(?:-so(\d+(?:\.\d+)?))?",
-            mode,
-        )
+        m = fleet_figures.FEDBUFF_MODE.fullmatch(mode)
         if m is None:
             raise SystemExit(
                 f"error: unknown mode {mode!r}: use fedbuff, fedbuffN (N >= 1), fedbuffN-aX, "

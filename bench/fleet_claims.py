@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from doc_figures import span_of, times
+from doc_figures import lowest_after, span_of, times
 from fleet_figures import (
     SPEEDUP_TARGET,
     acceptance_table,
@@ -892,21 +892,18 @@ def seeds_dirichlet_claims(rec: Records, main: Records) -> list[str]:
 
 
 START_OVER, FINISH = "fedbuff2-model-so0.5", "fedbuff2-model-so0"  # started over / not
-
-
-def _lowest_after(vs: list[dict[str, Any]], floor: float = 0.84, until: float = 45.0) -> float:
-    """The lowest version once one had first reached ``floor``, up to ``until`` s (where the
-    slow boards' first updates come in)."""
-    i = next(i for i, v in enumerate(vs) if v["accuracy"] >= floor)
-    return min(v["accuracy"] for v in vs[i:] if v["t"] <= until)
+SLOW_BOARDS = ("Pi 3B+", "Zero 2 W")
+FLOOR, UNTIL = 0.84, 45.0  # the wave: how low the versions fell once at FLOOR, up to UNTIL s
 
 
 def _slow_from_initial(vs: list[dict[str, Any]]) -> int:
     """Updates of the Pi 3B+ and Zero 2 W boards trained from the initial weights (version 1)."""
-    return sum(u["base"] == 1 for v in vs for u in v["updates"] if u["board"] in SLOW_BOARDS)
+    return sum(len(_first(v, name)) for v in vs for name in SLOW_BOARDS)
 
 
-SLOW_BOARDS = ("Pi 3B+", "Zero 2 W")
+def _by_mode(rec: Records) -> dict[str, list[dict[str, Any]]]:
+    """The record's runs of synchronous FedAvg and of FedBuff with and without starting over."""
+    return {m: [x for x in rec.runs if x["mode"] == m] for m in ("sync", FINISH, START_OVER)}
 
 
 def start_over_claims(rec: Records, earlier: list[Records]) -> list[str]:
@@ -915,14 +912,14 @@ def start_over_claims(rec: Records, earlier: list[Records]) -> list[str]:
     their first training and FedBuff with boards that start it over, ``--vary-fleet-seed``),
     its tables, and the acceptance over every paired run of each rule (``earlier``: the
     records of the rule without starting over, fleet_seeds and those before it)."""
-    runs = {m: [x for x in rec.runs if x["mode"] == m] for m in ("sync", FINISH, START_OVER)}
+    runs = _by_mode(rec)
     out = [_drawn(rec), *rec.tables()]
     for m in (START_OVER, FINISH, "sync"):
         out.append(f"{label(m)}: {', '.join(rec.to(x) for x in runs[m])}")
-    out.append("once one had reached 84 %, up to 45 s")  # what _lowest_after measures
+    out.append(f"once one had reached {100 * FLOOR:g} %, up to {UNTIL:g} s")
     for m in (START_OVER, FINISH):
         out.append(repeats_summary(rec.result["acceptance"], m))
-        lows = [f"{100 * _lowest_after(rec.versions(x)):.2f} %" for x in runs[m]]
+        lows = [pct(lowest_after(rec.versions(x), FLOOR, UNTIL)) for x in runs[m]]
         out.append(f"{label(m)}: {', '.join(lows)}")
         firsts = [str(_slow_from_initial(rec.versions(x))) for x in runs[m]]
         out.append(f"{label(m)}: {', '.join(firsts)} updates")
@@ -932,9 +929,11 @@ def start_over_claims(rec: Records, earlier: list[Records]) -> list[str]:
     )
     for m in (START_OVER, FINISH):
         x = rec.run(m, repeat=worst["repeat"])
-        vs = rec.versions(x)
-        at84 = next(v["t"] for v in vs if v["accuracy"] >= 0.84)
-        out.append(f"{label(m)}: 84 % at {at84:.0f} s, {rec.target} at {rec.reached(x)['t']:.0f} s")
+        at = next(v["t"] for v in rec.versions(x) if v["accuracy"] >= FLOOR)
+        out.append(
+            f"{label(m)}: {100 * FLOOR:g} % at {at:.0f} s, {rec.target} at "
+            f"{rec.reached(x)['t']:.0f} s"
+        )
     seed = rec.files[worst["name"]]["summary"]["seed"]
     sync = rec.run("sync", repeat=worst["repeat"])
     out.append(f"In repeat {worst['repeat']} (fleet seed {seed})")
@@ -954,7 +953,7 @@ def start_over_dirichlet_claims(rec: Records) -> list[str]:
     (bench/results/fleet_start_over_dirichlet.json): its tables, the times to the target, the
     swing of the versions from the first minute on and the acceptance of each rule."""
     d = "dirichlet:0.5"
-    runs = {m: [x for x in rec.runs if x["mode"] == m] for m in ("sync", FINISH, START_OVER)}
+    runs = _by_mode(rec)
     out = [f"a {rec.settings['budget_s']['mixed-pi']:g} s budget", _drawn(rec), *rec.tables()]
     for m in (START_OVER, FINISH, "sync"):
         out.append(f"{label(m)}: {', '.join(rec.to(x) for x in runs[m])}")

@@ -41,11 +41,17 @@ from typing import Any
 LABELS = {"sync": "synchronous FedAvg", "semi": "semi-synchronous", "fedbuff": "FedBuff"}
 
 
+_NUMBER = r"(\d+(?:\.\d+)?)"
+# bench/fleet.py --modes: fedbuff, fedbuffN (buffer N), -aX (--staleness-exponent), -lrX
+# (--server-lr), -model / -base (--stale-changes), -soX (--start-over-within), in this order
+FEDBUFF_MODE = re.compile(
+    rf"fedbuff([1-9]\d*)?(?:-a{_NUMBER})?(?:-lr{_NUMBER})?(-model|-base)?(?:-so{_NUMBER})?"
+)
+
+
 def label(mode: str) -> str:
     """``fedbuff2`` (bench/fleet.py --modes: FedBuff with a buffer of 2) -> ``FedBuff, buffer 2``."""
-    m = re.fullmatch(
-        r"fedbuff(\d+)?(?:-a([\d.]+))?(?:-lr([\d.]+))?(-model|-base)?(?:-so([\d.]+))?", mode
-    )
+    m = FEDBUFF_MODE.fullmatch(mode)
     if m is None or mode == "fedbuff":
         return LABELS.get(mode, mode)
     parts = ([f"buffer {m[1]}"] if m[1] else []) + ([f"weight 1/(1+s)^{m[2]}"] if m[2] else [])

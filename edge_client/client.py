@@ -529,10 +529,8 @@ class EdgeClient:
         this device's grant (what it would train next), if one arrived during training."""
         me = self.config.device_id
         for newer in self._queued_announcements(queued):
-            if (newer.job, newer.run) != (ann.job, ann.run) or _older(newer, ann, me):
-                continue
-            opened = newer.buffered and newer.state == "open" and newer.round > ann.round
-            if opened and newer.grant(me) == ann.grant(me):
+            same_run = (newer.job, newer.run) == (ann.job, ann.run)
+            if same_run and newer.round > ann.round and not _ends_grant(ann, newer, me):
                 return newer
         return None
 
