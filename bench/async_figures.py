@@ -28,6 +28,7 @@ class Variant:
     momentum: float = 0.0  # server momentum over versions (fedavgm; 0: FedAvg's step)
     restart: float = 0.0  # a training hearing of a newer version this early starts over, once
     restart_first: bool = False  # ... only a training from the first version (the initial weights)
+    ema: float = 0.0  # the model evaluated: an average of the versions, decaying by this per version
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -38,12 +39,15 @@ class Variant:
         ``mom0.9``: server momentum over the versions (``--strategy fedavgm``), ``r25``: a
         board that hears of a newer version within the first 25 % of its training starts over
         from it (once per training), ``rf25``: the same for trainings from the initial weights
-        only."""
+        only, ``ema0.8``: the model evaluated is the versions' average, each older version's
+        weight 0.8 times the next one's (bias-corrected, as Adam's moments)."""
         lr, a, toward, k, per, hinge, mom, restart = 1.0, 0.5, False, None, None, 0, 0.0, 0.0
-        first = False
+        first, ema = False, 0.0
         for part in text.split("-"):
             if part == "model":
                 toward = True
+            elif part.startswith("ema"):
+                ema = float(part[3:])
             elif part.startswith("rf"):
                 restart, first = float(part[2:]) / 100, True
             elif part.startswith("r"):
@@ -63,9 +67,9 @@ class Variant:
             else:
                 raise SystemExit(
                     f"unknown variant part {part!r} in {text!r}: use lrX, aY, kN, perN, hN, "
-                    "momX, rP, rfP or model"
+                    "momX, rP, rfP, emaD or model"
                 )
-        return cls(text, lr, a, toward, k, per, hinge, mom, restart, first)
+        return cls(text, lr, a, toward, k, per, hinge, mom, restart, first, ema)
 
 
 def _seconds(values: list[float | None]) -> str:
@@ -130,6 +134,8 @@ def mode_name(mode: str, record: dict[str, Any]) -> str:
             f"trainings {which}started over on a newer version within {100 * v.restart:g} %"
         )
     parts.append("toward the trained model" if v.toward_model else "from its base")
+    if v.ema:
+        parts.append(f"evaluated as the versions' average decaying by {v.ema:g}")
     return "FedBuff, " + ", ".join(parts)
 
 

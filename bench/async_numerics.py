@@ -196,6 +196,7 @@ def run_fedbuff(
     limit = variant.per_device or device_limit(k, args.max_weight_share, len(fleet.ids))
     strategy = server_strategy(variant)  # one for the run: fedavgm's velocity lasts
     buf = server_buffer(w0, strategy, args, variant)
+    average = VersionAverage(variant.ema)
     events: list[tuple[float, int, str, int]] = []  # (finish time, grant, device, base)
     started: dict[int, float | None] = {}  # grant -> when its training began (None: restarted)
     grant = 0
@@ -233,7 +234,7 @@ def run_fedbuff(
                 versions[current] = buf.close().weights
                 for old in [v for v in versions if v < current - args.max_staleness]:
                     del versions[old]
-                acc = fleet.accuracy(versions[current])
+                acc = fleet.accuracy(average.add(versions[current]))
                 run.points.append(dict(t=round(t, 2), updates=updates, accuracy=acc))
                 print(f"  {run.mode} v{current} t={t:.1f} updates={updates} acc={acc:.4f}")
                 buf = server_buffer(versions[current], strategy, args, variant)
@@ -252,6 +253,24 @@ def run_fedbuff(
             heapq.heappush(events, (t + fleet.cycle[d], grant, d, current))
             started[grant] = t
     return run
+
+
+class VersionAverage:
+    """The versions' exponential average, bias-corrected (``decay`` 0: the newest version)."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay, self.total, self.sum = decay, 0.0, None
+
+    def add(self, weights: Weights) -> Weights:
+        if not self.decay:
+            return weights
+        d = self.decay
+        self.total = d * self.total + (1 - d)
+        if self.sum is None:
+            self.sum = {k: (1 - d) * v.astype(np.float64) for k, v in weights.items()}
+        else:
+            self.sum = {k: d * self.sum[k] + (1 - d) * v for k, v in weights.items()}
+        return {k: (v / self.total).astype(weights[k].dtype) for k, v in self.sum.items()}
 
 
 def _restarted(

@@ -48,8 +48,30 @@ def test_variants_parse_and_name_their_settings():
         "FedBuff, buffer 2, trainings from the initial weights started over on a newer version "
         "within 50 %, toward the trained model"
     )
+    averaged = async_figures.Variant.parse("k2-model-ema0.8")
+    assert (averaged.ema, averaged.k, averaged.toward_model) == (0.8, 2, True)
+    assert async_figures.mode_name("fedbuff-k2-model-ema0.8", record) == (
+        "FedBuff, buffer 2, toward the trained model, evaluated as the versions' average "
+        "decaying by 0.8"
+    )
     with pytest.raises(SystemExit, match="unknown variant part 'x2'"):
         async_figures.Variant.parse("k2-x2")
+
+
+def test_the_versions_average_weighs_each_older_version_by_the_decay():
+    # Prepare
+    import async_numerics
+    import numpy as np
+
+    versions = [{"w": np.full(2, x, np.float32)} for x in (1.0, 4.0, 10.0)]
+    newest, average = async_numerics.VersionAverage(0.0), async_numerics.VersionAverage(0.5)
+    # Execute
+    seen = [average.add(v)["w"] for v in versions]
+    # Assert: the first is itself (bias-corrected), then (0.5*4 + 0.25*1)/0.75, then
+    # (0.5*10 + 0.25*4 + 0.125*1)/0.875; decay 0 is the newest version unchanged
+    assert np.allclose([s[0] for s in seen], [1.0, 3.0, 6.125 / 0.875])
+    assert seen[-1].dtype == np.float32
+    assert newest.add(versions[2]) is versions[2]
 
 
 def test_trainings_early_enough_start_over_on_a_new_version_once():
