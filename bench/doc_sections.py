@@ -255,6 +255,19 @@ def _fleet_start_over() -> tuple[str, ...]:
     )
 
 
+def _non_iid() -> list[str]:
+    ema = record("async_numerics_ema_dirichlet")
+    return [
+        *fleet_claims.whose_updates_claims(
+            [_fleet_records(n) for n in ("fleet_seeds_dirichlet", "fleet_start_over_dirichlet")]
+        ),
+        async_figures.table(ema),
+        *async_figures.claims(ema, "dirichlet:0.5"),
+        *async_figures.swings(ema, "dirichlet:0.5", 60),
+        f"({ema['wall_s'] / 60:.1f} minutes",
+    ]
+
+
 def _readme_demo() -> list[str]:
     return readme_job.demo_claims(record("readme_job"))
 
@@ -414,6 +427,20 @@ SECTIONS = [
             "fleet_start_over_dirichlet",
         ),
         lambda: list(_fleet_start_over()),
+    ),
+    Section(
+        BENCHMARKS,
+        "Eight repeats of the default",
+        ("fleet_start_over_more", "fleet_start_over"),
+        lambda: fleet_claims.start_over_more_claims(
+            _fleet_records("fleet_start_over_more"), _fleet_records("fleet_start_over")
+        ),
+    ),
+    Section(
+        BENCHMARKS,
+        "Why FedBuff stays behind on non-IID data",
+        ("fleet_seeds_dirichlet", "fleet_start_over_dirichlet", "async_numerics_ema_dirichlet"),
+        _non_iid,
     ),
     Section(
         README,

@@ -963,3 +963,114 @@ def start_over_dirichlet_claims(rec: Records) -> list[str]:
         firsts = [str(_slow_from_initial(rec.versions(x))) for x in runs[m]]
         out.append(f"{label(m)}: {', '.join(firsts)} updates")
     return out
+
+
+FAST_BOARDS = ("Pi 5", "Pi 4")
+
+
+def _senders(rec: Records, run: dict[str, Any]) -> list[str]:
+    """The board (device id) of every accepted update of ``run``, in the order they were
+    folded (a synchronous round's in the order the round lists them)."""
+    return [
+        d
+        for m in rec.files[run["name"]]["metrics"]
+        for d in ([u["device"] for u in m["buffer"]] if "buffer" in m else m["participants"])
+    ]
+
+
+def whose_updates_claims(recs: list[Records], partition: str = "dirichlet:0.5") -> list[str]:
+    """Why FedBuff is behind synchronous FedAvg after the same updates on non-IID data: whose
+    updates they are. Over every run of ``recs`` on ``partition``: the first N accepted updates
+    (N: synchronous FedAvg's in the same repeat) came from how many boards, how many of them
+    from the fast boards (Pi 5 and Pi 4), per mode family (synchronous FedAvg, FedBuff)."""
+    rows: dict[str, list[tuple[int, int, int]]] = {"sync": [], "fedbuff": []}
+    fleet: set[tuple[int, int]] = set()
+    for rec in recs:
+        for x in rec.runs:
+            if x["partition"] != partition:
+                continue
+            n = x["same_updates"]["n"]
+            boards = {
+                d: board(b["profile"])
+                for d, b in rec.files[x["name"]]["summary"]["boards"].items()
+            }
+            first = _senders(rec, x)[:n]
+            fast = sum(boards[d] in FAST_BOARDS for d in first)
+            rows["sync" if x["mode"] == "sync" else "fedbuff"].append((n, len(set(first)), fast))
+            fleet.add((len(boards), sum(p in FAST_BOARDS for p in boards.values())))
+    ((total, fast_boards),) = fleet
+    fb, sync = rows["fedbuff"], rows["sync"]
+    return [
+        f"in {len(fb)} FedBuff runs the first {span_of(r[0] for r in fb)} updates folded came "
+        f"from {span_of(r[1] for r in fb)} of the {total} boards, "
+        f"{span_of(r[2] for r in fb)} of them from the {WORDS[fast_boards]} "
+        f"{' and '.join(FAST_BOARDS)} boards",
+        f"synchronous FedAvg's {span_of(r[0] for r in sync)} (in {len(sync)} runs) came from "
+        f"{span_of(r[1] for r in sync)} boards, {span_of(r[2] for r in sync)} from the fast ones",
+    ]
+
+
+def start_over_more_claims(more: Records, first: Records) -> list[str]:
+    """"Four more repeats of the default" (bench/results/fleet_start_over_more.json:
+    synchronous FedAvg and FedBuff as shipped, repeats after ``first``'s,
+    bench/results/fleet_start_over.json): its tables, times, the wave, and the acceptance over
+    its runs and over both records' runs."""
+    runs = {m: [x for x in more.runs if x["mode"] == m] for m in ("sync", START_OVER)}
+    out = [_drawn(more), *more.tables()]
+    for m in (START_OVER, "sync"):
+        out.append(f"{label(m)}: {', '.join(more.to(x) for x in runs[m])}")
+    lows = [pct(lowest_after(more.versions(x), FLOOR, UNTIL)) for x in runs[START_OVER]]
+    out.append(f"once one had reached {100 * FLOOR:g} %, up to {UNTIL:g} s: {', '.join(lows)}")
+    out.append(repeats_summary(more.result["acceptance"], START_OVER))
+    both = [*first.result["acceptance"], *more.result["acceptance"]]
+    out.append(repeats_summary(both, START_OVER))
+    for name in ("Pi 5", "Pi 4", "Zero 2 W"):
+        out.append(
+            f"a {name} training took {_median_training(more, name):.1f} s against "
+            f"{_median_training(first, name):.1f} s"
+        )
+    out.append(
+        f"a synchronous round {_median_round(more):.0f} s against {_median_round(first):.0f} s"
+    )
+    worst = min(
+        runs[START_OVER],
+        key=lambda x: more.acceptance(START_OVER, repeat=x["repeat"])["speedup_to_85"],
+    )
+    crossed = more.reached(worst)["t"]
+    gone = [o for o in more.offline(worst) if o[0] in FAST_BOARDS and o[1] < crossed]
+    out.append(
+        f"In repeat {worst['repeat']}, "
+        + " and ".join(
+            f"a {b} went offline at {t:.0f} s"
+            + (" for the rest of the run" if back is None else f" until {back:.0f} s")
+            for b, t, back in gone
+        )
+        + f"; the versions reached {more.target} at {crossed:.0f} s"
+    )
+    return out
+
+
+def _median_training(rec: Records, name: str) -> float:
+    """The median ``duration_s`` the ``name`` boards reported for their trainings, in the
+    runs of synchronous FedAvg and of FedBuff as shipped."""
+    return statistics.median(
+        d["duration_s"]
+        for x in rec.runs
+        if x["mode"] in ("sync", START_OVER)
+        for m in rec.files[x["name"]]["metrics"]
+        for dev, d in m["devices"].items()
+        if d["duration_s"] is not None
+        and board(rec.files[x["name"]]["summary"]["boards"][dev]["profile"]) == name
+    )
+
+
+def _median_round(rec: Records) -> float:
+    """The median duration of the synchronous rounds that took all 10 answers (not the one
+    the budget's stop cut short)."""
+    return statistics.median(
+        m["duration_s"]
+        for x in rec.runs
+        if x["mode"] == "sync"
+        for m in rec.files[x["name"]]["metrics"]
+        if m["updates_aggregated"] + len(m.get("failed", [])) >= 8
+    )
