@@ -28,7 +28,7 @@ class Variant:
     momentum: float = 0.0  # server momentum over versions (fedavgm; 0: FedAvg's step)
     restart: float = 0.0  # a training hearing of a newer version this early starts over, once
     restart_first: bool = False  # ... only a training from the first version (the initial weights)
-    ema: float = 0.0  # the model evaluated: an average of the versions, decaying by this per version
+    ema: float = 0.0  # the model evaluated: the versions' average, decaying by this per version
 
     @classmethod
     def parse(cls, text: str) -> Variant:

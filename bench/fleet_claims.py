@@ -991,8 +991,7 @@ def whose_updates_claims(recs: list[Records], partition: str = "dirichlet:0.5") 
                 continue
             n = x["same_updates"]["n"]
             boards = {
-                d: board(b["profile"])
-                for d, b in rec.files[x["name"]]["summary"]["boards"].items()
+                d: board(b["profile"]) for d, b in rec.files[x["name"]]["summary"]["boards"].items()
             }
             first = _senders(rec, x)[:n]
             fast = sum(boards[d] in FAST_BOARDS for d in first)
@@ -1011,8 +1010,8 @@ def whose_updates_claims(recs: list[Records], partition: str = "dirichlet:0.5") 
 
 
 def start_over_more_claims(more: Records, first: Records) -> list[str]:
-    """"Four more repeats of the default" (bench/results/fleet_start_over_more.json:
-    synchronous FedAvg and FedBuff as shipped, repeats after ``first``'s,
+    """The prose of "Eight repeats of the default" (bench/results/fleet_start_over_more.json:
+    synchronous FedAvg and FedBuff with a buffer of 2 and the other defaults, repeats after ``first``'s,
     bench/results/fleet_start_over.json): its tables, times, the wave, and the acceptance over
     its runs and over both records' runs."""
     runs = {m: [x for x in more.runs if x["mode"] == m] for m in ("sync", START_OVER)}
