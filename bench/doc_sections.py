@@ -256,7 +256,7 @@ def _fleet_start_over() -> tuple[str, ...]:
 
 
 def _non_iid() -> list[str]:
-    ema = record("async_numerics_ema_dirichlet")
+    ema, one = record("async_numerics_ema_dirichlet"), record("async_numerics_one_epoch_dirichlet")
     return [
         *fleet_claims.whose_updates_claims(
             [_fleet_records(n) for n in ("fleet_seeds_dirichlet", "fleet_start_over_dirichlet")]
@@ -265,6 +265,10 @@ def _non_iid() -> list[str]:
         *async_figures.claims(ema, "dirichlet:0.5"),
         *async_figures.swings(ema, "dirichlet:0.5", 60),
         f"({ema['wall_s'] / 60:.1f} minutes",
+        async_figures.table(one),
+        *async_figures.claims(one, "dirichlet:0.5"),
+        *async_figures.swings(one, "dirichlet:0.5", 60),
+        f"({one['wall_s'] / 60:.1f} minutes",
     ]
 
 
@@ -439,7 +443,12 @@ SECTIONS = [
     Section(
         BENCHMARKS,
         "Why FedBuff stays behind on non-IID data",
-        ("fleet_seeds_dirichlet", "fleet_start_over_dirichlet", "async_numerics_ema_dirichlet"),
+        (
+            "fleet_seeds_dirichlet",
+            "fleet_start_over_dirichlet",
+            "async_numerics_ema_dirichlet",
+            "async_numerics_one_epoch_dirichlet",
+        ),
         _non_iid,
     ),
     Section(
