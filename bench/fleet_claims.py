@@ -1031,22 +1031,60 @@ def start_over_more_claims(more: Records, first: Records) -> list[str]:
     out.append(
         f"a synchronous round {_median_round(more):.0f} s against {_median_round(first):.0f} s"
     )
-    worst = min(
-        runs[START_OVER],
-        key=lambda x: more.acceptance(START_OVER, repeat=x["repeat"])["speedup_to_85"],
-    )
-    crossed = more.reached(worst)["t"]
-    gone = [o for o in more.offline(worst) if o[0] in FAST_BOARDS and o[1] < crossed]
-    out.append(
-        f"In repeat {worst['repeat']}, "
-        + " and ".join(
-            f"a {b} went offline at {t:.0f} s"
-            + (" for the rest of the run" if back is None else f" until {back:.0f} s")
-            for b, t, back in gone
-        )
-        + f"; the versions reached {more.target} at {crossed:.0f} s"
-    )
+    out.extend(marks_claims([first, more], START_OVER))
     return out
+
+
+def _fast_gone(rec: Records, run: dict[str, Any]) -> list[tuple[str, float, float | None]]:
+    """The fast boards (Pi 5, Pi 4) that went offline before ``run`` reached the target."""
+    crossed = rec.reached(run)["t"]
+    return [o for o in rec.offline(run) if o[0] in FAST_BOARDS and o[1] < crossed]
+
+
+MARKS = (0.84, 0.85, 0.86)  # accuracies around the target, to see where its crossing falls
+
+
+def _first_at(versions: list[dict[str, Any]], mark: float) -> float | None:
+    return next((v["t"] for v in versions if v["accuracy"] >= mark), None)
+
+
+def marks_claims(recs: list[Records], mode: str) -> list[str]:
+    """Per paired run of ``mode`` and synchronous FedAvg in ``recs``: seconds to each of
+    MARKS, as a table, and the median speed-up at each mark (runs where either never got
+    there left out)."""
+    head = "to " + " / ".join(f"{100 * m:g}" for m in MARKS) + " %"
+    rows = [
+        f"| repeat | {label(mode)}: {head} | synchronous FedAvg: {head} |",
+        "|---|---|---|",
+    ]
+    ratios: dict[float, list[float]] = {m: [] for m in MARKS}
+    for rec in recs:
+        for x in (r for r in rec.runs if r["mode"] == mode):
+            sync = rec.run("sync", repeat=x["repeat"])
+            mine = [_first_at(rec.versions(x), m) for m in MARKS]
+            theirs = [_first_at(rec.versions(sync), m) for m in MARKS]
+            for m, a, b in zip(MARKS, mine, theirs, strict=True):
+                if a is not None and b is not None:
+                    ratios[m].append(b / a)
+            cells = [
+                " / ".join("—" if t is None else f"{t:.0f} s" for t in ts) for ts in (mine, theirs)
+            ]
+            rows.append(f"| {x['repeat']} | {cells[0]} | {cells[1]} |")
+    return [
+        "\n".join(rows),
+        "; ".join(
+            f"repeat {x['repeat']}: "
+            + (", ".join(f"a {b} at {t:.0f} s" for b, t, _ in _fast_gone(rec, x)) or "none")
+            for rec in recs
+            for x in rec.runs
+            if x["mode"] == mode
+        ),
+        "; ".join(
+            f"{100 * m:g} %: {statistics.median(ratios[m]):.2f}x "
+            f"({min(ratios[m]):.2f}x to {max(ratios[m]):.2f}x)"
+            for m in MARKS
+        ),
+    ]
 
 
 def _median_training(rec: Records, name: str) -> float:
@@ -1073,3 +1111,18 @@ def _median_round(rec: Records) -> float:
         for m in rec.files[x["name"]]["metrics"]
         if m["updates_aggregated"] + len(m.get("failed", [])) >= 8
     )
+
+
+def defaults_claims(rec: Records, earlier: list[Records]) -> list[str]:
+    """The prose of "What a user gets without flags" (bench/results/fleet_defaults.json:
+    synchronous FedAvg, FedBuff with every default (a buffer of 5) and with a buffer of 2, in
+    the same invocations): its tables, times and acceptance per FedBuff mode, and the buffer
+    of 2 over every paired run of it (``earlier``: fleet_start_over and fleet_start_over_more)."""
+    out = [_drawn(rec), *rec.tables()]
+    for m in ("fedbuff", START_OVER, "sync"):
+        out.append(f"{label(m)}: {', '.join(rec.to(x) for x in rec.runs if x['mode'] == m)}")
+    for m in ("fedbuff", START_OVER):
+        out.append(repeats_summary(rec.result["acceptance"], m))
+    every = [a for r in (*earlier, rec) for a in r.result["acceptance"]]
+    out.append(repeats_summary(every, START_OVER))
+    return out
