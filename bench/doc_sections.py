@@ -442,6 +442,15 @@ SECTIONS = [
     ),
     Section(
         BENCHMARKS,
+        "What a user gets without flags",
+        ("fleet_defaults", "fleet_start_over", "fleet_start_over_more"),
+        lambda: fleet_claims.defaults_claims(
+            _fleet_records("fleet_defaults"),
+            [_fleet_records(n) for n in ("fleet_start_over", "fleet_start_over_more")],
+        ),
+    ),
+    Section(
+        BENCHMARKS,
         "Why FedBuff stays behind on non-IID data",
         (
             "fleet_seeds_dirichlet",

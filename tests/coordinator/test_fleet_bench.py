@@ -163,6 +163,7 @@ def test_vary_fleet_seed_gives_each_repeat_its_own_draw_of_the_fleet(tmp_path):
         "fleet_start_over",
         "fleet_start_over_dirichlet",
         "fleet_start_over_more",
+        "fleet_defaults",
     ],
 )
 def test_each_committed_fleet_record_is_its_raw_records(name):
