@@ -434,7 +434,7 @@ SECTIONS = [
     ),
     Section(
         BENCHMARKS,
-        "Eight repeats of the default",
+        "Eight repeats with a buffer of 2",
         ("fleet_start_over_more", "fleet_start_over"),
         lambda: fleet_claims.start_over_more_claims(
             _fleet_records("fleet_start_over_more"), _fleet_records("fleet_start_over")
