@@ -1000,7 +1000,7 @@ def whose_updates_claims(recs: list[Records], partition: str = "dirichlet:0.5") 
     ((total, fast_boards),) = fleet
     fb, sync = rows["fedbuff"], rows["sync"]
     return [
-        f"in {len(fb)} FedBuff runs the first {span_of(r[0] for r in fb)} updates folded came "
+        f"In {len(fb)} FedBuff runs the first {span_of(r[0] for r in fb)} updates folded came "
         f"from {span_of(r[1] for r in fb)} of the {total} boards, "
         f"{span_of(r[2] for r in fb)} of them from the {WORDS[fast_boards]} "
         f"{' and '.join(FAST_BOARDS)} boards",
