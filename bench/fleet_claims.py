@@ -143,12 +143,17 @@ class Records:
         """The run's time to the target (the first by default): '88 s', or '> 180 s'."""
         return time_to(run["time_to"][target or self.key], run["budget_s"])
 
+    def boards(self, run: dict[str, Any]) -> dict[str, str]:
+        """Device id -> board name (``Pi 5``) of every board of ``run``'s fleet."""
+        summary = self.files[run["name"]]["summary"]
+        return {n: board(b["profile"]) for n, b in summary["boards"].items()}
+
     def versions(self, run: dict[str, Any]) -> list[dict[str, Any]]:
         """Every global model of ``run`` in order: version, t (s since the first training),
         accuracy, the boards that sent its updates and, for a buffered version, each
         update's board, base (1: trained from the initial weights) and staleness."""
         files = self.files[run["name"]]
-        boards = {n: board(b["profile"]) for n, b in files["summary"]["boards"].items()}
+        boards = self.boards(run)
         t0 = zero(files)
         return [
             {
@@ -172,7 +177,7 @@ class Records:
         """(board, went offline, came back or None) on the run's clock, in order."""
         files = self.files[run["name"]]
         shift = zero(files) - files["summary"]["measured"]["started_at"]  # events: since start
-        boards = {n: board(b["profile"]) for n, b in files["summary"]["boards"].items()}
+        boards = self.boards(run)
         out = []
         for i, e in enumerate(self.events[run["name"]]):
             if e["event"] == "offline":
@@ -191,6 +196,11 @@ class Records:
 def _first(v: dict[str, Any], name: str) -> list[dict[str, Any]]:
     """The updates of ``v`` that are ``name`` boards' first (trained from the initial weights)."""
     return [u for u in v["updates"] if u["board"] == name and u["base"] == 1]
+
+
+def _first_at(versions: list[dict[str, Any]], mark: float) -> float | None:
+    """Seconds to the first of ``versions`` at or above ``mark`` (None: none got there)."""
+    return next((v["t"] for v in versions if v["accuracy"] >= mark), None)
 
 
 def _stretch(vs: list[dict[str, Any]], holds: Callable[[dict[str, Any]], bool]) -> list[Any]:
@@ -929,7 +939,7 @@ def start_over_claims(rec: Records, earlier: list[Records]) -> list[str]:
     )
     for m in (START_OVER, FINISH):
         x = rec.run(m, repeat=worst["repeat"])
-        at = next(v["t"] for v in rec.versions(x) if v["accuracy"] >= FLOOR)
+        at = _first_at(rec.versions(x), FLOOR)
         out.append(
             f"{label(m)}: {100 * FLOOR:g} % at {at:.0f} s, {rec.target} at "
             f"{rec.reached(x)['t']:.0f} s"
@@ -990,9 +1000,7 @@ def whose_updates_claims(recs: list[Records], partition: str = "dirichlet:0.5") 
             if x["partition"] != partition:
                 continue
             n = x["same_updates"]["n"]
-            boards = {
-                d: board(b["profile"]) for d, b in rec.files[x["name"]]["summary"]["boards"].items()
-            }
+            boards = rec.boards(x)
             first = _senders(rec, x)[:n]
             fast = sum(boards[d] in FAST_BOARDS for d in first)
             rows["sync" if x["mode"] == "sync" else "fedbuff"].append((n, len(set(first)), fast))
@@ -1044,10 +1052,6 @@ def _fast_gone(rec: Records, run: dict[str, Any]) -> list[tuple[str, float, floa
 MARKS = (0.84, 0.85, 0.86)  # accuracies around the target, to see where its crossing falls
 
 
-def _first_at(versions: list[dict[str, Any]], mark: float) -> float | None:
-    return next((v["t"] for v in versions if v["accuracy"] >= mark), None)
-
-
 def marks_claims(recs: list[Records], mode: str) -> list[str]:
     """Per paired run of ``mode`` and synchronous FedAvg in ``recs``: seconds to each of
     MARKS, as a table, and the median speed-up at each mark (runs where either never got
@@ -1090,15 +1094,16 @@ def marks_claims(recs: list[Records], mode: str) -> list[str]:
 def _median_training(rec: Records, name: str) -> float:
     """The median ``duration_s`` the ``name`` boards reported for their trainings, in the
     runs of synchronous FedAvg and of FedBuff with a buffer of 2 (the other settings default)."""
-    return statistics.median(
-        d["duration_s"]
-        for x in rec.runs
-        if x["mode"] in ("sync", START_OVER)
-        for m in rec.files[x["name"]]["metrics"]
-        for dev, d in m["devices"].items()
-        if d["duration_s"] is not None
-        and board(rec.files[x["name"]]["summary"]["boards"][dev]["profile"]) == name
-    )
+    durations = []
+    for x in (r for r in rec.runs if r["mode"] in ("sync", START_OVER)):
+        boards = rec.boards(x)
+        durations += [
+            d["duration_s"]
+            for m in rec.files[x["name"]]["metrics"]
+            for dev, d in m["devices"].items()
+            if d["duration_s"] is not None and boards[dev] == name
+        ]
+    return statistics.median(durations)
 
 
 def _median_round(rec: Records) -> float:
